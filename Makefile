@@ -1,0 +1,38 @@
+# Every target creates the virtualenv it needs, so a fresh clone needs only python3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint types unit demo bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## make test: ruff, mypy --strict and the whole pytest suite with a 100% branch-coverage gate.
+test: lint types unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check pyramid_mixpanel tests benchmarks examples
+	$(BIN)/ruff format --check pyramid_mixpanel tests benchmarks examples
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest --cov --cov-report=term-missing $(PYTEST_ARGS)
+
+## make demo: the example app on http://127.0.0.1:6543 in testing mode (no Mixpanel account needed).
+demo: $(STAMP)
+	$(BIN)/pip install --quiet -e examples/
+	$(BIN)/pserve examples/development.ini
+
+## make bench: benchmarks, printed as ratios against baselines measured in the same run.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache *.egg-info

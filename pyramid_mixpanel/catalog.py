@@ -1,0 +1,231 @@
+"""The tracking catalogue: events and properties as typed, frozen dataclasses.
+
+Every name that reaches Mixpanel comes from one of these classes, so a typo is an
+``AttributeError`` in your editor or a ``ValueError`` in your tests, never a stray event in
+Mixpanel. Apps extend the defaults by subclassing and pointing a setting at the subclass::
+
+    @dataclass(frozen=True)
+    class MyEvents(Events):
+        site_deployed: Event = Event("Site Deployed", "A site went live.")
+
+Descriptions are the optional second argument of :class:`Event` and :class:`Property`; they do
+not take part in equality, so ``Event("Page Viewed")`` equals the catalogue's member.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import typing as t
+from dataclasses import dataclass, field
+
+from pyramid.exceptions import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Mixpanel event name, e.g. ``Event("Page Viewed")``."""
+
+    name: str
+    description: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Property:
+    """A Mixpanel property name, e.g. ``Property("Path")`` or ``Property("$email")``."""
+
+    name: str
+    description: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True)
+class Events:
+    """Events every app sends; subclass to add your own."""
+
+    page_viewed: Event = Event("Page Viewed", "A page was shown to the visitor.")
+    button_link_clicked: Event = Event("Button/Link Clicked", "A button or a link was clicked.")
+    user_signed_up: Event = Event("User Signed Up", "A visitor created an account.")
+    user_logged_in: Event = Event("User Logged In", "A user logged in.")
+    user_charged: Event = Event("User Charged", "A user was charged money.")
+    user_disabled: Event = Event("User Disabled", "A user account was disabled.")
+
+
+@dataclass(frozen=True)
+class EventProperties:
+    """Properties that events may carry; subclass to add your own."""
+
+    title: Property = Property("Title", "Title of the page or of the clicked element.")
+    path: Property = Property("Path", "URL path of the page.")
+    dollar_referrer: Property = Property("$referrer", "The referring URL.")
+
+
+@dataclass(frozen=True)
+class ProfileProperties:
+    """Properties of user profiles; subclass to add your own."""
+
+    dollar_created: Property = Property("$created", "When the user signed up.")
+    dollar_email: Property = Property("$email", "The user's email address.")
+    dollar_name: Property = Property("$name", "The user's full name.")
+    dollar_phone: Property = Property("$phone", "The user's phone number.")
+    dollar_unsubscribed: Property = Property("$unsubscribed", "Opted out of messages.")
+
+
+@dataclass(frozen=True)
+class ProfileMetaProperties:
+    """Modifiers of a profile update (top-level keys of an Engage message)."""
+
+    dollar_ip: Property = Property("$ip", "IP address used to geolocate the profile.")
+    dollar_time: Property = Property("$time", "Time of the update (ms since epoch).")
+    dollar_ignore_time: Property = Property("$ignore_time", "Do not update $last_seen.")
+    dollar_ignore_alias: Property = Property("$ignore_alias", "Do not resolve aliases.")
+
+
+@dataclass(frozen=True)
+class GroupKeys:
+    """Group keys of group analytics (e.g. ``Property("company_id")``); none by default."""
+
+
+@dataclass(frozen=True)
+class GroupProperties:
+    """Properties of group profiles; subclass to add your own."""
+
+    dollar_name: Property = Property("$name", "Display name of the group.")
+
+
+# Mixpanel's reserved names, from its docs on default and reserved properties. A ``$`` name
+# outside these lists would be stored by Mixpanel as an ordinary property that looks official,
+# which is exactly the kind of silent mess the catalogue exists to prevent.
+RESERVED_EVENT_PROPERTIES: frozenset[str] = frozenset(
+    {
+        "$app_build_number", "$app_release", "$app_version", "$app_version_string",
+        "$bluetooth_enabled", "$bluetooth_version", "$brand", "$browser", "$browser_version",
+        "$carrier", "$city", "$current_url", "$device", "$device_id", "$duration",
+        "$event_name", "$groups", "$has_nfc", "$has_telephone", "$import", "$initial_referrer",
+        "$initial_referring_domain", "$insert_id", "$latitude", "$lib_version", "$longitude",
+        "$manufacturer", "$model", "$mp_api_endpoint", "$os", "$os_version", "$radio",
+        "$referrer", "$referring_domain", "$region", "$screen_dpi", "$screen_height",
+        "$screen_width", "$search_engine", "$source", "$user_id", "$wifi", "$anon_id",
+        "$identified_id", "$distinct_id_before_identity", "$name", "$email", "$phone",
+    }
+)  # fmt: skip
+RESERVED_PROFILE_PROPERTIES: frozenset[str] = frozenset(
+    {
+        "$android_devices", "$avatar", "$city", "$country_code", "$created", "$email",
+        "$first_name", "$geo_source", "$ios_devices", "$last_name", "$last_seen", "$name",
+        "$phone", "$region", "$timezone", "$transactions", "$unsubscribed", "$distinct_id",
+        "$latitude", "$longitude", "$os", "$browser", "$device",
+    }
+)  # fmt: skip
+RESERVED_META_PROPERTIES: frozenset[str] = frozenset(
+    {"$ip", "$time", "$ignore_time", "$ignore_alias", "$latitude", "$longitude"}
+)
+
+M = t.TypeVar("M", Event, Property)
+
+
+def members(cls: type, kind: type[M]) -> dict[str, M]:
+    """Return ``{attribute name: member}`` for every ``kind`` instance declared on ``cls``.
+
+    Class attributes are read through the MRO rather than through ``dataclasses.fields`` so a
+    subclass that forgot ``@dataclass`` still contributes its members.
+    """
+    found: dict[str, M] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, kind):
+                found[attr] = value
+    return found
+
+
+def normalise(name: str) -> str:
+    """Fold a name for fuzzy matching: ``X-Mixpanel-Dark-Mode`` ~ ``Dark Mode`` ~ ``dark_mode``."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
+def closest(wanted: str, candidates: t.Iterable[str]) -> str:
+    """Return a ``" Did you mean 'X'?"`` hint for the candidate nearest to ``wanted``, or ``""``."""
+    pool = list(candidates)
+    by_fold = {normalise(c): c for c in pool}
+    folded = by_fold.get(normalise(wanted))
+    if folded is not None:
+        return f" Did you mean {folded!r}?"
+    match = difflib.get_close_matches(wanted, pool, n=1, cutoff=0.6)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+class Section(t.Generic[M]):
+    """One configured catalogue class, indexed for O(1) membership checks."""
+
+    def __init__(self, label: str, cls: type, kind: type[M], reserved: frozenset[str]) -> None:
+        self.label = label
+        self.cls = cls
+        self.by_attr: dict[str, M] = members(cls, kind)
+        self.by_name: dict[str, M] = {}
+        for attr, member in self.by_attr.items():
+            if member.name.startswith("$") and member.name not in reserved:
+                raise ConfigurationError(
+                    f"{cls.__qualname__}.{attr} = {member.name!r}: names starting with '$' are"
+                    f" reserved by Mixpanel and {member.name!r} is not one of its {label}."
+                    f"{closest(member.name, reserved)}"
+                )
+            self.by_name.setdefault(member.name, member)
+        self.members: frozenset[M] = frozenset(self.by_attr.values())
+
+    def hint(self, wanted: object) -> str:
+        """Suggest the declared member closest to ``wanted`` (an attribute or Mixpanel name)."""
+        name = getattr(wanted, "name", str(wanted))
+        return closest(name, [*self.by_name, *self.by_attr])
+
+    def unknown(self, wanted: object) -> ValueError:
+        """Build the error for a member that is not declared in this section."""
+        return ValueError(
+            f"{wanted!r} is not declared in {self.cls.__module__}.{self.cls.__qualname__}"
+            f" ({self.label}).{self.hint(wanted)}"
+        )
+
+
+class Catalog:
+    """All configured catalogue classes of one app, built once at configuration time."""
+
+    def __init__(
+        self,
+        events: type = Events,
+        event_properties: type = EventProperties,
+        profile_properties: type = ProfileProperties,
+        profile_meta_properties: type = ProfileMetaProperties,
+        group_keys: type = GroupKeys,
+        group_properties: type = GroupProperties,
+    ) -> None:
+        self.events = Section("events", events, Event, frozenset())
+        # Group keys are event properties too: an event joins a group by carrying its key.
+        self.group_keys = Section("group keys", group_keys, Property, frozenset())
+        self.event_properties = Section(
+            "event properties", event_properties, Property, RESERVED_EVENT_PROPERTIES
+        )
+        self.profile_properties = Section(
+            "profile properties", profile_properties, Property, RESERVED_PROFILE_PROPERTIES
+        )
+        self.profile_meta_properties = Section(
+            "profile meta properties",
+            profile_meta_properties,
+            Property,
+            RESERVED_META_PROPERTIES,
+        )
+        self.group_properties = Section(
+            "group properties", group_properties, Property, RESERVED_PROFILE_PROPERTIES
+        )
+        self.event_property_members: frozenset[Property] = (
+            self.event_properties.members | self.group_keys.members
+        )
+
+    @property
+    def sections(self) -> tuple[Section[t.Any], ...]:
+        """Every section, in documentation order."""
+        return (
+            self.events,
+            self.event_properties,
+            self.group_keys,
+            self.profile_properties,
+            self.profile_meta_properties,
+            self.group_properties,
+        )

@@ -1,0 +1,485 @@
+"""``MixpanelTrack``: validate, build and buffer one request's Mixpanel messages.
+
+Messages are built with the official :class:`mixpanel.Mixpanel` client (available as
+:attr:`MixpanelTrack.api`) into a buffer; what happens to the buffer is decided by
+:mod:`pyramid_mixpanel.lifecycle` once the request's outcome is known, or by :meth:`flush` when
+used outside a request.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time as time_module
+import typing as t
+
+import mixpanel
+
+from .catalog import Event, Property, Section
+from .consumer import MockedConsumer, RequestBuffer
+from .customerio import CustomerIOCall, cio_attributes
+from .runtime import Runtime, runtime_for
+from .settings import MixpanelSettings
+
+PropsType = t.Mapping[Property, t.Any]
+# Mixpanel rejects events with more than 255 properties and truncates longer strings.
+MAX_PROPERTIES = 255
+MAX_STRING_LENGTH = 255
+# /track refuses events older than five days; those go through /import.
+IMPORT_AGE = dt.timedelta(days=5).total_seconds()
+_PLAIN = frozenset({str, int, bool, type(None)})
+_NUMBERS = (int, float)
+
+
+class MixpanelTrack:
+    """Typed helper around :class:`mixpanel.Mixpanel`, available as ``request.mixpanel``.
+
+    :param settings: the app's settings mapping (``request.registry.settings``), or a
+        :class:`~pyramid_mixpanel.settings.MixpanelSettings`.
+    :param distinct_id: whom the messages are about; settable later as :attr:`distinct_id`.
+    :param global_event_props: properties added to every event tracked through this instance.
+
+    Every method raises :class:`AttributeError` when :attr:`distinct_id` is not set,
+    :class:`ValueError` for an event or property not declared in the configured catalogue, and
+    :class:`TypeError` for a value of the wrong type. Outside a request, call :meth:`flush` (or
+    use the instance as a context manager) to hand the buffered messages to delivery.
+    """
+
+    def __init__(
+        self,
+        settings: t.Mapping[str, object] | MixpanelSettings | Runtime,
+        distinct_id: str | None = None,
+        global_event_props: PropsType | None = None,
+    ) -> None:
+        runtime = settings if isinstance(settings, Runtime) else runtime_for(settings)
+        self._runtime = runtime
+        self._catalog = runtime.catalog
+        self.settings: MixpanelSettings = runtime.settings
+        self.distinct_id = distinct_id
+        self.global_event_props: dict[Property, t.Any] = dict(global_event_props or {})
+        self.testing = runtime.settings.testing
+        self._replicate = runtime.settings.customerio_enabled
+        self._customerio_calls: list[CustomerIOCall] = []
+        consumer: MockedConsumer | RequestBuffer
+        if self.testing:
+            consumer = MockedConsumer()
+        else:
+            consumer = self._buffer = RequestBuffer(self.flush)
+        #: The official client; its ``_consumer`` holds this instance's messages.
+        self.api = mixpanel.Mixpanel(runtime.settings.token or "testing-mode", consumer=consumer)
+        #: ``None`` while pending; ``True``/``False`` once the request was judged a success or not.
+        self.outcome: bool | None = None
+
+    # -- the catalogue, as the configured classes ---------------------------------------------
+
+    @property
+    def events(self) -> t.Any:
+        """The configured ``Events`` class."""
+        return self.settings.events
+
+    @property
+    def event_properties(self) -> t.Any:
+        """The configured ``EventProperties`` class."""
+        return self.settings.event_properties
+
+    @property
+    def profile_properties(self) -> t.Any:
+        """The configured ``ProfileProperties`` class."""
+        return self.settings.profile_properties
+
+    @property
+    def profile_meta_properties(self) -> t.Any:
+        """The configured ``ProfileMetaProperties`` class."""
+        return self.settings.profile_meta_properties
+
+    @property
+    def mocked_messages(self) -> list[dict[str, t.Any]]:
+        """Messages recorded in testing mode (``mixpanel.token`` not set)."""
+        consumer = self.api._consumer
+        if not isinstance(consumer, MockedConsumer):
+            raise AttributeError(
+                "mocked_messages only exist in testing mode (mixpanel.token = false)"
+            )
+        return consumer.mocked_messages
+
+    @property
+    def customerio_messages(self) -> list[CustomerIOCall]:
+        """Customer.io calls waiting for release (recorded for good in testing mode)."""
+        return self._customerio_calls
+
+    # -- events ---------------------------------------------------------------------------
+
+    def track(
+        self,
+        event: Event,
+        props: PropsType | None = None,
+        skip_customerio: bool = False,
+        *,
+        time: dt.datetime | float | None = None,
+        ip: str | None = None,
+    ) -> None:
+        """Track ``event`` with ``props`` (``{EventProperties.x: value}``).
+
+        :param time: when the event happened (aware datetime, naive UTC datetime or epoch
+            seconds); events older than five days are sent to ``/import``.
+        :param ip: the client IP Mixpanel should geolocate the event with.
+        :param skip_customerio: do not replicate this event to Customer.io.
+        """
+        distinct_id = self._need_distinct_id("track")
+        if event not in self._catalog.events.members:
+            raise self._not_member(event, Event, self._catalog.events)
+        allowed = self._catalog.event_property_members
+        section = self._catalog.event_properties
+        properties = self._values(self.global_event_props, allowed, section)
+        if props:
+            properties.update(self._values(props, allowed, section))
+        if len(properties) > MAX_PROPERTIES:
+            raise ValueError(
+                f"{event.name!r} has {len(properties)} properties; Mixpanel accepts at most"
+                f" {MAX_PROPERTIES}"
+            )
+        if ip is not None:
+            if not isinstance(ip, str):
+                raise TypeError(f"ip must be a string, got {type(ip).__name__}")
+            properties["ip"] = ip
+        timestamp = None if time is None else _epoch(time)
+        if timestamp is not None and time_module.time() - timestamp > IMPORT_AGE:
+            self._need_import_credentials(event)
+            self.api.import_data(None, distinct_id, event.name, timestamp, properties)
+        else:
+            if timestamp is not None:
+                properties["time"] = timestamp
+            self.api.track(distinct_id, event.name, properties)
+        if self._replicate and not skip_customerio:
+            raw = {**_names(self.global_event_props), **_names(props or {})}
+            self._customerio_calls.append(
+                CustomerIOCall("track", distinct_id, cio_attributes(raw), event.name)
+            )
+        self._after_message()
+
+    # -- profiles -------------------------------------------------------------------------
+
+    def profile_set(
+        self,
+        props: PropsType,
+        meta: PropsType | None = None,
+        skip_customerio: bool = False,
+    ) -> None:
+        """Set profile properties (``{ProfileProperties.x: value}``), replicated to Customer.io."""
+        distinct_id = self._need_distinct_id("profile_set")
+        values = self._profile_values(props)
+        self.api.people_set(distinct_id, values, meta=self._meta(meta))
+        if self._replicate and not skip_customerio:
+            self._customerio_calls.append(
+                CustomerIOCall("identify", distinct_id, cio_attributes(_names(props)))
+            )
+        self._after_message()
+
+    def people_set_once(self, props: PropsType, meta: PropsType | None = None) -> None:
+        """Set profile properties that are not set yet."""
+        distinct_id = self._need_distinct_id("people_set_once")
+        self.api.people_set_once(distinct_id, self._profile_values(props), meta=self._meta(meta))
+        self._after_message()
+
+    def people_append(self, props: PropsType, meta: PropsType | None = None) -> None:
+        """Append values to list profile properties."""
+        distinct_id = self._need_distinct_id("people_append")
+        self.api.people_append(distinct_id, self._profile_values(props), meta=self._meta(meta))
+        self._after_message()
+
+    def people_union(self, props: PropsType, meta: PropsType | None = None) -> None:
+        """Merge lists into list profile properties; every value must be a list."""
+        distinct_id = self._need_distinct_id("people_union")
+        values = self._profile_values(props)
+        _require_lists(values, "people_union")
+        self.api.people_union(distinct_id, values, meta=self._meta(meta))
+        self._after_message()
+
+    def people_remove(self, props: PropsType, meta: PropsType | None = None) -> None:
+        """Remove values from list profile properties."""
+        distinct_id = self._need_distinct_id("people_remove")
+        self.api.people_remove(distinct_id, self._profile_values(props), meta=self._meta(meta))
+        self._after_message()
+
+    def people_unset(self, props: t.Iterable[Property], meta: PropsType | None = None) -> None:
+        """Delete profile properties."""
+        distinct_id = self._need_distinct_id("people_unset")
+        names = self._names_of(props, self._catalog.profile_properties)
+        self.api.people_unset(distinct_id, names, meta=self._meta(meta))
+        self._after_message()
+
+    def people_delete(self, meta: PropsType | None = None) -> None:
+        """Delete the whole profile."""
+        distinct_id = self._need_distinct_id("people_delete")
+        self.api.people_delete(distinct_id, meta=self._meta(meta))
+        self._after_message()
+
+    def people_clear_charges(self, meta: PropsType | None = None) -> None:
+        """Delete every charge recorded on the profile."""
+        distinct_id = self._need_distinct_id("people_clear_charges")
+        self.api.people_clear_charges(distinct_id, meta=self._meta(meta))
+        self._after_message()
+
+    def profile_increment(self, props: PropsType, meta: PropsType | None = None) -> None:
+        """Add numbers to numeric profile properties (negative numbers subtract)."""
+        distinct_id = self._need_distinct_id("profile_increment")
+        values = self._profile_values(props)
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, _NUMBERS):
+                raise TypeError(
+                    f"profile_increment needs numbers, {name!r} is {type(value).__name__}"
+                )
+        self.api.people_increment(distinct_id, values, meta=self._meta(meta))
+        self._after_message()
+
+    def profile_track_charge(
+        self, amount: float, props: PropsType | None = None, meta: PropsType | None = None
+    ) -> None:
+        """Record a charge of ``amount`` for Mixpanel's revenue report."""
+        distinct_id = self._need_distinct_id("profile_track_charge")
+        if isinstance(amount, bool) or not isinstance(amount, _NUMBERS):
+            raise TypeError(f"amount must be a number, got {type(amount).__name__}")
+        allowed = self._catalog.profile_properties.members | self._catalog.event_property_members
+        transaction = self._values(props or {}, allowed, self._catalog.profile_properties)
+        transaction.setdefault("$time", _iso(dt.datetime.now(dt.timezone.utc)))
+        self.api.people_track_charge(distinct_id, amount, transaction, meta=self._meta(meta))
+        self._after_message()
+
+    # -- groups ---------------------------------------------------------------------------
+
+    def group_set(
+        self, group_key: Property, group_id: str, props: PropsType, meta: PropsType | None = None
+    ) -> None:
+        """Set properties of the group profile ``group_key = group_id``."""
+        key = self._group_key(group_key)
+        self.api.group_set(key, group_id, self._group_values(props), meta=self._meta(meta))
+        self._after_message()
+
+    def group_set_once(
+        self, group_key: Property, group_id: str, props: PropsType, meta: PropsType | None = None
+    ) -> None:
+        """Set group profile properties that are not set yet."""
+        key = self._group_key(group_key)
+        self.api.group_set_once(key, group_id, self._group_values(props), meta=self._meta(meta))
+        self._after_message()
+
+    def group_union(
+        self, group_key: Property, group_id: str, props: PropsType, meta: PropsType | None = None
+    ) -> None:
+        """Merge lists into list properties of a group profile; values must be lists."""
+        key = self._group_key(group_key)
+        values = self._group_values(props)
+        _require_lists(values, "group_union")
+        self.api.group_union(key, group_id, values, meta=self._meta(meta))
+        self._after_message()
+
+    def group_unset(
+        self,
+        group_key: Property,
+        group_id: str,
+        props: t.Iterable[Property],
+        meta: PropsType | None = None,
+    ) -> None:
+        """Delete properties of a group profile."""
+        key = self._group_key(group_key)
+        names = self._names_of(props, self._catalog.group_properties)
+        self.api.group_unset(key, group_id, names, meta=self._meta(meta))
+        self._after_message()
+
+    def group_remove(
+        self, group_key: Property, group_id: str, props: PropsType, meta: PropsType | None = None
+    ) -> None:
+        """Remove values from list properties of a group profile."""
+        key = self._group_key(group_key)
+        self.api.group_remove(key, group_id, self._group_values(props), meta=self._meta(meta))
+        self._after_message()
+
+    def group_delete(
+        self, group_key: Property, group_id: str, meta: PropsType | None = None
+    ) -> None:
+        """Delete a group profile."""
+        key = self._group_key(group_key)
+        self.api.group_delete(key, group_id, meta=self._meta(meta))
+        self._after_message()
+
+    # -- release --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Hand every buffered message to delivery now (testing mode: mark them flushed)."""
+        if self.testing:
+            # Nothing is sent in testing mode; messages and Customer.io calls stay inspectable.
+            t.cast(MockedConsumer, self.api._consumer).flush()
+            return
+        calls, self._customerio_calls = self._customerio_calls, []
+        messages, self._buffer.messages = self._buffer.messages, []
+        self._runtime.deliver(messages, calls)
+
+    def discard(self, reason: str) -> None:
+        """Drop every buffered message, counting and logging how many and why."""
+        if self.testing:
+            return
+        dropped = len(self._buffer.messages)
+        self._buffer.messages = []
+        self._customerio_calls = []
+        if dropped:
+            self._runtime.stats["discarded"] += dropped
+            self._runtime.log.info("mixpanel.messages_discarded", messages=dropped, reason=reason)
+
+    def settle(self, success: bool, reason: str = "") -> None:
+        """Record the request's outcome once and release or discard the buffer accordingly."""
+        if self.outcome is not None:
+            return
+        self.outcome = success
+        if success:
+            self.flush()
+        else:
+            self.discard(reason)
+
+    def __enter__(self) -> MixpanelTrack:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.flush()
+        else:
+            self.discard("the with block raised")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _after_message(self) -> None:
+        # A message added after the request was judged (e.g. from a finished callback)
+        # follows that judgement instead of waiting for a release that already happened.
+        if self.outcome is True:
+            self.flush()
+        elif self.outcome is False:
+            self.discard("tracked after the request failed")
+
+    def _need_distinct_id(self, method: str) -> str:
+        if self.distinct_id is None:
+            raise AttributeError(
+                f"distinct_id is not set: {method}() needs request.user.distinct_id or"
+                " request.mixpanel.distinct_id = '...'"
+            )
+        return self.distinct_id
+
+    def _need_import_credentials(self, event: Event) -> None:
+        settings = self.settings
+        if settings.testing or settings.has_service_account or settings.api_secret:
+            return
+        raise ValueError(
+            f"{event.name!r} is older than 5 days and must go through /import, which needs"
+            " mixpanel.service_account.* (or the legacy mixpanel.api_secret)"
+        )
+
+    def _not_member(self, value: object, kind: type, section: Section[t.Any]) -> Exception:
+        if not isinstance(value, kind):
+            return TypeError(
+                f"expected a {kind.__name__} from {section.cls.__qualname__}, got"
+                f" {value!r}.{section.hint(value)}"
+            )
+        return section.unknown(value)
+
+    def _values(
+        self,
+        props: PropsType,
+        allowed: frozenset[Property],
+        section: Section[Property],
+    ) -> dict[str, t.Any]:
+        values: dict[str, t.Any] = {}
+        for prop, value in props.items():
+            if prop not in allowed:
+                raise self._not_member(prop, Property, section)
+            if type(value) not in _PLAIN:
+                value = _json_value(prop.name, value)
+            elif self.testing and type(value) is str and len(value) > MAX_STRING_LENGTH:
+                self._runtime.log.warning(
+                    "mixpanel.long_string",
+                    property=prop.name,
+                    length=len(value),
+                    detail=f"Mixpanel truncates strings to {MAX_STRING_LENGTH} characters",
+                )
+            values[prop.name] = value
+        return values
+
+    def _profile_values(self, props: PropsType) -> dict[str, t.Any]:
+        section = self._catalog.profile_properties
+        return self._values(props, section.members, section)
+
+    def _group_values(self, props: PropsType) -> dict[str, t.Any]:
+        section = self._catalog.group_properties
+        return self._values(props, section.members, section)
+
+    def _meta(self, meta: PropsType | None) -> dict[str, t.Any]:
+        if not meta:
+            return {}
+        section = self._catalog.profile_meta_properties
+        values = self._values(meta, section.members, section)
+        when = meta.get(Property("$time"))
+        if isinstance(when, (dt.datetime, float, int)) and not isinstance(when, bool):
+            # Engage's $time is milliseconds since the epoch, not an ISO string.
+            values["$time"] = int(_epoch(when) * 1000)
+        return values
+
+    def _names_of(self, props: t.Iterable[Property], section: Section[Property]) -> list[str]:
+        names = []
+        for prop in props:
+            if prop not in section.members:
+                raise self._not_member(prop, Property, section)
+            names.append(prop.name)
+        return names
+
+    def _group_key(self, group_key: Property) -> str:
+        section = self._catalog.group_keys
+        if group_key not in section.members:
+            raise self._not_member(group_key, Property, section)
+        return group_key.name
+
+
+def _names(props: PropsType) -> dict[str, t.Any]:
+    return {prop.name: value for prop, value in props.items()}
+
+
+def _require_lists(values: dict[str, t.Any], method: str) -> None:
+    for name, value in values.items():
+        if not isinstance(value, list):
+            raise TypeError(f"{method} needs lists, {name!r} is {type(value).__name__}")
+
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value.isoformat(timespec="seconds")
+
+
+def _epoch(value: dt.datetime | float) -> float:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, _NUMBERS):
+        raise TypeError(f"time must be a datetime or epoch seconds, got {type(value).__name__}")
+    return float(value)
+
+
+def _json_value(name: str, value: object) -> object:
+    """Convert a value to what Mixpanel stores, or raise naming the property."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            # json.dumps would write NaN/Infinity, which is not JSON: Mixpanel would reject the
+            # whole batch, taking other requests' events down with it.
+            raise ValueError(f"{name!r} is {value}, which Mixpanel cannot store")
+        return value
+    if isinstance(value, (str, int)):  # str/int subclasses such as enums
+        return value
+    if isinstance(value, dt.datetime):
+        return _iso(value)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_json_value(name, item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _json_value(name, item) for key, item in value.items()}
+    raise TypeError(
+        f"{name!r} is a {type(value).__name__}; Mixpanel properties take str, int, float,"
+        " bool, None, datetime, date, lists and dicts of those"
+    )
