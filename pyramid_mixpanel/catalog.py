@@ -142,15 +142,21 @@ def normalise(name: str) -> str:
     return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
-def closest(wanted: str, candidates: t.Iterable[str]) -> str:
-    """Return a ``" Did you mean 'X'?"`` hint for the candidate nearest to ``wanted``, or ``""``."""
+def closest_match(wanted: str, candidates: t.Iterable[str]) -> str | None:
+    """Return the candidate nearest to ``wanted`` (same folded spelling first), or ``None``."""
     pool = list(candidates)
     by_fold = {normalise(c): c for c in pool}
     folded = by_fold.get(normalise(wanted))
     if folded is not None:
-        return f" Did you mean {folded!r}?"
+        return folded
     match = difflib.get_close_matches(wanted, pool, n=1, cutoff=0.6)
-    return f" Did you mean {match[0]!r}?" if match else ""
+    return match[0] if match else None
+
+
+def closest(wanted: str, candidates: t.Iterable[str]) -> str:
+    """Return a ``" Did you mean 'X'?"`` hint for the candidate nearest to ``wanted``, or ``""``."""
+    match = closest_match(wanted, candidates)
+    return f" Did you mean {match!r}?" if match is not None else ""
 
 
 class Section(t.Generic[M]):
@@ -174,7 +180,13 @@ class Section(t.Generic[M]):
     def hint(self, wanted: object) -> str:
         """Suggest the declared member closest to ``wanted`` (an attribute or Mixpanel name)."""
         name = getattr(wanted, "name", str(wanted))
-        return closest(name, [*self.by_name, *self.by_attr])
+        attr_of = {member.name: attr for attr, member in self.by_attr.items()}
+        attr_of.update({attr: attr for attr in self.by_attr})
+        match = closest_match(name, attr_of)
+        if match is None:
+            return ""
+        attr = attr_of[match]
+        return f" Did you mean {self.cls.__qualname__}.{attr} ({self.by_attr[attr].name!r})?"
 
     def unknown(self, wanted: object) -> ValueError:
         """Build the error for a member that is not declared in this section."""

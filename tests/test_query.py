@@ -1,0 +1,169 @@
+"""MixpanelQuery against a loopback stand-in of Mixpanel's JQL endpoint."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import typing as t
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from pyramid_mixpanel import MixpanelQuery, MixpanelQueryError, MultipleProfilesFoundException
+from pyramid_mixpanel.query import PROFILE_BY_EMAIL
+
+
+class JQLServer(ThreadingHTTPServer):
+    """Answers ``POST /api/query/jql`` like Mixpanel, evaluating the profile-by-email script.
+
+    Any other script gets ``canned``. ``requests`` records what each call carried.
+    """
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), JQLHandler)
+        self.profiles: list[dict[str, t.Any]] = []
+        self.canned: t.Any = []
+        self.fail: tuple[int, bytes] | None = None
+        self.requests: list[dict[str, t.Any]] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class JQLHandler(BaseHTTPRequestHandler):
+    server: JQLServer
+
+    def log_message(self, format: str, *args: object) -> None:  # stdlib name
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+        user, _, password = (
+            base64.b64decode(self.headers["Authorization"][6:]).decode().partition(":")
+        )
+        url = urllib.parse.urlsplit(self.path)
+        self.server.requests.append(
+            {
+                "path": url.path,
+                "query": dict(urllib.parse.parse_qsl(url.query)),
+                "auth": (user, password),
+                "script": form["script"][0],
+                "params": json.loads(form["params"][0]),
+            }
+        )
+        if self.server.fail is not None:
+            status, body = self.server.fail
+        elif form["script"][0] == PROFILE_BY_EMAIL:
+            email = json.loads(form["params"][0])["email"]
+            found = [p for p in self.server.profiles if p["properties"].get("$email") == email]
+            status, body = 200, json.dumps(found).encode()
+        else:
+            status, body = 200, json.dumps(self.server.canned).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def jql_server() -> Iterator[JQLServer]:
+    server = JQLServer()
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def sa_settings(server: JQLServer) -> dict[str, str]:
+    return {
+        "mixpanel.query_api_host": server.base_url,
+        "mixpanel.service_account.username": "sa.user",
+        "mixpanel.service_account.secret": "sa-secret-value",
+        "mixpanel.service_account.project_id": "4242",
+    }
+
+
+def profile(distinct_id: str, email: str) -> dict[str, t.Any]:
+    return {"$distinct_id": distinct_id, "properties": {"$email": email}}
+
+
+def test_jql_with_a_service_account(jql_server: JQLServer) -> None:
+    jql_server.canned = [{"count": 3}]
+    query = MixpanelQuery(sa_settings(jql_server))
+    assert query.jql("function main() { return 1; }", {"a": 1}) == [{"count": 3}]
+    (seen,) = jql_server.requests
+    assert seen["path"] == "/api/query/jql"
+    assert seen["query"] == {"project_id": "4242"}
+    assert seen["auth"] == ("sa.user", "sa-secret-value")
+    assert seen["params"] == {"a": 1}
+
+
+def test_jql_with_the_legacy_api_secret(jql_server: JQLServer) -> None:
+    query = MixpanelQuery(
+        {"mixpanel.query_api_host": jql_server.base_url, "mixpanel.api_secret": "legacy"}
+    )
+    query.jql("function main() { return []; }")
+    (seen,) = jql_server.requests
+    assert seen["auth"] == ("legacy", "")
+    assert seen["query"] == {}
+    assert seen["params"] == {}
+
+
+def test_profile_by_email(jql_server: JQLServer) -> None:
+    jql_server.profiles = [
+        profile("1", "a@x.com"),
+        profile("2", "b@x.com"),
+        profile("3", "b@x.com"),
+    ]
+    query = MixpanelQuery(sa_settings(jql_server))
+    assert query.profile_by_email("a@x.com") == profile("1", "a@x.com")
+    assert query.profile_by_email("nobody@x.com") is None
+    with pytest.raises(MultipleProfilesFoundException) as info:
+        query.profile_by_email("b@x.com")
+    assert isinstance(info.value, ValueError)
+    assert info.value.email == "b@x.com"
+    assert [p["$distinct_id"] for p in info.value.profiles] == ["2", "3"]
+
+
+def test_email_is_a_parameter_never_part_of_the_script(jql_server: JQLServer) -> None:
+    """The original pasted the email into the script: ``x' || true || '`` matched everyone."""
+    jql_server.profiles = [profile("1", "a@x.com"), profile("2", "b@x.com")]
+    query = MixpanelQuery(sa_settings(jql_server))
+    hostile = "x' || true || '"
+    assert query.profile_by_email(hostile) is None
+    (seen,) = jql_server.requests
+    assert seen["script"] == PROFILE_BY_EMAIL
+    assert hostile not in seen["script"]
+    assert seen["params"] == {"email": hostile}
+
+
+def test_errors_carry_mixpanels_text_without_secrets(jql_server: JQLServer) -> None:
+    jql_server.fail = (400, b'{"error": "bad script near sa-secret-value", "request": "/jql"}')
+    query = MixpanelQuery(sa_settings(jql_server))
+    with pytest.raises(MixpanelQueryError) as info:
+        query.jql("oops")
+    assert info.value.status == 400
+    assert info.value.endpoint == "/api/query/jql"
+    assert "bad script near ***" in str(info.value)
+    assert "sa-secret-value" not in str(info.value)
+
+    jql_server.fail = (502, b"<html>Bad gateway</html>")
+    with pytest.raises(MixpanelQueryError, match="502 to /api/query/jql: <html>Bad gateway"):
+        query.jql("oops")
+
+
+def test_credentials_are_required() -> None:
+    with pytest.raises(ValueError, match="needs mixpanel.service_account"):
+        MixpanelQuery({"mixpanel.token": "tok"})

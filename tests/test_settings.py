@@ -1,0 +1,188 @@
+"""Settings are parsed once, strictly, with errors that name the setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+
+import mixpanel
+import pytest
+from pyramid.config import Configurator
+from pyramid.exceptions import ConfigurationExecutionError
+
+from pyramid_mixpanel import EventProperties, Events, MixpanelConfigurationError, parse_settings
+from pyramid_mixpanel.consumer import MockedConsumer, PoliteBufferedConsumer
+from pyramid_mixpanel.settings import as_base_url, as_bool, as_positive_float, as_secret
+
+
+@dataclasses.dataclass(frozen=True)
+class AppEvents(Events):
+    pass
+
+
+class NotAConsumer:
+    pass
+
+
+@pytest.mark.parametrize("value", ["false", "False", " off ", "no", "", "0", None, False])
+def test_false_token_means_testing_mode(value: object) -> None:
+    settings = parse_settings({"mixpanel.token": value})
+    assert settings.token is None
+    assert settings.testing
+
+
+def test_defaults() -> None:
+    settings = parse_settings({})
+    assert settings.testing
+    assert settings.events is Events
+    assert settings.api_host == "https://api.mixpanel.com"
+    assert settings.query_api_host == "https://mixpanel.com"
+    assert settings.release_policy == "commit"
+    assert (settings.connect_timeout, settings.read_timeout) == (2.0, 5.0)
+    assert not settings.customerio_enabled
+    assert not settings.has_service_account
+    assert settings.secrets == ()
+
+
+def test_every_key_parses() -> None:
+    settings = parse_settings(
+        {
+            "mixpanel.token": "tok",
+            "mixpanel.api_secret": "sec",
+            "mixpanel.events": "tests.test_settings.AppEvents",
+            "mixpanel.event_properties": EventProperties,
+            "mixpanel.consumer": "pyramid_mixpanel.consumer.PoliteBufferedConsumer",
+            "mixpanel.region": "EU",
+            "mixpanel.service_account.username": "sa.user",
+            "mixpanel.service_account.secret": "sa-secret",
+            "mixpanel.service_account.project_id": "42",
+            "mixpanel.connect_timeout": "0.5",
+            "mixpanel.read_timeout": "1",
+            "mixpanel.query_timeout": "30",
+            "mixpanel.release_policy": "success",
+            "pyramid_heroku.structlog": "true",
+            "customerio.tracking.site_id": "site",
+            "customerio.tracking.api_key": "cio-key",
+            "customerio.tracking.region": "eu",
+        }
+    )
+    assert settings.token == "tok"
+    assert settings.events is AppEvents
+    assert settings.consumer is PoliteBufferedConsumer
+    assert settings.region == "eu"
+    assert settings.api_host == "https://api-eu.mixpanel.com"
+    assert settings.query_api_host == "https://eu.mixpanel.com"
+    assert settings.has_service_account
+    assert settings.connect_timeout == 0.5
+    assert settings.release_policy == "success"
+    assert settings.structlog is True
+    assert settings.customerio_enabled
+    assert set(settings.secrets) == {"tok", "sec", "sa-secret", "cio-key", "site"}
+    # Secrets never show in repr (which ends up in logs and tracebacks).
+    text = repr(settings)
+    for secret in ("tok'", "sec'", "sa-secret", "cio-key", "site'"):
+        assert secret not in text
+
+
+def test_regions_pick_residency_hosts_and_api_host_wins() -> None:
+    assert parse_settings({"mixpanel.region": "in"}).api_host == "https://api-in.mixpanel.com"
+    settings = parse_settings({"mixpanel.region": "eu", "mixpanel.api_host": "proxy.example"})
+    assert settings.api_host == "https://proxy.example"
+    assert settings.query_api_host == "https://eu.mixpanel.com"
+    local = parse_settings({"mixpanel.api_host": "http://127.0.0.1:8080/"})
+    assert local.api_host == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mixpanel.events": "nowhere.Events"}, "mixpanel.events = 'nowhere.Events' cannot be"),
+        ({"mixpanel.events": "tests.test_settings.NotAConsumer"}, "subclass of pyramid_mixpanel"),
+        ({"mixpanel.consumer": "tests.test_settings.NotAConsumer"}, "mixpanel.consumer must"),
+        ({"mixpanel.consumer": 42}, "mixpanel.consumer must name a subclass"),
+        ({"mixpanel.region": "mars"}, "mixpanel.region must be one of us, eu, in"),
+        ({"mixpanel.api_host": "ftp://x"}, "mixpanel.api_host must be a host name"),
+        ({"mixpanel.api_host": "http://"}, "mixpanel.api_host must be a host name"),
+        ({"mixpanel.read_timeout": "soon"}, "mixpanel.read_timeout must be a number"),
+        ({"mixpanel.read_timeout": "-1"}, "mixpanel.read_timeout must be greater than 0"),
+        ({"mixpanel.release_policy": "never"}, "mixpanel.release_policy must be one of"),
+        ({"pyramid_heroku.structlog": "ture"}, "pyramid_heroku.structlog must be a boolean"),
+        ({"mixpanel.token": 123}, "mixpanel.token must be a string"),
+        (
+            {"mixpanel.service_account.username": "u"},
+            "mixpanel.service_account.secret, mixpanel.service_account.project_id must be set",
+        ),
+        ({"customerio.tracking.site_id": "s"}, "customerio.tracking.api_key"),
+        ({"customerio.tracking.region": "asia"}, "customerio.tracking.region must be one of"),
+        ({"customerio.tracking.url": "http://127.0.0.1:1"}, "customerio.tracking.url is set"),
+    ],
+)
+def test_mistakes_are_startup_errors_naming_the_setting(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(MixpanelConfigurationError) as info:
+        parse_settings(settings)
+    assert message in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_secrets_never_appear_in_errors() -> None:
+    with pytest.raises(MixpanelConfigurationError) as info:
+        parse_settings({"mixpanel.service_account.secret": "very-secret"})
+    assert "very-secret" not in str(info.value)
+
+
+def test_unknown_keys_warn_with_the_closest_known_key(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        parse_settings({"mixpanel.tokne": "x", "customerio.tracking.siteid": "y", "other": "z"})
+    text = caplog.text
+    assert "Unknown setting mixpanel.tokne is ignored. Did you mean 'mixpanel.token'?" in text
+    assert "customerio.tracking.siteid" in text
+    assert "other" not in text
+
+
+def test_customerio_package_is_required_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "customerio", None)
+    with pytest.raises(MixpanelConfigurationError, match=r"pip install 'pyramid_mixpanel\["):
+        parse_settings(
+            {
+                "customerio.tracking.site_id": "s",
+                "customerio.tracking.api_key": "k",
+                "customerio.tracking.region": "us",
+            }
+        )
+
+
+def test_consumer_may_be_any_mixpanel_consumer_or_mocked() -> None:
+    assert parse_settings({"mixpanel.consumer": mixpanel.Consumer}).consumer is mixpanel.Consumer
+    assert parse_settings({"mixpanel.consumer": MockedConsumer}).consumer is MockedConsumer
+    assert parse_settings({"mixpanel.consumer": " "}).consumer is None
+    assert parse_settings({"mixpanel.consumer": None}).consumer is None
+
+
+def test_small_parsers() -> None:
+    assert as_secret("k", "  x ") == "x"
+    assert as_bool("k", True) is True
+    assert as_bool("k", "off") is False
+    assert as_positive_float("k", 3) == 3.0
+    assert as_base_url("k", "false") is None
+    with pytest.raises(MixpanelConfigurationError, match="k must be a number"):
+        as_positive_float("k", None)
+
+
+def test_includeme_validates_at_startup_through_a_config_action() -> None:
+    config = Configurator(settings={"mixpanel.release_policy": "sometimes"})
+    config.include("pyramid_mixpanel")
+    with pytest.raises(ConfigurationExecutionError, match="mixpanel.release_policy"):
+        config.commit()
+
+
+def test_settings_added_after_the_include_still_count() -> None:
+    config = Configurator(settings={})
+    config.include("pyramid_mixpanel")
+    config.add_settings({"mixpanel.token": "added-later"})
+    config.commit()
+    from pyramid_mixpanel.lifecycle import RUNTIME_KEY
+
+    assert config.registry[RUNTIME_KEY].settings.token == "added-later"

@@ -1,0 +1,429 @@
+"""MixpanelTrack: validation, message building, buffering and release, in testing mode."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import logging
+import time
+import typing as t
+
+import mixpanel
+import pytest
+
+from pyramid_mixpanel import (
+    Event,
+    EventProperties,
+    Events,
+    GroupKeys,
+    GroupProperties,
+    MixpanelTrack,
+    ProfileMetaProperties,
+    ProfileProperties,
+    Property,
+)
+from pyramid_mixpanel.consumer import MockedConsumer, RequestBuffer
+from pyramid_mixpanel.customerio import CustomerIOCall
+from pyramid_mixpanel.runtime import runtime_for
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys(GroupKeys):
+    company: Property = Property("company_id")
+
+
+@dataclasses.dataclass(frozen=True)
+class Groups(GroupProperties):
+    plan: Property = Property("Plan")
+    tags: Property = Property("Tags")
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile(ProfileProperties):
+    logins: Property = Property("Logins")
+    tags: Property = Property("Tags")
+
+
+class Color(str, enum.Enum):
+    RED = "red"
+
+
+SETTINGS = {
+    "mixpanel.token": "false",
+    "mixpanel.group_keys": Keys,
+    "mixpanel.group_properties": Groups,
+    "mixpanel.profile_properties": Profile,
+}
+
+
+@pytest.fixture
+def mp() -> MixpanelTrack:
+    return MixpanelTrack(SETTINGS, distinct_id="u1")
+
+
+def messages(mp: MixpanelTrack) -> list[dict[str, t.Any]]:
+    return mp.mocked_messages
+
+
+def test_track_records_a_clean_message(mp: MixpanelTrack) -> None:
+    mp.track(Events.page_viewed, {EventProperties.path: "/x", EventProperties.title: "Home"})
+    assert messages(mp) == [
+        {
+            "endpoint": "events",
+            "msg": {
+                "event": "Page Viewed",
+                "properties": {"distinct_id": "u1", "Path": "/x", "Title": "Home"},
+            },
+        }
+    ]
+    assert mp.api._consumer is t.cast(t.Any, mp.api._consumer)
+    assert mp.api._consumer.mocked_messages is mp.mocked_messages
+    assert mp.api._consumer.flushed is False
+
+
+def test_system_properties_are_kept_when_asked(mp: MixpanelTrack) -> None:
+    class KeepAll(MockedConsumer):
+        DROP_SYSTEM_MESSAGE_PROPERTIES = False
+
+    mp.api._consumer = KeepAll()
+    mp.track(Events.page_viewed)
+    mp.profile_set({ProfileProperties.dollar_name: "A"})
+    event, profile = mp.mocked_messages
+    assert set(event["msg"]["properties"]) >= {"token", "time", "$insert_id", "mp_lib"}
+    assert len(event["msg"]["properties"]["$insert_id"]) <= 36
+    assert {"$token", "$time"} <= set(profile["msg"])
+
+
+def test_global_event_props_apply_to_every_event_and_props_win() -> None:
+    mp = MixpanelTrack(
+        SETTINGS, distinct_id="u1", global_event_props={EventProperties.title: "Global"}
+    )
+    mp.track(Events.page_viewed)
+    mp.track(Events.page_viewed, {EventProperties.title: "Local"})
+    titles = [m["msg"]["properties"]["Title"] for m in mp.mocked_messages]
+    assert titles == ["Global", "Local"]
+
+
+def test_missing_distinct_id_is_an_attribute_error() -> None:
+    mp = MixpanelTrack(SETTINGS)
+    with pytest.raises(AttributeError, match="distinct_id is not set: track"):
+        mp.track(Events.page_viewed)
+    with pytest.raises(AttributeError, match="profile_set"):
+        mp.profile_set({})
+    mp.distinct_id = "later"
+    mp.track(Events.page_viewed)
+    assert mp.mocked_messages[0]["msg"]["properties"]["distinct_id"] == "later"
+
+
+def test_undeclared_event_is_a_value_error_with_a_hint(mp: MixpanelTrack) -> None:
+    with pytest.raises(
+        ValueError, match=r"Event\(name='Page Viewd'.*Did you mean Events.page_viewed"
+    ):
+        mp.track(Event("Page Viewd"))
+    with pytest.raises(TypeError, match="expected a Event from Events, got 'Page Viewed'"):
+        mp.track("Page Viewed")  # type: ignore[arg-type]  # the mistake under test
+    assert mp.mocked_messages == []
+
+
+def test_undeclared_property_is_a_value_error_with_a_hint(mp: MixpanelTrack) -> None:
+    with pytest.raises(ValueError, match=r"Did you mean EventProperties.path \('Path'\)"):
+        mp.track(Events.page_viewed, {Property("path"): "/"})
+    with pytest.raises(TypeError, match="expected a Property"):
+        mp.track(Events.page_viewed, {"Path": "/"})  # type: ignore[dict-item]
+    # A profile property is not an event property.
+    with pytest.raises(ValueError, match="event properties"):
+        mp.track(Events.page_viewed, {ProfileProperties.dollar_email: "a@b"})
+    with pytest.raises(ValueError, match="profile properties"):
+        mp.profile_set({EventProperties.path: "/"})
+    with pytest.raises(ValueError, match="profile meta properties"):
+        mp.profile_set({}, meta={EventProperties.path: "/"})
+
+
+def test_values_are_converted_or_refused(mp: MixpanelTrack) -> None:
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    mp.track(
+        Events.page_viewed,
+        {
+            EventProperties.title: when,
+            EventProperties.path: [dt.date(2026, 1, 2), 1.5, ("a", {"k": Color.RED})],
+            EventProperties.dollar_referrer: None,
+        },
+    )
+    props = mp.mocked_messages[0]["msg"]["properties"]
+    assert props["Title"] == "2026-01-02T01:04:05"
+    assert props["Path"] == ["2026-01-02", 1.5, ["a", {"k": "red"}]]
+    assert props["$referrer"] is None
+    with pytest.raises(TypeError, match="'Path' is a object"):
+        mp.track(Events.page_viewed, {EventProperties.path: object()})
+    with pytest.raises(ValueError, match="'Path' is nan"):
+        mp.track(Events.page_viewed, {EventProperties.path: float("nan")})
+    with pytest.raises(ValueError, match="inf"):
+        mp.track(Events.page_viewed, {EventProperties.path: [float("inf")]})
+    assert len(mp.mocked_messages) == 1
+
+
+def test_at_most_255_properties() -> None:
+    many = {Property(f"P{i}"): i for i in range(256)}
+    cls = dataclasses.make_dataclass(
+        "Many",
+        [(f"p{i}", Property, dataclasses.field(default=p)) for i, p in enumerate(many)],
+        bases=(EventProperties,),
+        frozen=True,
+    )
+    mp = MixpanelTrack({"mixpanel.event_properties": cls}, distinct_id="u")
+    with pytest.raises(ValueError, match="has 256 properties; Mixpanel accepts at most 255"):
+        mp.track(Events.page_viewed, many)
+
+
+def test_long_strings_warn_in_testing_mode(
+    mp: MixpanelTrack, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        mp.track(Events.page_viewed, {EventProperties.path: "x" * 256})
+        mp.track(Events.page_viewed, {EventProperties.path: "x" * 255})
+    assert caplog.text.count("mixpanel.long_string") == 1
+    assert "property='Path'" in caplog.text
+
+
+def test_ip_and_recent_time_go_to_track(mp: MixpanelTrack) -> None:
+    recent = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    mp.track(Events.page_viewed, time=recent, ip="203.0.113.9")
+    mp.track(Events.page_viewed, time=recent.replace(tzinfo=None).timestamp())
+    first = mp.mocked_messages[0]
+    assert first["endpoint"] == "events"
+    assert first["msg"]["properties"]["ip"] == "203.0.113.9"
+    with pytest.raises(TypeError, match="ip must be a string"):
+        mp.track(Events.page_viewed, ip=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="time must be a datetime"):
+        mp.track(Events.page_viewed, time="yesterday")  # type: ignore[arg-type]
+
+
+def test_time_is_sent_when_given() -> None:
+    mp = MixpanelTrack(SETTINGS, distinct_id="u1")
+
+    class KeepAll(MockedConsumer):
+        DROP_SYSTEM_MESSAGE_PROPERTIES = False
+
+    mp.api._consumer = KeepAll()
+    recent = dt.datetime(2026, 1, 1, 12, 0, 0)
+    now = recent.replace(tzinfo=dt.timezone.utc).timestamp() + 3600
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(time, "time", lambda: now)
+        mp.track(Events.page_viewed, time=recent)
+    assert mp.mocked_messages[0]["msg"]["properties"]["time"] == now - 3600
+
+
+def test_old_events_go_to_import(mp: MixpanelTrack) -> None:
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=6)
+    mp.track(Events.page_viewed, {EventProperties.path: "/old"}, time=old)
+    assert mp.mocked_messages == [
+        {
+            "endpoint": "imports",
+            "msg": {"event": "Page Viewed", "properties": {"distinct_id": "u1", "Path": "/old"}},
+        }
+    ]
+
+
+def test_old_events_need_import_credentials_outside_testing_mode() -> None:
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=6)
+    live = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
+    with pytest.raises(ValueError, match="older than 5 days.*mixpanel.service_account"):
+        live.track(Events.page_viewed, time=old)
+    with_secret = MixpanelTrack(
+        {"mixpanel.token": "tok", "mixpanel.api_secret": "s"}, distinct_id="u"
+    )
+    with_secret.track(Events.page_viewed, time=old)
+    assert t.cast(RequestBuffer, with_secret.api._consumer).messages[0][0] == "imports"
+
+
+def test_profile_methods_build_engage_messages(mp: MixpanelTrack) -> None:
+    created = dt.datetime(2020, 1, 1, 10, 0)
+    mp.profile_set(
+        {ProfileProperties.dollar_created: created, ProfileProperties.dollar_email: "a@b.c"},
+        meta={ProfileMetaProperties.dollar_ip: "1.2.3.4", ProfileMetaProperties.dollar_time: 5},
+    )
+    mp.people_set_once({Profile.logins: 0})
+    mp.people_append({Profile.tags: "a"})
+    mp.people_union({Profile.tags: ["a", "b"]})
+    mp.people_remove({Profile.tags: "a"})
+    mp.people_unset([Profile.tags])
+    mp.profile_increment({Profile.logins: 1})
+    mp.people_clear_charges()
+    mp.people_delete()
+    ops = [(m["endpoint"], m["msg"]) for m in mp.mocked_messages]
+    assert all(endpoint == "people" for endpoint, _ in ops)
+    assert ops[0][1] == {
+        "$distinct_id": "u1",
+        "$set": {"$created": "2020-01-01T10:00:00", "$email": "a@b.c"},
+        "$ip": "1.2.3.4",  # $time is a system key: dropped like an event's time
+    }
+    assert ops[1][1]["$set_once"] == {"Logins": 0}
+    assert ops[2][1]["$append"] == {"Tags": "a"}
+    assert ops[3][1]["$union"] == {"Tags": ["a", "b"]}
+    assert ops[4][1]["$remove"] == {"Tags": "a"}
+    assert ops[5][1]["$unset"] == ["Tags"]
+    assert ops[6][1]["$add"] == {"Logins": 1}
+    assert ops[7][1]["$unset"] == ["$transactions"]
+    assert ops[8][1]["$delete"] == ""
+
+
+def test_meta_time_accepts_datetimes_as_milliseconds(mp: MixpanelTrack) -> None:
+    mp.api._consumer = MockedConsumer()
+    mp.api._consumer.DROP_SYSTEM_MESSAGE_PROPERTIES = False
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    mp.profile_set({}, meta={ProfileMetaProperties.dollar_time: when})
+    mp.profile_set({}, meta={ProfileMetaProperties.dollar_ignore_time: True})
+    assert mp.mocked_messages[0]["msg"]["$time"] == int(when.timestamp() * 1000)
+    assert mp.mocked_messages[1]["msg"]["$ignore_time"] is True
+
+
+def test_wrong_value_types_are_type_errors(mp: MixpanelTrack) -> None:
+    with pytest.raises(TypeError, match="people_union needs lists, 'Tags' is str"):
+        mp.people_union({Profile.tags: "a"})
+    with pytest.raises(TypeError, match="profile_increment needs numbers, 'Logins' is str"):
+        mp.profile_increment({Profile.logins: "1"})
+    with pytest.raises(TypeError, match="is bool"):
+        mp.profile_increment({Profile.logins: True})
+    with pytest.raises(TypeError, match="amount must be a number"):
+        mp.profile_track_charge("9.99")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="profile properties"):
+        mp.people_unset([EventProperties.path])
+    assert mp.mocked_messages == []
+
+
+def test_track_charge_appends_a_transaction(mp: MixpanelTrack) -> None:
+    mp.profile_track_charge(9.99, {EventProperties.title: "Pro"})
+    mp.profile_track_charge(5, {Profile.logins: 1})
+    first = mp.mocked_messages[0]["msg"]["$append"]["$transactions"]
+    assert first["$amount"] == 9.99
+    assert first["Title"] == "Pro"
+    dt.datetime.fromisoformat(first["$time"])  # an ISO timestamp, as Mixpanel wants
+
+
+def test_group_methods(mp: MixpanelTrack) -> None:
+    mp.track(Events.page_viewed, {Keys.company: "acme"})
+    mp.group_set(Keys.company, "acme", {Groups.plan: "pro"})
+    mp.group_set_once(Keys.company, "acme", {Groups.plan: "free"})
+    mp.group_union(Keys.company, "acme", {Groups.tags: ["a"]})
+    mp.group_remove(Keys.company, "acme", {Groups.tags: "a"})
+    mp.group_unset(Keys.company, "acme", [Groups.tags])
+    mp.group_delete(Keys.company, "acme")
+    endpoints = [m["endpoint"] for m in mp.mocked_messages]
+    assert endpoints == ["events"] + ["groups"] * 6
+    group_set = mp.mocked_messages[1]["msg"]
+    assert group_set["$group_key"] == "company_id"
+    assert group_set["$group_id"] == "acme"
+    assert group_set["$set"] == {"Plan": "pro"}
+    assert mp.mocked_messages[-1]["msg"]["$delete"] == ""
+    with pytest.raises(ValueError, match="group keys"):
+        mp.group_set(Property("org"), "x", {})
+    with pytest.raises(TypeError, match="group_union needs lists"):
+        mp.group_union(Keys.company, "acme", {Groups.tags: "a"})
+    with pytest.raises(ValueError, match="group properties"):
+        mp.group_unset(Keys.company, "acme", [Profile.logins])
+
+
+def test_catalogue_classes_are_exposed(mp: MixpanelTrack) -> None:
+    assert mp.events is Events
+    assert mp.event_properties is EventProperties
+    assert mp.profile_properties is Profile
+    assert mp.profile_meta_properties is ProfileMetaProperties
+
+
+def test_testing_mode_flush_marks_flushed_and_keeps_messages(mp: MixpanelTrack) -> None:
+    mp.track(Events.page_viewed)
+    mp.flush()
+    assert mp.api._consumer.flushed is True
+    assert len(mp.mocked_messages) == 1
+
+
+def test_settle_releases_once_and_later_messages_follow_the_outcome() -> None:
+    mp = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
+    delivered: list[tuple[str, str]] = []
+    runtime = runtime_for({"mixpanel.token": "tok"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "deliver", lambda msgs, calls=(): delivered.extend(msgs))
+        mp.track(Events.page_viewed)
+        mp.settle(True)
+        mp.settle(False, "ignored: already settled")
+        assert [endpoint for endpoint, _ in delivered] == ["events"]
+        mp.track(Events.user_logged_in)  # after success: delivered at once
+        assert json.loads(delivered[-1][1])["event"] == "User Logged In"
+    assert mp.outcome is True
+
+
+def test_discarded_requests_drop_later_messages_too(caplog: pytest.LogCaptureFixture) -> None:
+    mp = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
+    buffer = t.cast(RequestBuffer, mp.api._consumer)
+    mp.track(Events.page_viewed)
+    with caplog.at_level(logging.INFO, logger="pyramid_mixpanel"):
+        mp.settle(False, "the view raised")
+        mp.track(Events.page_viewed)
+    assert buffer.messages == []
+    assert "messages=1 reason='the view raised'" in caplog.text
+    assert "tracked after the request failed" in caplog.text
+    mp.discard("nothing left")  # an empty discard logs nothing more
+    assert caplog.text.count("messages_discarded") == 2
+
+
+def test_mocked_messages_only_exist_in_testing_mode() -> None:
+    live = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
+    with pytest.raises(AttributeError, match="only exist in testing mode"):
+        _ = live.mocked_messages
+    assert isinstance(live.api, mixpanel.Mixpanel)
+
+
+def test_context_manager_flushes_or_discards() -> None:
+    settings = {"mixpanel.token": "tok"}
+    runtime = runtime_for(settings)
+    delivered: list[tuple[str, str]] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtime, "deliver", lambda msgs, calls=(): delivered.extend(msgs))
+        with MixpanelTrack(settings, distinct_id="u") as mp:
+            mp.track(Events.page_viewed)
+        assert len(delivered) == 1
+        with pytest.raises(RuntimeError), MixpanelTrack(settings, distinct_id="u") as mp:
+            mp.track(Events.page_viewed)
+            raise RuntimeError("boom")
+        assert len(delivered) == 1
+
+
+def test_buffer_flush_by_hand_releases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripts written for the original package call ``api._consumer.flush()``."""
+    settings = {"mixpanel.token": "tok"}
+    delivered: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        runtime_for(settings), "deliver", lambda msgs, calls=(): delivered.extend(msgs)
+    )
+    mp = MixpanelTrack(settings, distinct_id="u")
+    mp.track(Events.page_viewed)
+    mp.api._consumer.flush()
+    assert len(delivered) == 1
+
+
+def test_customerio_calls_are_recorded_in_testing_mode() -> None:
+    settings = {
+        "mixpanel.token": "false",
+        "customerio.tracking.site_id": "s",
+        "customerio.tracking.api_key": "k",
+        "customerio.tracking.region": "us",
+    }
+    mp = MixpanelTrack(settings, distinct_id="u", global_event_props={EventProperties.title: "T"})
+    mp.track(Events.page_viewed, {EventProperties.path: "/p"})
+    mp.track(Events.page_viewed, skip_customerio=True)
+    mp.profile_set(
+        {
+            ProfileProperties.dollar_created: dt.datetime(2020, 1, 1),
+            ProfileProperties.dollar_email: "a@b.c",
+        }
+    )
+    mp.profile_set({ProfileProperties.dollar_name: "N"}, skip_customerio=True)
+    mp.flush()
+    assert mp.customerio_messages == [
+        CustomerIOCall("track", "u", {"Title": "T", "Path": "/p"}, "Page Viewed"),
+        CustomerIOCall("identify", "u", {"created_at": 1577836800, "email": "a@b.c"}),
+    ]
+    mp.discard("testing mode keeps everything")
+    assert len(mp.customerio_messages) == 2
