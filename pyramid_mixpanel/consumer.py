@@ -124,7 +124,8 @@ class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  
             api_host=settings.api_host,
             request_timeout=(settings.connect_timeout, settings.read_timeout),
             credentials=credentials,
-            import_api_secret=settings.api_secret,
+            # /import takes the project token as basic-auth user when there is no secret.
+            import_api_secret=settings.api_secret or settings.token,
             log=log,
         )
 

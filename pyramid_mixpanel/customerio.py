@@ -9,8 +9,9 @@ so a property called ``Path`` or ``id`` cannot collide with the client's own par
 from __future__ import annotations
 
 import datetime as dt
+import json
 import typing as t
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .log import Log
 
@@ -61,6 +62,15 @@ class CustomerIOCall:
     data: dict[str, object]
     name: str | None = None
 
+    def to_json(self) -> str:
+        """Serialise for the delivery queue / spool."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> CustomerIOCall:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))
+
 
 class CustomerIOReplicator:
     """Sends :class:`CustomerIOCall` objects with a shared, timeout-bounded client."""
@@ -83,23 +93,33 @@ class CustomerIOReplicator:
             # needs the scheme and port kept, so the base URL is set after construction.
             self.client.base_url = f"{settings.customerio_url}/api/v1"
 
+    def send(self, call: CustomerIOCall) -> tuple[str, str]:
+        """Send one call; return ``("sent", "")``, ``("retry", error)`` or ``("dead", error)``.
+
+        Connection problems, 408, 429 and 5xx are worth retrying; other refusals are not.
+        """
+        try:
+            if call.method == "identify":
+                url = self.client.get_customer_query_string(call.customer_id)
+                self.client.send_request("PUT", url, call.data)
+            else:
+                self.client.track(customer_id=call.customer_id, name=call.name, data=call.data)
+        except Exception as exc:
+            error = describe_error(exc)
+            status = error.removeprefix("HTTP ")
+            if status.isdigit() and not (int(status) in (408, 429) or int(status) >= 500):
+                return "dead", error
+            return "retry", error
+        return "sent", ""
+
     def deliver(self, calls: t.Sequence[CustomerIOCall]) -> int:
         """Send every call; return how many failed (each failure is logged, never raised)."""
         failed = 0
         for call in calls:
-            try:
-                if call.method == "identify":
-                    url = self.client.get_customer_query_string(call.customer_id)
-                    self.client.send_request("PUT", url, call.data)
-                else:
-                    self.client.track(customer_id=call.customer_id, name=call.name, data=call.data)
-            except Exception as exc:
+            kind, error = self.send(call)
+            if kind != "sent":
                 failed += 1
-                self.log.error(
-                    "customerio.delivery_failed",
-                    method=call.method,
-                    error=describe_error(exc),
-                )
+                self.log.error("customerio.delivery_failed", method=call.method, error=error)
         return failed
 
 

@@ -30,6 +30,7 @@ logger = logging.getLogger("pyramid_mixpanel")
 FALSE_WORDS = frozenset({"", "false", "f", "no", "n", "off", "0", "none", "null"})
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
 RELEASE_POLICIES = ("commit", "success", "always")
+DELIVERY_MODES = ("background", "sync")
 
 # Mixpanel's data residency: ingestion and query hosts per region.
 INGESTION_HOSTS = {
@@ -80,6 +81,23 @@ def as_positive_float(key: str, value: object) -> float:
     if not number > 0:
         raise MixpanelConfigurationError(f"{key} must be greater than 0, got {value!r}")
     return number
+
+
+def _positive_int(maximum: int) -> t.Callable[[str, object], int]:
+    def parse(key: str, value: object) -> int:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise MixpanelConfigurationError(
+                f"{key} must be a whole number, got {value!r}"
+            ) from None
+        if not 0 < number <= maximum:
+            raise MixpanelConfigurationError(
+                f"{key} must be between 1 and {maximum}, got {value!r}"
+            )
+        return number
+
+    return parse
 
 
 def as_base_url(key: str, value: object) -> str | None:
@@ -165,6 +183,14 @@ class MixpanelSettings:
     read_timeout: float = 5.0
     query_timeout: float = 60.0
     release_policy: str = "commit"
+    delivery: str = "sync"  # TEMP until helper tests are adapted; target default: background
+    spool_path: str | None = None
+    queue_max_messages: int = 100_000
+    queue_max_bytes: int = 64 * 1024 * 1024
+    flush_interval: float = 1.0
+    shutdown_timeout: float = 5.0
+    batch_max_records: int = 2000
+    batch_max_bytes: int = 10 * 1024 * 1024
     structlog: bool = False
     customerio_site_id: str | None = field(default=None, repr=False)
     customerio_api_key: str | None = field(default=None, repr=False)
@@ -237,6 +263,14 @@ SETTINGS: tuple[tuple[str, str, Parser], ...] = (
     ("mixpanel.read_timeout", "read_timeout", as_positive_float),
     ("mixpanel.query_timeout", "query_timeout", as_positive_float),
     ("mixpanel.release_policy", "release_policy", _choice(RELEASE_POLICIES)),
+    ("mixpanel.delivery", "delivery", _choice(DELIVERY_MODES)),
+    ("mixpanel.spool_path", "spool_path", as_secret),
+    ("mixpanel.queue_max_messages", "queue_max_messages", _positive_int(10**9)),
+    ("mixpanel.queue_max_bytes", "queue_max_bytes", _positive_int(2**40)),
+    ("mixpanel.flush_interval", "flush_interval", as_positive_float),
+    ("mixpanel.shutdown_timeout", "shutdown_timeout", as_positive_float),
+    ("mixpanel.batch_max_records", "batch_max_records", _positive_int(2000)),
+    ("mixpanel.batch_max_bytes", "batch_max_bytes", _positive_int(10 * 1024 * 1024)),
     ("pyramid_heroku.structlog", "structlog", as_bool),
     ("customerio.tracking.site_id", "customerio_site_id", as_secret),
     ("customerio.tracking.api_key", "customerio_api_key", as_secret),
@@ -261,6 +295,17 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
     for key in settings:
         if key.startswith(WATCHED_PREFIXES) and key not in KNOWN_KEYS:
             logger.warning("Unknown setting %s is ignored.%s", key, closest(key, KNOWN_KEYS))
+
+    if "consumer" in values:
+        # A custom consumer is called at the end of the request, like the original package did.
+        if values.get("delivery") == "background":
+            raise MixpanelConfigurationError(
+                "mixpanel.consumer sends at the end of the request: it cannot be combined with"
+                " mixpanel.delivery = background (drop one of them)"
+            )
+        values["delivery"] = "sync"
+    if "spool_path" in values and values.get("delivery") == "sync":
+        raise MixpanelConfigurationError("mixpanel.spool_path needs mixpanel.delivery = background")
 
     region = t.cast(str, values.get("region", "us"))
     values.setdefault("api_host", f"https://{INGESTION_HOSTS[region]}")

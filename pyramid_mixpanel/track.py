@@ -144,7 +144,6 @@ class MixpanelTrack:
             properties["ip"] = ip
         timestamp = None if time is None else _epoch(time)
         if timestamp is not None and time_module.time() - timestamp > IMPORT_AGE:
-            self._need_import_credentials(event)
             self.api.import_data(None, distinct_id, event.name, timestamp, properties)
         else:
             if timestamp is not None:
@@ -361,15 +360,6 @@ class MixpanelTrack:
                 " request.mixpanel.distinct_id = '...'"
             )
         return self.distinct_id
-
-    def _need_import_credentials(self, event: Event) -> None:
-        settings = self.settings
-        if settings.testing or settings.has_service_account or settings.api_secret:
-            return
-        raise ValueError(
-            f"{event.name!r} is older than 5 days and must go through /import, which needs"
-            " mixpanel.service_account.* (or the legacy mixpanel.api_secret)"
-        )
 
     def _not_member(self, value: object, kind: type, section: Section[t.Any]) -> Exception:
         if not isinstance(value, kind):

@@ -226,16 +226,11 @@ def test_old_events_go_to_import(mp: MixpanelTrack) -> None:
     ]
 
 
-def test_old_events_need_import_credentials_outside_testing_mode() -> None:
+def test_old_events_are_buffered_for_import_outside_testing_mode() -> None:
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=6)
     live = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
-    with pytest.raises(ValueError, match="older than 5 days.*mixpanel.service_account"):
-        live.track(Events.page_viewed, time=old)
-    with_secret = MixpanelTrack(
-        {"mixpanel.token": "tok", "mixpanel.api_secret": "s"}, distinct_id="u"
-    )
-    with_secret.track(Events.page_viewed, time=old)
-    assert t.cast(RequestBuffer, with_secret.api._consumer).messages[0][0] == "imports"
+    live.track(Events.page_viewed, time=old)
+    assert t.cast(RequestBuffer, live.api._consumer).messages[0][0] == "imports"
 
 
 def test_profile_methods_build_engage_messages(mp: MixpanelTrack) -> None:

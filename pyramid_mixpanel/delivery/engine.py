@@ -1,0 +1,310 @@
+"""The background delivery engine: requests hand messages over and return at once.
+
+One sender thread per process, started lazily on the first hand-over and again after a fork
+(``os.register_at_fork`` plus a pid check, so gunicorn/uwsgi pre-fork — ``--preload``
+included — works). Messages wait in a :mod:`~pyramid_mixpanel.delivery.store` (memory, or the
+durable SQLite spool); the sender claims due batches per endpoint, posts them through the
+:class:`~pyramid_mixpanel.delivery.transport.HttpTransport` and settles each batch:
+
+* delivered → deleted;
+* connection error, timeout, 408, 429, 5xx → held back with capped exponential backoff and full
+  jitter (``Retry-After`` honoured). The endpoint — every endpoint, when Mixpanel could not be
+  reached at all — pauses for that delay, so one failing batch costs one timeout, not one per
+  batch, and other endpoints keep flowing;
+* any other refusal → dead letters with Mixpanel's error text (for a strict ``/import``, only the
+  refused records; the rest were accepted).
+
+At interpreter exit (and on :meth:`BackgroundEngine.close`) the engine drains for at most
+``mixpanel.shutdown_timeout`` seconds and never joins without a timeout: what is left stays in
+the spool, or is counted and logged as lost when there is none.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import typing as t
+import weakref
+
+from ..log import Log
+from .policy import RetryPolicy
+from .store import ENDPOINTS, Batch, Store
+from .transport import Outcome
+
+COUNTERS = ("queued", "sent", "retried", "spooled", "dead", "dropped")
+# While anything fails, counters are logged at most this often (seconds).
+FAILURE_LOG_INTERVAL = 30.0
+
+_ENGINES: weakref.WeakSet[BackgroundEngine] = weakref.WeakSet()
+# Customer.io has no batch endpoint in its track API: one call per batch.
+RECORDS_PER_BATCH = {"customerio": 1}
+
+
+class Transport(t.Protocol):
+    """Anything that can post a batch and say what happened."""
+
+    def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
+        """Send ``bodies`` to ``endpoint``."""
+
+
+class Stats:
+    """Thread-safe counters: queued, sent, retried, spooled, dead, dropped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(COUNTERS, 0)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Increase counter ``name``."""
+        with self._lock:
+            self._values[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        """A copy of every counter."""
+        with self._lock:
+            return dict(self._values)
+
+
+class BackgroundEngine:
+    """Deliver messages from a store on a sender thread; never block or fail the caller.
+
+    :param store: where messages wait (:class:`~.store.MemoryStore` or
+        :class:`~.store.SqliteSpool`).
+    :param transport: posts batches.
+    :param spooled: whether the store survives the process (changes counters and shutdown logs).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        log: Log,
+        *,
+        policy: RetryPolicy | None = None,
+        spooled: bool = False,
+        flush_interval: float = 1.0,
+        shutdown_timeout: float = 5.0,
+        max_batch_records: int = 2000,
+        max_batch_bytes: int = 10 * 1024 * 1024,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.log = log
+        self.policy = policy or RetryPolicy()
+        self.spooled = spooled
+        self.flush_interval = flush_interval
+        self.shutdown_timeout = shutdown_timeout
+        self.max_batch_records = max_batch_records
+        self.max_batch_bytes = max_batch_bytes
+        self.stats = Stats()
+        self._closed = False
+        self._reset_process_state()
+        _ENGINES.add(self)
+
+    def _reset_process_state(self) -> None:
+        """State that belongs to one process; rebuilt in a forked child."""
+        self._pid = os.getpid()
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # endpoint -> (paused until, consecutive failures)
+        self._pauses: dict[str, tuple[float, int]] = {}
+        self._failing_since: float | None = None
+        self._last_failure_log = 0.0
+
+    # -- the request side -------------------------------------------------------------------
+
+    def submit(self, messages: t.Sequence[tuple[str, str]]) -> None:
+        """Accept a request's messages; returns without any network I/O. Never raises."""
+        if not messages:
+            return
+        try:
+            refused = self.store.put(messages)
+        except Exception as exc:
+            # The spool file may be unwritable (disk full, permissions): say so loudly, but the
+            # request that produced the messages must still succeed.
+            refused = len(messages)
+            self.log.error("mixpanel.spool_write_failed", error=str(exc)[:300])
+        accepted = len(messages) - refused
+        self.stats.add("queued", accepted)
+        if self.spooled:
+            self.stats.add("spooled", accepted)
+        if refused:
+            self.stats.add("dropped", refused)
+            self.log.error(
+                "mixpanel.queue_full_dropped",
+                messages=refused,
+                detail="the queue cap (mixpanel.queue_max_messages / _bytes) is reached",
+            )
+        self._ensure_sender()
+        self._wake.set()
+
+    def _ensure_sender(self) -> None:
+        if self._pid != os.getpid():
+            self._reset_process_state()  # forked without the at-fork hook (belt and braces)
+        if self._thread is not None or self._closed:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="pyramid_mixpanel-sender", daemon=True
+                )
+                self._thread.start()
+
+    def start(self) -> None:
+        """Start the sender now, e.g. to send what a spool holds from an earlier run."""
+        self._ensure_sender()
+        self._wake.set()
+
+    # -- the sender thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.send_due()
+            except Exception as exc:  # a bug or a broken spool must not kill delivery for good
+                self.log.error("mixpanel.sender_error", error=f"{type(exc).__name__}: {exc}")
+                worked = False
+            if not worked:
+                self._wake.wait(self._idle_wait())
+                self._wake.clear()
+
+    def _idle_wait(self) -> float:
+        due = self.store.next_due()
+        now = time.time()
+        waits = [self.flush_interval]
+        if due is not None:
+            waits.append(max(0.0, due - now))
+        waits.extend(max(0.0, until - now) for until, _ in self._pauses.values() if until > now)
+        return max(0.01, min(waits))
+
+    def send_due(self) -> bool:
+        """Send one due batch per endpoint that is not paused; return whether any was sent."""
+        worked = False
+        for endpoint in ENDPOINTS:
+            now = time.time()
+            paused_until, _ = self._pauses.get(endpoint, (0.0, 0))
+            if paused_until > now:
+                continue
+            batch = self.store.claim(endpoint, now, self.max_batch_records, self.max_batch_bytes)
+            if batch is None:
+                continue
+            worked = True
+            self._settle(batch, self.transport.post(endpoint, batch.bodies))
+        self._maybe_log_failures()
+        return worked
+
+    def _settle(self, batch: Batch, outcome: Outcome) -> None:
+        count = len(batch.ids)
+        if outcome.sent:
+            self.store.ack(batch)
+            self.stats.add("sent", count)
+            self._pauses.pop(batch.endpoint, None)
+            if not self._pauses:
+                self._failing_since = None
+            return
+        if outcome.kind == "retry":
+            _, failures = self._pauses.get(batch.endpoint, (0.0, 0))
+            delay = self.policy.delay(max(batch.attempts, failures) + 1, outcome.retry_after)
+            until = time.time() + delay
+            self.store.retry(batch, until)
+            self.stats.add("retried", count)
+            paused = ENDPOINTS if outcome.unreachable else (batch.endpoint,)
+            for endpoint in paused:
+                self._pauses[endpoint] = (until, failures + 1)
+            self._failing_since = self._failing_since or time.time()
+            self.log.warning(
+                "mixpanel.delivery_retry",
+                endpoint=batch.endpoint,
+                messages=count,
+                retry_in=round(delay, 2),
+                error=outcome.error,
+            )
+            return
+        refused = len(outcome.failed) if outcome.failed else count
+        self.store.bury(batch, outcome.error, outcome.failed or None)
+        self.stats.add("dead", refused)
+        self.stats.add("sent", count - refused)
+        self.log.error(
+            "mixpanel.delivery_refused",
+            endpoint=batch.endpoint,
+            messages=refused,
+            error=outcome.error,
+            detail="kept as dead letters: pmixpanel dead <config.ini>",
+        )
+
+    def _maybe_log_failures(self) -> None:
+        if self._failing_since is None:
+            return
+        now = time.time()
+        if now - self._last_failure_log < FAILURE_LOG_INTERVAL:
+            return
+        self._last_failure_log = now
+        self.log.warning(
+            "mixpanel.delivery_failing",
+            failing_for=round(now - self._failing_since, 1),
+            pending=self.store.pending(),
+            **self.stats.snapshot(),
+        )
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> int:
+        """Drain for at most ``timeout`` seconds (default ``shutdown_timeout``), then stop.
+
+        Returns how many messages were left undelivered: they stay in the spool, or are lost
+        (and logged as such) with the memory store. Never blocks longer than ``timeout`` plus
+        one store operation.
+        """
+        if self._closed:
+            return 0
+        self._closed = True
+        deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
+        thread = self._thread if self._pid == os.getpid() else None
+        if thread is not None:
+            while time.monotonic() < deadline and thread.is_alive() and self._drainable(deadline):
+                self._wake.set()
+                time.sleep(0.02)
+            self._stop.set()
+            self._wake.set()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        left = self.store.pending()
+        if left:
+            self.log.warning(
+                "mixpanel.shutdown_left_messages",
+                messages=left,
+                kept="in the spool" if self.spooled else "nowhere: lost (set mixpanel.spool_path)",
+            )
+        if thread is None or not thread.is_alive():
+            self.store.close()
+        return left
+
+    def _drainable(self, deadline: float) -> bool:
+        """Whether something is pending that could still be sent before ``deadline``."""
+        if not self.store.pending():
+            return False
+        due = self.store.next_due()
+        return due is not None and due <= time.time() + (deadline - time.monotonic())
+
+    def _after_fork_in_child(self) -> None:
+        self._reset_process_state()
+        self.stats = Stats()
+        # The parent still owns (and will send) what it had queued in memory.
+        self.store.after_fork()
+
+
+def _close_all() -> None:
+    for engine in list(_ENGINES):
+        engine.close()
+
+
+def _after_fork() -> None:
+    for engine in list(_ENGINES):
+        engine._after_fork_in_child()
+
+
+atexit.register(_close_all)
+os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,286 @@
+"""The background engine's decisions, driven through a scripted transport.
+
+The HTTP side is covered against a loopback Mixpanel in the functional tests; here a transport
+that answers from a script lets each decision (ack, retry with pause, dead letters, shutdown)
+be checked exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+import typing as t
+
+import pytest
+
+from pyramid_mixpanel.delivery import engine as engine_module
+from pyramid_mixpanel.delivery.engine import BackgroundEngine, Stats
+from pyramid_mixpanel.delivery.policy import RetryPolicy, parse_retry_after
+from pyramid_mixpanel.delivery.store import MemoryStore
+from pyramid_mixpanel.delivery.transport import Outcome
+from pyramid_mixpanel.log import Log
+
+
+class ScriptedTransport:
+    """Answers each post with the next scripted outcome (default: sent)."""
+
+    def __init__(self, *script: Outcome) -> None:
+        self.script: collections.deque[Outcome] = collections.deque(script)
+        self.posts: list[tuple[str, tuple[str, ...]]] = []
+        self.gate: threading.Event | None = None
+
+    def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.posts.append((endpoint, tuple(bodies)))
+        return self.script.popleft() if self.script else Outcome("sent")
+
+
+class FixedPolicy(RetryPolicy):
+    def delay(self, attempt: int, retry_after: float | None = None, draw: t.Any = None) -> float:
+        return 5.0
+
+
+def make_engine(transport: ScriptedTransport, **kwargs: t.Any) -> BackgroundEngine:
+    store = kwargs.pop("store", MemoryStore(1000, 10**7))
+    return BackgroundEngine(
+        store,
+        transport,
+        Log(["tok-secret"]),
+        policy=kwargs.pop("policy", RetryPolicy(base=0.05, cap=0.2)),
+        flush_interval=kwargs.pop("flush_interval", 0.05),
+        **kwargs,
+    )
+
+
+def wait_for(predicate: t.Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_submit_returns_at_once_and_the_sender_delivers() -> None:
+    transport = ScriptedTransport()
+    transport.gate = threading.Event()
+    engine = make_engine(transport)
+    started = time.perf_counter()
+    engine.submit([("events", '{"a":1}'), ("people", '{"b":2}')])
+    assert time.perf_counter() - started < 0.5  # the gate holds the sender, not the caller
+    transport.gate.set()
+    wait_for(lambda: engine.stats.snapshot()["sent"] == 2)
+    assert sorted(endpoint for endpoint, _ in transport.posts) == ["events", "people"]
+    assert engine.store.pending() == 0
+    assert engine.close(1) == 0
+
+
+def test_nothing_to_submit_starts_nothing() -> None:
+    engine = make_engine(ScriptedTransport())
+    engine.submit([])
+    assert engine._thread is None
+    assert engine.close() == 0
+    assert engine.close() == 0  # closing twice is harmless
+
+
+def test_retry_pauses_the_endpoint_then_delivers() -> None:
+    transport = ScriptedTransport(Outcome("retry", "HTTP 503: busy"))
+    engine = make_engine(transport)
+    engine.submit([("events", '{"a":1}')])
+    wait_for(lambda: engine.stats.snapshot()["sent"] == 1)
+    stats = engine.stats.snapshot()
+    assert stats["retried"] == 1
+    assert [endpoint for endpoint, _ in transport.posts] == ["events", "events"]
+    engine.close(1)
+
+
+def test_unreachable_pauses_every_endpoint() -> None:
+    transport = ScriptedTransport(Outcome("retry", "ConnectionError", unreachable=True))
+    engine = make_engine(transport, policy=FixedPolicy())
+    engine.store.put([("events", "{}"), ("people", "{}")])
+    assert engine.send_due() is True
+    # One post only: the people batch was not tried after Mixpanel proved unreachable.
+    assert len(transport.posts) == 1
+    assert set(engine._pauses) == {"events", "people", "groups", "imports", "customerio"}
+    assert engine.send_due() is False
+    assert 0 < engine._idle_wait() <= engine.flush_interval
+
+
+def test_refused_batches_become_dead_letters(caplog: pytest.LogCaptureFixture) -> None:
+    transport = ScriptedTransport(
+        Outcome("dead", "HTTP 400: bad"),
+        Outcome("dead", "HTTP 400: one bad", failed=frozenset({1})),
+    )
+    engine = make_engine(transport)
+    engine.store.put([("events", '{"a":1}')])
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        engine.send_due()
+    engine.store.put([("imports", '{"i":0}'), ("imports", '{"i":1}'), ("imports", '{"i":2}')])
+    engine.send_due()
+    assert [d.body for d in engine.store.dead()] == ['{"a":1}', '{"i":1}']
+    stats = engine.stats.snapshot()
+    assert (stats["dead"], stats["sent"]) == (2, 2)
+    assert "pmixpanel dead" in caplog.text
+
+
+def test_failures_are_logged_periodically_with_counters(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "FAILURE_LOG_INTERVAL", 0.0)
+    transport = ScriptedTransport(Outcome("retry", "HTTP 500: tok-secret broke"))
+    engine = make_engine(transport)
+    engine.store.put([("events", "{}")])
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        engine.send_due()
+    assert "mixpanel.delivery_failing" in caplog.text
+    assert "retried=1" in caplog.text
+    assert "tok-secret" not in caplog.text
+    wait_for(lambda: engine._pauses["events"][0] < time.time())
+    engine.send_due()  # success clears the failure state
+    assert engine._failing_since is None
+
+
+def test_queue_cap_drops_are_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    engine = make_engine(ScriptedTransport(), store=MemoryStore(2, 10**6))
+    engine.store.put([("events", "{}"), ("events", "{}")])
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        engine.submit([("events", "{}")])
+    assert engine.stats.snapshot()["dropped"] == 1
+    assert "mixpanel.queue_full_dropped" in caplog.text
+    engine.close(1)
+
+
+def test_a_broken_store_never_reaches_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(MemoryStore):
+        def put(self, messages: t.Sequence[tuple[str, str]]) -> int:
+            raise OSError("disk full")
+
+    engine = make_engine(ScriptedTransport(), store=Broken(10, 10))
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        engine.submit([("events", "{}")])
+    assert engine.stats.snapshot()["dropped"] == 1
+    assert "mixpanel.spool_write_failed" in caplog.text
+    engine.close(0.5)
+
+
+def test_sender_survives_an_unexpected_error(caplog: pytest.LogCaptureFixture) -> None:
+    calls = {"n": 0}
+
+    class Flaky(MemoryStore):
+        def claim(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom")
+            return super().claim(*args, **kwargs)
+
+    engine = make_engine(ScriptedTransport(), store=Flaky(10, 10**6))
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        engine.submit([("events", "{}")])
+        wait_for(lambda: engine.stats.snapshot()["sent"] == 1)
+    assert "mixpanel.sender_error" in caplog.text
+    engine.close(1)
+
+
+def test_close_drains_within_the_timeout_and_reports_leftovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport = ScriptedTransport()
+    transport.gate = threading.Event()  # a hung Mixpanel: the post never returns
+    engine = make_engine(transport)
+    engine.submit([("events", "{}")])
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        left = engine.close(0.3)
+    assert time.monotonic() - started < 2
+    assert left == 1
+    assert "lost (set mixpanel.spool_path)" in caplog.text
+    transport.gate.set()
+
+
+def test_close_does_not_wait_for_messages_in_backoff() -> None:
+    transport = ScriptedTransport(Outcome("retry", "HTTP 429", retry_after=30))
+    engine = make_engine(transport, policy=RetryPolicy(base=30, cap=60))
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats.snapshot()["retried"] == 1)
+    started = time.monotonic()
+    assert engine.close(5) == 1
+    assert time.monotonic() - started < 2
+
+
+def test_spooled_leftovers_are_reported_as_kept(caplog: pytest.LogCaptureFixture) -> None:
+    engine = make_engine(ScriptedTransport(), spooled=True)
+    engine.store.put([("events", "{}")])
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        assert engine.close(0.1) == 1
+    assert "kept='in the spool'" in caplog.text
+
+
+def test_start_sends_what_the_store_already_holds() -> None:
+    engine = make_engine(ScriptedTransport())
+    engine.store.put([("events", "{}")])
+    engine.start()
+    wait_for(lambda: engine.stats.snapshot()["sent"] == 1)
+    engine.close(1)
+
+
+def test_a_forked_child_gets_its_own_sender_and_no_inherited_queue() -> None:
+    engine = make_engine(ScriptedTransport())
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats.snapshot()["sent"] == 1)
+    engine.store.put([("events", '{"parent":1}')])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child's coverage is not collected
+        ok = (
+            engine._thread is None
+            and engine.store.pending() == 0
+            and engine.stats.snapshot()["sent"] == 0
+        )
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    engine.close(1)
+
+
+def test_pid_check_rebuilds_state_without_the_fork_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(ScriptedTransport())
+    monkeypatch.setattr(engine, "_pid", -1)
+    engine.submit([("events", "{}")])
+    assert engine._pid == os.getpid()
+    wait_for(lambda: engine.stats.snapshot()["sent"] == 1)
+    engine.close(1)
+
+
+def test_at_exit_every_engine_is_closed() -> None:
+    engine = make_engine(ScriptedTransport())
+    engine.store.put([("events", "{}")])
+    engine_module._close_all()
+    assert engine._closed
+
+
+def test_retry_policy() -> None:
+    policy = RetryPolicy()
+    assert [policy.ceiling(n) for n in (1, 2, 3, 6, 7, 20)] == [2, 4, 8, 60, 60, 60]
+    assert policy.delay(3, draw=lambda: 0.5) == 4
+    assert policy.delay(1, retry_after=10, draw=lambda: 0.5) == 10
+    assert policy.delay(1, retry_after=10_000, draw=lambda: 0.5) == 300
+    assert 0 <= policy.delay(4) <= 16
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"), [(None, None), ("", None), ("7", 7.0), ("-1", None), ("soon", None)]
+)
+def test_parse_retry_after(header: str | None, expected: float | None) -> None:
+    assert parse_retry_after(header) == expected
+
+
+def test_stats_snapshot_is_a_copy() -> None:
+    stats = Stats()
+    stats.add("sent", 3)
+    snap = stats.snapshot()
+    snap["sent"] = 0
+    assert stats.snapshot()["sent"] == 3

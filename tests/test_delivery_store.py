@@ -1,0 +1,194 @@
+"""Both stores behave the same: caps, claims within limits, retries, dead letters."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sqlite3
+import typing as t
+
+import pytest
+
+from pyramid_mixpanel.delivery.store import MemoryStore, SqliteSpool, Store
+
+
+@pytest.fixture(params=["memory", "spool"])
+def make_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> t.Callable[..., Store]:
+    def make(max_messages: int = 100, max_bytes: int = 10**6) -> Store:
+        if request.param == "memory":
+            return MemoryStore(max_messages, max_bytes)
+        return SqliteSpool(str(tmp_path / "spool.db"), max_messages, max_bytes)
+
+    return make
+
+
+def body(n: int, pad: int = 0) -> str:
+    return json.dumps({"n": n, "p": "x" * pad}, separators=(",", ":"))
+
+
+NOW = 1_000_000.0
+
+
+def test_put_refuses_what_exceeds_the_cap(make_store: t.Callable[..., Store]) -> None:
+    store = make_store(max_messages=3)
+    assert store.put([("events", body(i)) for i in range(5)]) == 2
+    assert store.pending() == 3
+    assert store.put([]) == 0
+    by_bytes = make_store(max_messages=100, max_bytes=len(body(0)) * 2)
+    assert by_bytes.put([("events", body(i)) for i in range(3)]) >= 1
+
+
+def test_claim_respects_record_and_byte_limits(make_store: t.Callable[..., Store]) -> None:
+    store = make_store()
+    store.put([("events", body(i, pad=100)) for i in range(10)])
+    store.put([("people", body(99))])
+    first = store.claim("events", NOW, 4, 10**6)
+    assert first is not None and len(first.ids) == 4
+    small = store.claim("events", NOW, 100, 250)
+    assert small is not None and len(small.bodies) == 2
+    # A single message bigger than the byte limit still goes alone rather than blocking.
+    alone = store.claim("events", NOW, 100, 10)
+    assert alone is not None and len(alone.bodies) == 1
+    people = store.claim("people", NOW, 100, 10**6)
+    assert people is not None and people.bodies == (body(99),)
+    assert store.claim("groups", NOW, 100, 10**6) is None
+
+
+def test_claimed_messages_are_not_claimed_twice(make_store: t.Callable[..., Store]) -> None:
+    store = make_store()
+    store.put([("events", body(i)) for i in range(3)])
+    first = store.claim("events", NOW, 2, 10**6)
+    second = store.claim("events", NOW, 10, 10**6)
+    assert first is not None and second is not None
+    assert set(first.ids).isdisjoint(second.ids)
+    assert store.claim("events", NOW, 10, 10**6) is None
+    assert store.pending() == 3  # claimed is still pending until acked
+    store.ack(first)
+    store.ack(second)
+    assert store.pending() == 0
+    assert store.next_due() is None
+
+
+def test_retry_holds_a_batch_back_without_blocking_others(
+    make_store: t.Callable[..., Store],
+) -> None:
+    store = make_store()
+    store.put([("events", body(1))])
+    failed = store.claim("events", NOW, 10, 10**6)
+    assert failed is not None
+    store.retry(failed, NOW + 30)
+    store.put([("events", body(2))])
+    fresh = store.claim("events", NOW, 10, 10**6)
+    assert fresh is not None and fresh.bodies == (body(2),)
+    assert store.claim("events", NOW + 10, 10, 10**6) is None
+    store.ack(fresh)
+    assert store.next_due() == NOW + 30
+    again = store.claim("events", NOW + 31, 10, 10**6)
+    assert again is not None and again.bodies == (body(1),) and again.attempts == 1
+
+
+def test_bury_keeps_refused_records_and_acks_the_rest(
+    make_store: t.Callable[..., Store],
+) -> None:
+    store = make_store()
+    store.put([("imports", body(i)) for i in range(3)])
+    batch = store.claim("imports", NOW, 10, 10**6)
+    assert batch is not None
+    store.bury(batch, "HTTP 400: bad time", positions=[1])
+    assert store.pending() == 0
+    (letter,) = store.dead()
+    assert (letter.endpoint, letter.body, letter.error) == (
+        "imports",
+        body(1),
+        "HTTP 400: bad time",
+    )
+    assert letter.attempts == 1
+
+    store.put([("events", body(7))])
+    whole = store.claim("events", NOW, 10, 10**6)
+    assert whole is not None
+    store.bury(whole, "HTTP 400: nope")
+    assert [d.body for d in store.dead()] == [body(1), body(7)]
+
+
+def test_requeue_dead_letters(make_store: t.Callable[..., Store]) -> None:
+    store = make_store()
+    store.put([("events", body(i)) for i in range(3)])
+    batch = store.claim("events", NOW, 10, 10**6)
+    assert batch is not None
+    store.bury(batch, "HTTP 400")
+    first_id = store.dead()[0].id
+    assert store.requeue_dead([first_id]) == 1
+    assert store.pending() == 1
+    assert len(store.dead()) == 2
+    assert store.requeue_dead() == 2
+    assert store.dead() == []
+    again = store.claim("events", NOW, 10, 10**6)
+    assert again is not None and sorted(again.bodies) == sorted(body(i) for i in range(3))
+    store.close()
+
+
+def test_memory_store_forgets_the_parents_queue_after_fork() -> None:
+    store = MemoryStore(10, 10**6)
+    store.put([("events", body(1))])
+    batch = store.claim("events", NOW, 1, 10**6)
+    assert batch is not None
+    store.retry(batch, NOW + 5)
+    store.put([("events", body(2))])
+    store.after_fork()
+    assert store.pending() == 0
+    assert store.next_due() is None
+
+
+def test_spool_survives_the_process_and_is_shared(tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "spool.db")
+    writer = SqliteSpool(path, 100, 10**6)
+    writer.put([("events", body(1)), ("people", body(2))])
+    # Another process (here: another connection) sees the rows, even without a clean close.
+    reader = SqliteSpool(path, 100, 10**6, lease=60)
+    assert reader.pending() == 2
+    leased = reader.claim("events", NOW, 10, 10**6)
+    assert leased is not None
+    # The lease keeps the row away from other senders until it expires.
+    assert writer.claim("events", NOW + 1, 10, 10**6) is None
+    expired = writer.claim("events", NOW + 61, 10, 10**6)
+    assert expired is not None and expired.bodies == (body(1),)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT messages FROM totals").fetchone()[0] == 2
+    writer.close()
+    reader.close()
+
+
+def test_spool_reconnects_in_a_forked_child(tmp_path: pathlib.Path) -> None:
+    spool = SqliteSpool(str(tmp_path / "spool.db"), 100, 10**6)
+    spool.put([("events", body(1))])
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child's coverage is not collected
+        try:
+            spool.put([("events", body(2))])
+            os._exit(0 if spool.pending() == 2 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert spool.pending() == 2
+
+
+def test_spool_rolls_back_a_failed_write(tmp_path: pathlib.Path) -> None:
+    spool = SqliteSpool(str(tmp_path / "spool.db"), 100, 10**6)
+    with pytest.raises(sqlite3.IntegrityError):
+        spool.put([(None, body(0))])  # type: ignore[list-item]  # NOT NULL violation
+    assert spool.pending() == 0
+    spool.put([("events", body(1))])  # the connection is usable again
+    assert spool.pending() == 1
+
+
+def test_spool_next_due_and_pending_with_leases(tmp_path: pathlib.Path) -> None:
+    spool = SqliteSpool(str(tmp_path / "spool.db"), 100, 10**6, lease=10)
+    assert spool.next_due() is None
+    spool.put([("events", body(1))])
+    assert spool.next_due() == 0
+    spool.claim("events", NOW, 10, 10**6)
+    assert spool.next_due() == NOW + 10
