@@ -210,11 +210,22 @@ def test_close_does_not_wait_for_messages_in_backoff() -> None:
 
 
 def test_spooled_leftovers_are_reported_as_kept(caplog: pytest.LogCaptureFixture) -> None:
-    engine = make_engine(ScriptedTransport(), spooled=True)
-    engine.store.put([("events", "{}")])
+    transport = ScriptedTransport()
+    transport.gate = threading.Event()
+    engine = make_engine(transport, spooled=True)
+    engine.submit([("events", "{}")])
     with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
         assert engine.close(0.1) == 1
     assert "kept='in the spool'" in caplog.text
+    transport.gate.set()
+
+
+def test_a_process_that_never_sent_reports_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    engine = make_engine(ScriptedTransport(), spooled=True)
+    engine.store.put([("events", "{}")])
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        assert engine.close(0.1) == 0
+    assert caplog.text == ""
 
 
 def test_start_sends_what_the_store_already_holds() -> None:

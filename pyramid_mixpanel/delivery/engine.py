@@ -271,6 +271,10 @@ class BackgroundEngine:
             self._stop.set()
             self._wake.set()
             thread.join(max(0.0, deadline - time.monotonic()))
+        if thread is None:
+            # This process never sent anything: what a shared spool holds is not its to report.
+            self.store.close()
+            return 0
         left = self.store.pending()
         if left:
             self.log.warning(
@@ -278,7 +282,7 @@ class BackgroundEngine:
                 messages=left,
                 kept="in the spool" if self.spooled else "nowhere: lost (set mixpanel.spool_path)",
             )
-        if thread is None or not thread.is_alive():
+        if not thread.is_alive():
             self.store.close()
         return left
 

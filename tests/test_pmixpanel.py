@@ -1,0 +1,202 @@
+"""``pmixpanel status / replay / dead`` against a real .ini file and a spool on disk."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import subprocess
+import sys
+import typing as t
+
+import pytest
+
+from pyramid_mixpanel.delivery.store import SqliteSpool
+from pyramid_mixpanel.delivery.transport import Outcome
+from pyramid_mixpanel.lifecycle import RUNTIME_KEY
+from pyramid_mixpanel.runtime import Runtime
+from pyramid_mixpanel.scripts import pmixpanel
+from pyramid_mixpanel.scripts.pmixpanel import PMixpanelCommand, _describe, main
+
+INI = """\
+[app:main]
+use = call:tests.test_pmixpanel:app
+mixpanel.token = {token}
+mixpanel.delivery = {delivery}
+mixpanel.spool_path = {spool}
+mixpanel.flush_interval = 0.05
+
+[loggers]
+keys = root
+
+[handlers]
+keys = console
+
+[formatters]
+keys = generic
+
+[logger_root]
+level = WARNING
+handlers = console
+
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+level = NOTSET
+formatter = generic
+
+[formatter_generic]
+format = %(levelname)s %(message)s
+"""
+
+
+def app(global_config: dict[str, str], **settings: str) -> t.Any:
+    from pyramid.config import Configurator
+
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_mixpanel")
+    return config.make_wsgi_app()
+
+
+class Scripted:
+    def __init__(self, *script: Outcome) -> None:
+        self.script = list(script)
+        self.posts: list[str] = []
+
+    def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
+        self.posts.append(endpoint)
+        return self.script.pop(0) if self.script else Outcome("sent")
+
+
+def write_ini(tmp_path: pathlib.Path, token: str = "tok", delivery: str = "background") -> str:
+    spool = tmp_path / "spool.db"
+    ini = tmp_path / "app.ini"
+    text = INI.format(token=token, delivery=delivery, spool=spool)
+    if delivery != "background":
+        text = text.replace(f"mixpanel.spool_path = {spool}\n", "")
+    ini.write_text(text)
+    return str(ini)
+
+
+def run(argv: list[str], transport: Scripted | None = None) -> tuple[int, str, Runtime | None]:
+    out = io.StringIO()
+    command = PMixpanelCommand(["pmixpanel", *argv], out)
+    seen: dict[str, Runtime] = {}
+    real_bootstrap = PMixpanelCommand.bootstrap
+
+    def bootstrap(uri: str, options: dict[str, str] | None = None) -> t.Any:
+        env = real_bootstrap(uri, options=options)
+        runtime: Runtime = env["registry"][RUNTIME_KEY]
+        seen["runtime"] = runtime
+        if transport is not None:
+            runtime.engine.transport = transport
+        return env
+
+    command.bootstrap = bootstrap  # the documented seam
+    code = command.run()
+    return code, out.getvalue(), seen.get("runtime")
+
+
+def fill_spool(tmp_path: pathlib.Path, count: int) -> SqliteSpool:
+    spool = SqliteSpool(str(tmp_path / "spool.db"), 10_000, 10**8)
+    spool.put([("events", '{"event":"Page Viewed","properties":{}}')] * count)
+    return spool
+
+
+def test_status(tmp_path: pathlib.Path) -> None:
+    ini = write_ini(tmp_path)
+    fill_spool(tmp_path, 3)
+    code, out, _ = run(["status", ini])
+    assert code == 0
+    assert "spool.db" in out
+    assert "pending: 3" in out
+    assert "dead letters: 0" in out
+
+
+def test_replay_sends_everything_with_progress(tmp_path: pathlib.Path) -> None:
+    ini = write_ini(tmp_path)
+    spool = fill_spool(tmp_path, 2500)
+    transport = Scripted(Outcome("retry", "HTTP 503", retry_after=0))
+    code, out, _ = run(["replay", ini, "--timeout", "20"], transport)
+    assert code == 0, out
+    assert "sent 2500, retried" in out
+    assert "left 0" in out
+    assert "2500/2500" in out  # the progress bar
+    assert spool.pending() == 0
+    assert transport.posts.count("events") >= 3  # 2000 + 500, one retried
+
+
+def test_replay_gives_up_at_the_timeout(tmp_path: pathlib.Path) -> None:
+    ini = write_ini(tmp_path)
+    fill_spool(tmp_path, 1)
+    transport = Scripted(*[Outcome("retry", "HTTP 500", retry_after=0)] * 1000)
+    code, out, _ = run(["replay", ini, "--timeout", "0.3"], transport)
+    assert code == 1
+    assert "left 1" in out
+
+
+def test_dead_lists_and_requeues(tmp_path: pathlib.Path) -> None:
+    ini = write_ini(tmp_path)
+    spool = fill_spool(tmp_path, 2)
+    batch = spool.claim("events", 10**10, 10, 10**6)
+    assert batch is not None
+    spool.bury(batch, "HTTP 400: 'time' is missing")
+    code, out, _ = run(["dead", ini])
+    assert code == 0
+    assert "event 'Page Viewed'" in out
+    assert "HTTP 400: 'time' is missing" in out
+    first = int(out.split("\t", 1)[0])
+    code, out, _ = run(["dead", ini, "--requeue", str(first)])
+    assert "requeued 1 dead letter(s)" in out
+    code, out, _ = run(["dead", ini, "--requeue"])
+    assert "requeued 1 dead letter(s)" in out
+    code, out, _ = run(["dead", ini])
+    assert "no dead letters" in out
+    assert spool.pending() == 2
+
+
+def test_testing_mode_and_sync_delivery_are_refused(tmp_path: pathlib.Path) -> None:
+    code, out, _ = run(["status", write_ini(tmp_path, token="false")])
+    assert code == 1
+    assert "testing mode" in out
+    code, out, _ = run(["status", write_ini(tmp_path, delivery="sync")])
+    assert code == 1
+    assert "mixpanel.delivery is 'sync'" in out
+
+
+def test_status_of_a_memory_queue_and_a_pending_retry(tmp_path: pathlib.Path) -> None:
+    ini = write_ini(tmp_path)
+    spool = fill_spool(tmp_path, 1)
+    batch = spool.claim("events", 0, 10, 10**6)
+    assert batch is not None
+    spool.retry(batch, 10**10)
+    code, out, _ = run(["status", ini, "unused=var"])
+    assert code == 0
+    assert "next attempt in:" in out
+
+
+def test_describe_never_shows_properties() -> None:
+    assert _describe('{"event":"X","properties":{"$email":"a@b"}}') == "event 'X'"
+    assert _describe('{"$distinct_id":"42","$set":{"$email":"a@b"}}') == "$distinct_id '42'"
+    assert _describe('{"customer_id":"42","data":{}}') == "customer_id '42'"
+    assert _describe('{"other":1}') == "(message)"
+    assert _describe("not json") == "(unreadable)"
+
+
+def test_main_and_the_console_script(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = write_ini(tmp_path)
+    fill_spool(tmp_path, 1)
+    out = io.StringIO()
+    assert main(["pmixpanel", "status", ini], out) == 0
+    assert "pending: 1" in out.getvalue()
+    monkeypatch.setattr(sys, "argv", ["pmixpanel", "status", ini])
+    monkeypatch.setattr(sys, "stdout", out)
+    assert pmixpanel.main() == 0
+    done = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / "pmixpanel"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "status" in done.stdout and "replay" in done.stdout
