@@ -189,7 +189,8 @@ class BackgroundEngine:
             paused_until, _ = self._pauses.get(endpoint, (0.0, 0))
             if paused_until > now:
                 continue
-            batch = self.store.claim(endpoint, now, self.max_batch_records, self.max_batch_bytes)
+            records = RECORDS_PER_BATCH.get(endpoint, self.max_batch_records)
+            batch = self.store.claim(endpoint, now, records, self.max_batch_bytes)
             if batch is None:
                 continue
             worked = True

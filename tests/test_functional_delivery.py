@@ -1,0 +1,384 @@
+"""Delivery through a real Pyramid app (WebTest) to a loopback Mixpanel and Customer.io.
+
+Whatever Mixpanel does — answer, refuse, fail, rate limit, hang or vanish — a view that
+succeeded answers 200, within a bounded time, and no secret reaches a log line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import typing as t
+from collections.abc import Iterator
+
+import mixpanel
+import pytest
+import structlog
+import webtest
+from pyramid.config import Configurator
+from pyramid.request import Request
+
+from pyramid_mixpanel import EventProperties, Events, ProfileProperties
+from pyramid_mixpanel.consumer import PoliteBufferedConsumer
+from pyramid_mixpanel.lifecycle import RUNTIME_KEY
+from pyramid_mixpanel.runtime import Runtime
+
+from .loopback import CustomerIOStandIn, MixpanelStandIn, wait_until
+
+TOKEN = "tok-0123456789abcdef"
+SECRETS = (TOKEN, "sa-secret-value", "legacy-secret", "cio-api-key", "cio-site-id")
+
+
+@pytest.fixture
+def mixpanel_api() -> Iterator[MixpanelStandIn]:
+    with MixpanelStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def customerio_api() -> Iterator[CustomerIOStandIn]:
+    with CustomerIOStandIn() as server:
+        yield server
+
+
+def view(request: Request) -> dict[str, str]:
+    request.mixpanel.distinct_id = "user-1"
+    request.mixpanel.track(Events.page_viewed, {EventProperties.path: request.path})
+    request.mixpanel.profile_set({ProfileProperties.dollar_email: "a@example.com"})
+    if "old" in request.params:
+        old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)
+        request.mixpanel.track(Events.user_charged, {EventProperties.title: "old"}, time=old)
+    if "many" in request.params:
+        for i in range(int(request.params["many"])):
+            request.mixpanel.track(Events.button_link_clicked, {EventProperties.title: str(i)})
+    return {"ok": "yes"}
+
+
+def make_app(server: MixpanelStandIn, **settings: str) -> tuple[webtest.TestApp, Runtime]:
+    base = {
+        "mixpanel.token": TOKEN,
+        "mixpanel.api_host": server.base_url,
+        "mixpanel.connect_timeout": "0.5",
+        "mixpanel.read_timeout": "0.5",
+        # A setting unique to the test keeps the cached runtime (and its engine) its own.
+        "mixpanel.flush_interval": f"0.0{time.perf_counter_ns() % 10**6 + 1:06d}",
+    }
+    base.update(settings)
+    with Configurator(settings=base) as config:
+        config.include("pyramid_mixpanel")
+        config.add_route("page", "/page")
+        config.add_view(view, route_name="page", renderer="json")
+    return webtest.TestApp(config.make_wsgi_app()), config.registry[RUNTIME_KEY]
+
+
+def no_secrets(text: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text
+
+
+# -- sync delivery (PoliteBufferedConsumer) ------------------------------------------------
+
+
+def test_sync_delivery_posts_events_and_profiles(mixpanel_api: MixpanelStandIn) -> None:
+    app, _ = make_app(mixpanel_api, **{"mixpanel.delivery": "sync"})
+    app.get("/page", status=200)
+    (event,) = mixpanel_api.received["events"]
+    assert event["event"] == "Page Viewed"
+    assert event["properties"]["token"] == TOKEN
+    assert event["properties"]["Path"] == "/page"
+    assert len(event["properties"]["$insert_id"]) <= 36
+    (profile,) = mixpanel_api.received["people"]
+    assert profile["$set"] == {"$email": "a@example.com"}
+    assert [r.path for r in mixpanel_api.requests] == ["/track", "/engage"]
+
+
+@pytest.mark.parametrize("mode", ["down", "hang", "error500", "rate_limited", "bad_request"])
+def test_sync_delivery_failures_never_reach_the_request(
+    mixpanel_api: MixpanelStandIn, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = make_app(mixpanel_api, **{"mixpanel.delivery": "sync"})
+    mixpanel_api.set_mode(mode)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="pyramid_mixpanel"):
+        app.get("/page", status=200)
+    elapsed = time.monotonic() - started
+    # Bounded by one read timeout (0.5 s) plus slack: unreachable Mixpanel is not retried per
+    # endpoint. (A behaviour bound, not a benchmark.)
+    assert elapsed < 2.0
+    assert "mixpanel.delivery_failed" in caplog.text
+    no_secrets(caplog.text)
+    if mode in ("down", "hang"):
+        assert "mixpanel.unreachable_skipped" in caplog.text
+        assert [r.path for r in mixpanel_api.requests] in ([], ["/track"])
+    else:
+        assert len(mixpanel_api.requests) == 2  # reachable: each endpoint gets its answer
+
+
+def test_sync_import_auth(mixpanel_api: MixpanelStandIn) -> None:
+    service_account = {
+        "mixpanel.delivery": "sync",
+        "mixpanel.service_account.username": "sa.user",
+        "mixpanel.service_account.secret": "sa-secret-value",
+        "mixpanel.service_account.project_id": "4242",
+    }
+    app, _ = make_app(mixpanel_api, **service_account)
+    app.get("/page?old=1", status=200)
+    (imported,) = [r for r in mixpanel_api.requests if r.path == "/import"]
+    assert imported.auth == ("sa.user", "sa-secret-value")
+    assert imported.query["project_id"] == "4242"
+    assert imported.records[0]["event"] == "User Charged"
+
+    legacy, _ = make_app(
+        mixpanel_api, **{"mixpanel.delivery": "sync", "mixpanel.api_secret": "legacy-secret"}
+    )
+    legacy.get("/page?old=1", status=200)
+    assert [r.auth for r in mixpanel_api.requests if r.path == "/import"][-1] == (
+        "legacy-secret",
+        "",
+    )
+    token_only, _ = make_app(mixpanel_api, **{"mixpanel.delivery": "sync"})
+    token_only.get("/page?old=1", status=200)
+    assert [r.auth for r in mixpanel_api.requests if r.path == "/import"][-1] == (TOKEN, "")
+
+
+def test_polite_consumer_batches_at_2000(mixpanel_api: MixpanelStandIn) -> None:
+    app, _ = make_app(mixpanel_api, **{"mixpanel.delivery": "sync"})
+    app.get("/page?many=2500", status=200)
+    tracks = [r for r in mixpanel_api.requests if r.path == "/track"]
+    assert [len(r.records) for r in tracks] == [2000, 501]
+
+
+def test_polite_consumer_used_directly(mixpanel_api: MixpanelStandIn) -> None:
+    consumer = PoliteBufferedConsumer(max_size=2, api_host=mixpanel_api.base_url)
+    api = mixpanel.Mixpanel(TOKEN, consumer=consumer)
+    for i in range(3):
+        api.track("u", "Page Viewed", {"i": i})
+    consumer.send("nonsense", "{}")  # logged, not raised
+    consumer.flush()
+    assert [len(r.records) for r in mixpanel_api.requests] == [2, 1]
+
+
+class ExplodingConsumer(mixpanel.Consumer):  # type: ignore[misc]  # untyped base
+    def send(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(f"exploded with {TOKEN}")
+
+
+def test_a_failing_custom_consumer_is_logged(
+    mixpanel_api: MixpanelStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _ = make_app(
+        mixpanel_api, **{"mixpanel.consumer": "tests.test_functional_delivery.ExplodingConsumer"}
+    )
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        app.get("/page", status=200)
+    assert "mixpanel.consumer_failed" in caplog.text
+    assert "exploded with ***" in caplog.text
+    no_secrets(caplog.text)
+
+
+def test_structlog_logs_are_clean_too(mixpanel_api: MixpanelStandIn) -> None:
+    app, _ = make_app(
+        mixpanel_api, **{"mixpanel.delivery": "sync", "pyramid_heroku.structlog": "true"}
+    )
+    mixpanel_api.set_mode("bad_request")
+    with structlog.testing.capture_logs() as logs:
+        app.get("/page", status=200)
+    assert any(entry["event"] == "mixpanel.delivery_failed" for entry in logs)
+    no_secrets(repr(logs))
+
+
+# -- background delivery ------------------------------------------------------------------
+
+
+def test_background_delivery_gzips_json_batches(mixpanel_api: MixpanelStandIn) -> None:
+    app, runtime = make_app(mixpanel_api, **{"mixpanel.delivery": "background"})
+    for _ in range(3):
+        app.get("/page", status=200)
+    mixpanel_api.wait_for_events(3)
+    wait_until(lambda: len(mixpanel_api.received["people"]) == 3, 5, lambda: None)
+    request = mixpanel_api.requests[0]
+    assert request.headers["content-encoding"] == "gzip"
+    assert request.headers["content-type"] == "application/json"
+    stats = runtime.engine.stats.snapshot()
+    wait_until(lambda: runtime.engine.stats.snapshot()["sent"] == 6, 5, lambda: stats)
+    runtime.engine.close(1)
+
+
+@pytest.mark.parametrize("mode", ["down", "hang", "slow", "error500", "rate_limited"])
+def test_background_requests_stay_fast_and_nothing_is_lost(
+    mixpanel_api: MixpanelStandIn, mode: str
+) -> None:
+    app, runtime = make_app(
+        mixpanel_api,
+        **{"mixpanel.delivery": "background", "mixpanel.read_timeout": "0.3"},
+    )
+    runtime.engine.policy = type(runtime.engine.policy)(base=0.05, cap=0.2)
+    mixpanel_api.set_mode(mode, delay=1.0, retry_after="0")
+    started = time.monotonic()
+    for _ in range(5):
+        app.get("/page", status=200)
+    # Five requests while Mixpanel misbehaves: none waits for it.
+    assert time.monotonic() - started < 1.0
+    mixpanel_api.set_mode("up")
+    events = mixpanel_api.wait_for_events(5, timeout=15)
+    assert len(events) == 5  # every event exactly once after dedupe
+    runtime.engine.close(2)
+
+
+def test_background_refusals_become_dead_letters(mixpanel_api: MixpanelStandIn) -> None:
+    app, runtime = make_app(mixpanel_api, **{"mixpanel.delivery": "background"})
+    mixpanel_api.set_mode("bad_request")
+    app.get("/page", status=200)
+    wait_until(lambda: len(runtime.engine.store.dead()) == 2, 5, runtime.engine.store.dead)
+    assert "HTTP 400: bad request: invalid data" in runtime.engine.store.dead()[0].error
+    runtime.engine.close(1)
+
+
+def test_strict_import_keeps_only_refused_records_dead(mixpanel_api: MixpanelStandIn) -> None:
+    _, runtime = make_app(mixpanel_api, **{"mixpanel.delivery": "background"})
+    good = '{"event":"A","properties":{"time":1,"distinct_id":"u","$insert_id":"a1"}}'
+    bad = '{"event":"B","properties":{"distinct_id":"u","$insert_id":"b1"}}'
+    runtime.engine.submit([("imports", good), ("imports", bad), ("imports", good)])
+    wait_until(lambda: len(runtime.engine.store.dead()) == 1, 5, runtime.engine.store.dead)
+    assert runtime.engine.store.dead()[0].body == bad
+    assert [e["event"] for e in mixpanel_api.received["imports"]] == ["A", "A"]
+    assert mixpanel_api.requests[-1].query == {"strict": "1", "verbose": "1"}
+    assert mixpanel_api.requests[-1].auth == (TOKEN, "")
+    runtime.engine.close(1)
+
+
+def test_spool_keeps_messages_across_processes(
+    mixpanel_api: MixpanelStandIn, tmp_path: t.Any
+) -> None:
+    spool = str(tmp_path / "spool.db")
+    settings = {"mixpanel.delivery": "background", "mixpanel.spool_path": spool}
+    mixpanel_api.set_mode("down")
+    app, runtime = make_app(mixpanel_api, **settings)
+    app.get("/page", status=200)
+    assert runtime.engine.stats.snapshot()["spooled"] == 2
+    runtime.engine.close(0.2)  # "the process exits" while Mixpanel is down
+    mixpanel_api.set_mode("up")
+    _, later = make_app(mixpanel_api, **settings)  # "the next process" with the same spool
+    later.engine.start()
+    mixpanel_api.wait_for_events(1)
+    wait_until(lambda: later.engine.store.pending() == 0, 5, later.engine.store.pending)
+    later.engine.close(1)
+
+
+def test_customerio_rides_the_background_engine(
+    mixpanel_api: MixpanelStandIn, customerio_api: CustomerIOStandIn
+) -> None:
+    app, runtime = make_app(
+        mixpanel_api,
+        **{
+            "mixpanel.delivery": "background",
+            "customerio.tracking.site_id": "cio-site-id",
+            "customerio.tracking.api_key": "cio-api-key",
+            "customerio.tracking.region": "eu",
+            "customerio.tracking.url": customerio_api.base_url,
+        },
+    )
+    customerio_api.mode = "error500"
+    runtime.engine.policy = type(runtime.engine.policy)(base=0.05, cap=0.1)
+    app.get("/page", status=200)
+    wait_until(lambda: len(customerio_api.requests) >= 2, 5, lambda: customerio_api.requests)
+    customerio_api.mode = "up"
+    wait_until(
+        lambda: runtime.engine.stats.snapshot()["sent"] == 4,
+        5,
+        runtime.engine.stats.snapshot,
+    )
+    methods = {(method, path) for method, path, _, _ in customerio_api.requests}
+    assert ("POST", "/api/v1/customers/user-1/events") in methods
+    assert ("PUT", "/api/v1/customers/user-1") in methods
+    runtime.engine.close(1)
+
+
+# -- Customer.io (sync) ---------------------------------------------------------------------
+
+
+def customerio_settings(server: CustomerIOStandIn) -> dict[str, str]:
+    return {
+        "mixpanel.delivery": "sync",
+        "customerio.tracking.site_id": "cio-site-id",
+        "customerio.tracking.api_key": "cio-api-key",
+        "customerio.tracking.region": "us",
+        "customerio.tracking.url": server.base_url,
+    }
+
+
+def test_customerio_replication_with_the_current_client(
+    mixpanel_api: MixpanelStandIn, customerio_api: CustomerIOStandIn
+) -> None:
+    created = dt.datetime(2021, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+
+    def signup(request: Request) -> dict[str, str]:
+        request.mixpanel.distinct_id = "user/7"
+        request.mixpanel.track(Events.user_signed_up, {EventProperties.path: "/signup"})
+        request.mixpanel.profile_set(
+            {
+                ProfileProperties.dollar_created: created,
+                ProfileProperties.dollar_email: "a@example.com",
+            }
+        )
+        request.mixpanel.track(Events.page_viewed, skip_customerio=True)
+        return {}
+
+    settings = {
+        "mixpanel.token": TOKEN,
+        "mixpanel.api_host": mixpanel_api.base_url,
+        **customerio_settings(customerio_api),
+    }
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_mixpanel")
+        config.add_route("signup", "/signup")
+        config.add_view(signup, route_name="signup", renderer="json")
+    webtest.TestApp(config.make_wsgi_app()).get("/signup", status=200)
+
+    track, identify = customerio_api.requests
+    assert track[0:2] == ("POST", "/api/v1/customers/user/7/events")
+    assert track[2] == ("cio-site-id", "cio-api-key")
+    assert track[3] == {"name": "User Signed Up", "data": {"Path": "/signup"}}
+    assert identify[0:2] == ("PUT", "/api/v1/customers/user/7")
+    assert identify[3] == {"created_at": int(created.timestamp()), "email": "a@example.com"}
+    profile = mixpanel_api.received["people"][0]
+    assert profile["$set"]["$created"] == "2021-03-04T05:06:07"
+
+
+@pytest.mark.parametrize("mode", ["error500", "bad_request", "hang"])
+def test_customerio_failures_are_logged_not_raised(
+    mixpanel_api: MixpanelStandIn,
+    customerio_api: CustomerIOStandIn,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, _ = make_app(mixpanel_api, **customerio_settings(customerio_api))
+    customerio_api.mode = mode
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        app.get("/page", status=200)
+    assert "customerio.delivery_failed" in caplog.text
+    no_secrets(caplog.text)
+    customerio_api.release.set()
+
+
+def test_nothing_is_sent_anywhere_when_the_view_fails(
+    mixpanel_api: MixpanelStandIn, customerio_api: CustomerIOStandIn
+) -> None:
+    def failing(request: Request) -> None:
+        view(request)
+        raise RuntimeError("the database said no")
+
+    settings = {
+        "mixpanel.token": TOKEN,
+        "mixpanel.api_host": mixpanel_api.base_url,
+        **customerio_settings(customerio_api),
+    }
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_mixpanel")
+        config.add_route("fail", "/fail")
+        config.add_view(failing, route_name="fail")
+    with pytest.raises(RuntimeError):
+        webtest.TestApp(config.make_wsgi_app()).get("/fail")
+    assert mixpanel_api.requests == []
+    assert customerio_api.requests == []
