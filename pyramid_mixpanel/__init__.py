@@ -64,5 +64,8 @@ def includeme(config: Configurator) -> None:
         runtime: Runtime = runtime_for(config.get_settings())
         config.registry[RUNTIME_KEY] = runtime
         runtime.log_configured()
+        if runtime.engine is not None and runtime.engine.store.pending():
+            # Send what an earlier run left in the spool without waiting for new traffic.
+            runtime.engine.start()
 
     config.action(RUNTIME_KEY, register)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import threading
 import typing as t
 
 from .catalog import Property, normalise
@@ -33,8 +32,10 @@ class Runtime:
         self.customerio: CustomerIOReplicator | None = None
         if settings.customerio_enabled and not settings.testing:
             self.customerio = CustomerIOReplicator(settings, self.log)
-        self._engine: BackgroundEngine | None = None
-        self._engine_lock = threading.Lock()
+        #: The process-wide background engine (``mixpanel.delivery = background``), else None.
+        self.engine: BackgroundEngine | None = None
+        if settings.delivery == "background" and not settings.testing:
+            self.engine = build_engine(settings, self.log, self.customerio)
         # X-Mixpanel-<Name> headers: matched on folded names, so "X-Mixpanel-Dark-Mode" finds
         # both Property("Dark Mode") and an attribute called dark_mode.
         self.header_properties: dict[str, Property] = {}
@@ -67,21 +68,12 @@ class Runtime:
         factory = getattr(cls, "from_settings", None)
         return factory(self.settings, self.log) if factory is not None else cls()
 
-    @property
-    def engine(self) -> BackgroundEngine:
-        """The process-wide background engine of this configuration, built on first use."""
-        if self._engine is None:
-            with self._engine_lock:
-                if self._engine is None:
-                    self._engine = build_engine(self.settings, self.log, self.customerio)
-        return self._engine
-
     def deliver(
         self, messages: t.Sequence[tuple[str, str]], calls: t.Sequence[CustomerIOCall] = ()
     ) -> None:
         """Hand released messages to delivery (background engine or consumer); never raises."""
         self.stats["released"] += len(messages)
-        if self.settings.delivery == "background":
+        if self.engine is not None:
             if self.customerio is not None:
                 messages = [*messages, *(("customerio", call.to_json()) for call in calls)]
             self.engine.submit(messages)

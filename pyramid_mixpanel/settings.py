@@ -134,8 +134,6 @@ def _subclass(base: type | tuple[type, ...]) -> t.Callable[[str, object], type |
     wanted = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
 
     def parse(key: str, value: object) -> type | None:
-        if value is None:
-            return None
         if isinstance(value, str):
             if not value.strip():
                 return None

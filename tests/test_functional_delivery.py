@@ -21,6 +21,7 @@ from pyramid.request import Request
 
 from pyramid_mixpanel import EventProperties, Events, ProfileProperties
 from pyramid_mixpanel.consumer import PoliteBufferedConsumer
+from pyramid_mixpanel.delivery import BackgroundEngine
 from pyramid_mixpanel.lifecycle import RUNTIME_KEY
 from pyramid_mixpanel.runtime import Runtime
 
@@ -70,6 +71,11 @@ def make_app(server: MixpanelStandIn, **settings: str) -> tuple[webtest.TestApp,
         config.add_route("page", "/page")
         config.add_view(view, route_name="page", renderer="json")
     return webtest.TestApp(config.make_wsgi_app()), config.registry[RUNTIME_KEY]
+
+
+def engine(runtime: Runtime) -> BackgroundEngine:
+    assert runtime.engine is not None
+    return runtime.engine
 
 
 def no_secrets(text: str) -> None:
@@ -200,9 +206,9 @@ def test_background_delivery_gzips_json_batches(mixpanel_api: MixpanelStandIn) -
     request = mixpanel_api.requests[0]
     assert request.headers["content-encoding"] == "gzip"
     assert request.headers["content-type"] == "application/json"
-    stats = runtime.engine.stats.snapshot()
-    wait_until(lambda: runtime.engine.stats.snapshot()["sent"] == 6, 5, lambda: stats)
-    runtime.engine.close(1)
+    stats = engine(runtime).stats.snapshot()
+    wait_until(lambda: engine(runtime).stats.snapshot()["sent"] == 6, 5, lambda: stats)
+    engine(runtime).close(1)
 
 
 @pytest.mark.parametrize("mode", ["down", "hang", "slow", "error500", "rate_limited"])
@@ -213,7 +219,7 @@ def test_background_requests_stay_fast_and_nothing_is_lost(
         mixpanel_api,
         **{"mixpanel.delivery": "background", "mixpanel.read_timeout": "0.3"},
     )
-    runtime.engine.policy = type(runtime.engine.policy)(base=0.05, cap=0.2)
+    engine(runtime).policy = type(engine(runtime).policy)(base=0.05, cap=0.2)
     mixpanel_api.set_mode(mode, delay=1.0, retry_after="0")
     started = time.monotonic()
     for _ in range(5):
@@ -223,29 +229,29 @@ def test_background_requests_stay_fast_and_nothing_is_lost(
     mixpanel_api.set_mode("up")
     events = mixpanel_api.wait_for_events(5, timeout=15)
     assert len(events) == 5  # every event exactly once after dedupe
-    runtime.engine.close(2)
+    engine(runtime).close(2)
 
 
 def test_background_refusals_become_dead_letters(mixpanel_api: MixpanelStandIn) -> None:
     app, runtime = make_app(mixpanel_api, **{"mixpanel.delivery": "background"})
     mixpanel_api.set_mode("bad_request")
     app.get("/page", status=200)
-    wait_until(lambda: len(runtime.engine.store.dead()) == 2, 5, runtime.engine.store.dead)
-    assert "HTTP 400: bad request: invalid data" in runtime.engine.store.dead()[0].error
-    runtime.engine.close(1)
+    wait_until(lambda: len(engine(runtime).store.dead()) == 2, 5, engine(runtime).store.dead)
+    assert "HTTP 400: bad request: invalid data" in engine(runtime).store.dead()[0].error
+    engine(runtime).close(1)
 
 
 def test_strict_import_keeps_only_refused_records_dead(mixpanel_api: MixpanelStandIn) -> None:
     _, runtime = make_app(mixpanel_api, **{"mixpanel.delivery": "background"})
     good = '{"event":"A","properties":{"time":1,"distinct_id":"u","$insert_id":"a1"}}'
     bad = '{"event":"B","properties":{"distinct_id":"u","$insert_id":"b1"}}'
-    runtime.engine.submit([("imports", good), ("imports", bad), ("imports", good)])
-    wait_until(lambda: len(runtime.engine.store.dead()) == 1, 5, runtime.engine.store.dead)
-    assert runtime.engine.store.dead()[0].body == bad
+    engine(runtime).submit([("imports", good), ("imports", bad), ("imports", good)])
+    wait_until(lambda: len(engine(runtime).store.dead()) == 1, 5, engine(runtime).store.dead)
+    assert engine(runtime).store.dead()[0].body == bad
     assert [e["event"] for e in mixpanel_api.received["imports"]] == ["A", "A"]
     assert mixpanel_api.requests[-1].query == {"strict": "1", "verbose": "1"}
     assert mixpanel_api.requests[-1].auth == (TOKEN, "")
-    runtime.engine.close(1)
+    engine(runtime).close(1)
 
 
 def test_spool_keeps_messages_across_processes(
@@ -256,14 +262,14 @@ def test_spool_keeps_messages_across_processes(
     mixpanel_api.set_mode("down")
     app, runtime = make_app(mixpanel_api, **settings)
     app.get("/page", status=200)
-    assert runtime.engine.stats.snapshot()["spooled"] == 2
-    runtime.engine.close(0.2)  # "the process exits" while Mixpanel is down
+    assert engine(runtime).stats.snapshot()["spooled"] == 2
+    engine(runtime).close(0.2)  # "the process exits" while Mixpanel is down
     mixpanel_api.set_mode("up")
     _, later = make_app(mixpanel_api, **settings)  # "the next process" with the same spool
-    later.engine.start()
+    engine(later).start()
     mixpanel_api.wait_for_events(1)
-    wait_until(lambda: later.engine.store.pending() == 0, 5, later.engine.store.pending)
-    later.engine.close(1)
+    wait_until(lambda: engine(later).store.pending() == 0, 5, engine(later).store.pending)
+    engine(later).close(1)
 
 
 def test_customerio_rides_the_background_engine(
@@ -280,19 +286,19 @@ def test_customerio_rides_the_background_engine(
         },
     )
     customerio_api.mode = "error500"
-    runtime.engine.policy = type(runtime.engine.policy)(base=0.05, cap=0.1)
+    engine(runtime).policy = type(engine(runtime).policy)(base=0.05, cap=0.1)
     app.get("/page", status=200)
     wait_until(lambda: len(customerio_api.requests) >= 2, 5, lambda: customerio_api.requests)
     customerio_api.mode = "up"
     wait_until(
-        lambda: runtime.engine.stats.snapshot()["sent"] == 4,
+        lambda: engine(runtime).stats.snapshot()["sent"] == 4,
         5,
-        runtime.engine.stats.snapshot,
+        engine(runtime).stats.snapshot,
     )
     methods = {(method, path) for method, path, _, _ in customerio_api.requests}
     assert ("POST", "/api/v1/customers/user-1/events") in methods
     assert ("PUT", "/api/v1/customers/user-1") in methods
-    runtime.engine.close(1)
+    engine(runtime).close(1)
 
 
 # -- Customer.io (sync) ---------------------------------------------------------------------

@@ -11,16 +11,19 @@ import typing as t
 import pytest
 
 from pyramid_mixpanel.delivery.store import SqliteSpool
-from pyramid_mixpanel.delivery.transport import Outcome
 from pyramid_mixpanel.lifecycle import RUNTIME_KEY
 from pyramid_mixpanel.runtime import Runtime
 from pyramid_mixpanel.scripts import pmixpanel
 from pyramid_mixpanel.scripts.pmixpanel import PMixpanelCommand, _describe, main
 
+from .loopback import MixpanelStandIn
+
 INI = """\
 [app:main]
 use = call:tests.test_pmixpanel:app
 mixpanel.token = {token}
+mixpanel.api_host = {api_host}
+mixpanel.read_timeout = 0.5
 mixpanel.delivery = {delivery}
 mixpanel.spool_path = {spool}
 mixpanel.flush_interval = 0.05
@@ -57,27 +60,28 @@ def app(global_config: dict[str, str], **settings: str) -> t.Any:
     return config.make_wsgi_app()
 
 
-class Scripted:
-    def __init__(self, *script: Outcome) -> None:
-        self.script = list(script)
-        self.posts: list[str] = []
-
-    def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
-        self.posts.append(endpoint)
-        return self.script.pop(0) if self.script else Outcome("sent")
+@pytest.fixture
+def api() -> t.Iterator[MixpanelStandIn]:
+    with MixpanelStandIn() as server:
+        yield server
 
 
-def write_ini(tmp_path: pathlib.Path, token: str = "tok", delivery: str = "background") -> str:
+def write_ini(
+    tmp_path: pathlib.Path,
+    api: MixpanelStandIn,
+    token: str = "tok",
+    delivery: str = "background",
+) -> str:
     spool = tmp_path / "spool.db"
     ini = tmp_path / "app.ini"
-    text = INI.format(token=token, delivery=delivery, spool=spool)
+    text = INI.format(token=token, delivery=delivery, spool=spool, api_host=api.base_url)
     if delivery != "background":
         text = text.replace(f"mixpanel.spool_path = {spool}\n", "")
     ini.write_text(text)
     return str(ini)
 
 
-def run(argv: list[str], transport: Scripted | None = None) -> tuple[int, str, Runtime | None]:
+def run(argv: list[str]) -> tuple[int, str, Runtime | None]:
     out = io.StringIO()
     command = PMixpanelCommand(["pmixpanel", *argv], out)
     seen: dict[str, Runtime] = {}
@@ -87,8 +91,6 @@ def run(argv: list[str], transport: Scripted | None = None) -> tuple[int, str, R
         env = real_bootstrap(uri, options=options)
         runtime: Runtime = env["registry"][RUNTIME_KEY]
         seen["runtime"] = runtime
-        if transport is not None:
-            runtime.engine.transport = transport
         return env
 
     command.bootstrap = bootstrap  # the documented seam
@@ -102,8 +104,9 @@ def fill_spool(tmp_path: pathlib.Path, count: int) -> SqliteSpool:
     return spool
 
 
-def test_status(tmp_path: pathlib.Path) -> None:
-    ini = write_ini(tmp_path)
+def test_status(tmp_path: pathlib.Path, api: MixpanelStandIn) -> None:
+    api.set_mode("down")
+    ini = write_ini(tmp_path, api)
     fill_spool(tmp_path, 3)
     code, out, _ = run(["status", ini])
     assert code == 0
@@ -112,30 +115,33 @@ def test_status(tmp_path: pathlib.Path) -> None:
     assert "dead letters: 0" in out
 
 
-def test_replay_sends_everything_with_progress(tmp_path: pathlib.Path) -> None:
-    ini = write_ini(tmp_path)
+def test_replay_sends_everything_with_progress(
+    tmp_path: pathlib.Path, api: MixpanelStandIn
+) -> None:
+    api.set_mode("down")
+    ini = write_ini(tmp_path, api)
     spool = fill_spool(tmp_path, 2500)
-    transport = Scripted(Outcome("retry", "HTTP 503", retry_after=0))
-    code, out, _ = run(["replay", ini, "--timeout", "20"], transport)
+    api.set_mode("up")
+    code, out, _ = run(["replay", ini, "--timeout", "20"])
     assert code == 0, out
-    assert "sent 2500, retried" in out
     assert "left 0" in out
     assert "2500/2500" in out  # the progress bar
     assert spool.pending() == 0
-    assert transport.posts.count("events") >= 3  # 2000 + 500, one retried
+    assert len(api.received["events"]) == 2500
 
 
-def test_replay_gives_up_at_the_timeout(tmp_path: pathlib.Path) -> None:
-    ini = write_ini(tmp_path)
+def test_replay_gives_up_at_the_timeout(tmp_path: pathlib.Path, api: MixpanelStandIn) -> None:
+    api.set_mode("down")
+    ini = write_ini(tmp_path, api)
     fill_spool(tmp_path, 1)
-    transport = Scripted(*[Outcome("retry", "HTTP 500", retry_after=0)] * 1000)
-    code, out, _ = run(["replay", ini, "--timeout", "0.3"], transport)
+    code, out, _ = run(["replay", ini, "--timeout", "0.3"])
     assert code == 1
     assert "left 1" in out
 
 
-def test_dead_lists_and_requeues(tmp_path: pathlib.Path) -> None:
-    ini = write_ini(tmp_path)
+def test_dead_lists_and_requeues(tmp_path: pathlib.Path, api: MixpanelStandIn) -> None:
+    api.set_mode("down")
+    ini = write_ini(tmp_path, api)
     spool = fill_spool(tmp_path, 2)
     batch = spool.claim("events", 10**10, 10, 10**6)
     assert batch is not None
@@ -154,17 +160,20 @@ def test_dead_lists_and_requeues(tmp_path: pathlib.Path) -> None:
     assert spool.pending() == 2
 
 
-def test_testing_mode_and_sync_delivery_are_refused(tmp_path: pathlib.Path) -> None:
-    code, out, _ = run(["status", write_ini(tmp_path, token="false")])
+def test_testing_mode_and_sync_delivery_are_refused(
+    tmp_path: pathlib.Path, api: MixpanelStandIn
+) -> None:
+    code, out, _ = run(["status", write_ini(tmp_path, api, token="false")])
     assert code == 1
     assert "testing mode" in out
-    code, out, _ = run(["status", write_ini(tmp_path, delivery="sync")])
+    code, out, _ = run(["status", write_ini(tmp_path, api, delivery="sync")])
     assert code == 1
     assert "mixpanel.delivery is 'sync'" in out
 
 
-def test_status_of_a_memory_queue_and_a_pending_retry(tmp_path: pathlib.Path) -> None:
-    ini = write_ini(tmp_path)
+def test_status_shows_a_pending_retry(tmp_path: pathlib.Path, api: MixpanelStandIn) -> None:
+    api.set_mode("down")
+    ini = write_ini(tmp_path, api)
     spool = fill_spool(tmp_path, 1)
     batch = spool.claim("events", 0, 10, 10**6)
     assert batch is not None
@@ -183,9 +192,10 @@ def test_describe_never_shows_properties() -> None:
 
 
 def test_main_and_the_console_script(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, api: MixpanelStandIn
 ) -> None:
-    ini = write_ini(tmp_path)
+    api.set_mode("down")
+    ini = write_ini(tmp_path, api)
     fill_spool(tmp_path, 1)
     out = io.StringIO()
     assert main(["pmixpanel", "status", ini], out) == 0

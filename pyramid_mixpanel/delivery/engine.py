@@ -145,14 +145,13 @@ class BackgroundEngine:
     def _ensure_sender(self) -> None:
         if self._pid != os.getpid():
             self._reset_process_state()  # forked without the at-fork hook (belt and braces)
-        if self._thread is not None or self._closed:
-            return
         with self._start_lock:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="pyramid_mixpanel-sender", daemon=True
-                )
-                self._thread.start()
+            if self._thread is not None or self._closed:
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="pyramid_mixpanel-sender", daemon=True
+            )
+            self._thread.start()
 
     def start(self) -> None:
         """Start the sender now, e.g. to send what a spool holds from an earlier run."""

@@ -80,7 +80,7 @@ class PMixpanelCommand:
             if runtime.settings.testing:
                 self.print("mixpanel.token is not set (testing mode): nothing is ever sent.")
                 return 1
-            if runtime.settings.delivery != "background":
+            if runtime.engine is None:
                 self.print(
                     f"mixpanel.delivery is {runtime.settings.delivery!r}: messages are sent at"
                     " the end of each request, nothing waits in a queue."
@@ -107,22 +107,23 @@ class PMixpanelCommand:
         return 0
 
     def do_replay(self, engine: BackgroundEngine) -> int:
-        """Send everything pending, showing progress; exit 1 if some is still left."""
+        """Run the sender until the queue is empty, showing progress; 1 if some is left."""
         from tqdm import tqdm
 
         total = engine.store.pending()
         deadline = time.monotonic() + self.args.timeout
+        engine.start()
         with tqdm(total=total, unit="msg", file=self.out, disable=total == 0) as bar:
-            while engine.store.pending() and time.monotonic() < deadline:
-                before = engine.store.pending()
-                if not engine.send_due():
-                    due = engine.store.next_due() or time.time()
-                    time.sleep(min(1.0, max(0.05, due - time.time())))
-                bar.update(max(0, before - engine.store.pending()))
-        left = engine.store.pending()
+            left = total
+            while left and time.monotonic() < deadline:
+                time.sleep(0.05)
+                now_left = engine.store.pending()
+                bar.update(max(0, left - now_left))
+                left = now_left
         stats = engine.stats.snapshot()
         self.print(
-            f"sent {stats['sent']}, retried {stats['retried']}, dead {stats['dead']}, left {left}"
+            f"sent {stats['sent']}, retried {stats['retried']}, dead {stats['dead']},"
+            f" left {left}"
         )
         return 1 if left else 0
 
