@@ -295,3 +295,29 @@ def test_stats_snapshot_is_a_copy() -> None:
     snap = stats.snapshot()
     snap["sent"] = 0
     assert stats.snapshot()["sent"] == 3
+
+
+def test_success_on_one_endpoint_keeps_other_pauses() -> None:
+    engine = make_engine(ScriptedTransport())
+    engine._pauses["people"] = (time.time() + 60, 1)
+    engine._failing_since = time.time()
+    engine.store.put([("events", "{}")])
+    engine.send_due()
+    assert "people" in engine._pauses
+    assert engine._failing_since is not None
+
+
+def test_fork_hooks_reset_process_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(ScriptedTransport())
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats.snapshot()["sent"] == 1)
+    engine.store.put([("events", "{}")])
+    # What os.register_at_fork runs in a child, called here so it is measured.
+    monkeypatch.setattr(engine_module, "_ENGINES", {engine})
+    old_thread = engine._thread
+    engine_module._after_fork()
+    assert engine._thread is None
+    assert engine.stats.snapshot()["sent"] == 0
+    assert engine.store.pending() == 0
+    assert old_thread is not None
+    engine._stop.set()

@@ -192,3 +192,12 @@ def test_spool_next_due_and_pending_with_leases(tmp_path: pathlib.Path) -> None:
     assert spool.next_due() == 0
     spool.claim("events", NOW, 10, 10**6)
     assert spool.next_due() == NOW + 10
+
+
+def test_spool_write_after_a_fork_reconnects(tmp_path: pathlib.Path) -> None:
+    spool = SqliteSpool(str(tmp_path / "spool.db"), 100, 10**6)
+    old = spool._db
+    spool._pid = -1  # what a forked child sees
+    spool.put([("events", body(1))])
+    assert spool._db is not old
+    assert spool.pending() == 1

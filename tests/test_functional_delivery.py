@@ -388,3 +388,36 @@ def test_nothing_is_sent_anywhere_when_the_view_fails(
         webtest.TestApp(config.make_wsgi_app()).get("/fail")
     assert mixpanel_api.requests == []
     assert customerio_api.requests == []
+
+
+def test_polite_consumer_with_one_batch_and_mixpanel_down(
+    mixpanel_api: MixpanelStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    mixpanel_api.set_mode("down")
+    consumer = PoliteBufferedConsumer(api_host=mixpanel_api.base_url)
+    consumer.send("events", "{}")
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        consumer.flush()
+    assert "mixpanel.delivery_failed" in caplog.text
+    assert "unreachable_skipped" not in caplog.text  # nothing else was waiting
+
+
+class FlushlessConsumer(mixpanel.Consumer):  # type: ignore[misc]  # untyped base
+    """A consumer without flush(), like mixpanel.Consumer; records instead of posting."""
+
+    sent: t.ClassVar[list[str]] = []
+
+    def __init__(self) -> None:
+        pass
+
+    def send(self, endpoint: str, json_message: str, *args: object) -> None:
+        self.sent.append(endpoint)
+
+
+def test_sync_consumer_without_flush(mixpanel_api: MixpanelStandIn) -> None:
+    app, _ = make_app(
+        mixpanel_api,
+        **{"mixpanel.consumer": "tests.test_functional_delivery.FlushlessConsumer"},
+    )
+    app.get("/page", status=200)
+    assert FlushlessConsumer.sent == ["events", "people"]

@@ -396,3 +396,17 @@ def test_requests_that_never_track_register_nothing() -> None:
     assert "mixpanel" not in seen[0].__dict__
     assert not seen[0].response_callbacks
     assert not seen[0].finished_callbacks
+
+
+def test_an_active_tm_without_a_transaction_falls_back() -> None:
+    from pyramid_mixpanel.lifecycle import _join_transaction
+
+    class NoTransactionManager:
+        def get(self) -> None:
+            raise transaction.interfaces.NoTransaction()
+
+    class FakeRequest:
+        environ: t.ClassVar[dict[str, bool]] = {"tm.active": True}
+        tm = NoTransactionManager()
+
+    assert _join_transaction(t.cast(Request, FakeRequest()), t.cast(MixpanelTrack, None)) is False

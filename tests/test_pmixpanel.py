@@ -210,3 +210,12 @@ def test_main_and_the_console_script(
         check=True,
     )
     assert "status" in done.stdout and "replay" in done.stdout
+
+
+def test_status_of_messages_due_now(tmp_path: pathlib.Path, api: MixpanelStandIn) -> None:
+    api.set_mode("down")
+    ini = write_ini(tmp_path, api)
+    code, out, _ = run(["status", ini])
+    assert code == 0
+    assert "pending: 0" in out
+    assert "next attempt" not in out

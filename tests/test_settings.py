@@ -186,3 +186,40 @@ def test_settings_added_after_the_include_still_count() -> None:
     from pyramid_mixpanel.lifecycle import RUNTIME_KEY
 
     assert config.registry[RUNTIME_KEY].settings.token == "added-later"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mixpanel.queue_max_messages": "lots"}, "must be a whole number"),
+        ({"mixpanel.batch_max_records": "2001"}, "must be between 1 and 2000"),
+        ({"mixpanel.batch_max_records": "0"}, "must be between 1 and 2000"),
+        (
+            {"mixpanel.consumer": "mixpanel.Consumer", "mixpanel.delivery": "background"},
+            "cannot be combined with mixpanel.delivery = background",
+        ),
+        (
+            {"mixpanel.spool_path": "/tmp/x.db", "mixpanel.delivery": "sync"},
+            "mixpanel.spool_path needs mixpanel.delivery = background",
+        ),
+    ],
+)
+def test_delivery_settings_mistakes(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(MixpanelConfigurationError, match=message):
+        parse_settings(settings)
+
+
+def test_delivery_settings() -> None:
+    settings = parse_settings(
+        {
+            "mixpanel.delivery": "background",
+            "mixpanel.spool_path": "/tmp/spool.db",
+            "mixpanel.queue_max_messages": "5",
+            "mixpanel.batch_max_bytes": "1000",
+            "mixpanel.region": "false",
+        }
+    )
+    assert (settings.delivery, settings.spool_path) == ("background", "/tmp/spool.db")
+    assert (settings.queue_max_messages, settings.batch_max_bytes) == (5, 1000)
+    assert settings.region == "us"
+    assert parse_settings({"mixpanel.consumer": "mixpanel.Consumer"}).delivery == "sync"

@@ -61,8 +61,9 @@ class HttpTransport:
                 t.cast(str, settings.service_account_secret),
             )
             self.import_params["project_id"] = t.cast(str, settings.service_account_project_id)
-        elif settings.api_secret or settings.token:
-            # The legacy secret, or the project token, as basic-auth user with no password.
+        else:
+            # The legacy secret, or the project token, as basic-auth user with no password
+            # (an engine only exists when a token is set).
             self.import_auth = (t.cast(str, settings.api_secret or settings.token), "")
 
     def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
