@@ -122,8 +122,7 @@ class PMixpanelCommand:
                 left = now_left
         stats = engine.stats.snapshot()
         self.print(
-            f"sent {stats['sent']}, retried {stats['retried']}, dead {stats['dead']},"
-            f" left {left}"
+            f"sent {stats['sent']}, retried {stats['retried']}, dead {stats['dead']}, left {left}"
         )
         return 1 if left else 0
 
