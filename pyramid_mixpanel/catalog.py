@@ -29,6 +29,16 @@ class Event:
     name: str
     description: str = field(default="", compare=False)
 
+    # Hand-written equality and hash (on the name only, like the generated ones) because every
+    # tracked property is looked up in a frozenset: this is the hottest code of a request.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self.name == other.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
 
 @dataclass(frozen=True)
 class Property:
@@ -36,6 +46,16 @@ class Property:
 
     name: str
     description: str = field(default="", compare=False)
+
+    # Hand-written equality and hash (on the name only, like the generated ones) because every
+    # tracked property is looked up in a frozenset: this is the hottest code of a request.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self.name == other.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
 
 
 @dataclass(frozen=True)

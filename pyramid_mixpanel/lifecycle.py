@@ -38,10 +38,7 @@ RUNTIME_KEY = "pyramid_mixpanel.runtime"
 
 def distinct_id_of(request: Request) -> str | None:
     """``request.user.distinct_id`` when the app has a ``request.user``, else ``None``."""
-    try:
-        user = request.user
-    except AttributeError:
-        return None
+    user = getattr(request, "user", None)
     return getattr(user, "distinct_id", None) if user is not None else None
 
 

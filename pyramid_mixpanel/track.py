@@ -130,9 +130,12 @@ class MixpanelTrack:
             raise self._not_member(event, Event, self._catalog.events)
         allowed = self._catalog.event_property_members
         section = self._catalog.event_properties
-        properties = self._values(self.global_event_props, allowed, section)
-        if props:
-            properties.update(self._values(props, allowed, section))
+        if self.global_event_props:
+            properties = self._values(self.global_event_props, allowed, section)
+            if props:
+                properties.update(self._values(props, allowed, section))
+        else:
+            properties = self._values(props, allowed, section) if props else {}
         if len(properties) > MAX_PROPERTIES:
             raise ValueError(
                 f"{event.name!r} has {len(properties)} properties; Mixpanel accepts at most"
