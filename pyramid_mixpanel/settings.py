@@ -181,7 +181,7 @@ class MixpanelSettings:
     read_timeout: float = 5.0
     query_timeout: float = 60.0
     release_policy: str = "commit"
-    delivery: str = "sync"  # TEMP until helper tests are adapted; target default: background
+    delivery: str = "background"
     spool_path: str | None = None
     queue_max_messages: int = 100_000
     queue_max_bytes: int = 64 * 1024 * 1024

@@ -62,11 +62,13 @@ def test_make_consumer_uses_from_settings_or_no_arguments() -> None:
     assert isinstance(custom.make_consumer(), MockedConsumer)
 
 
-def test_deliver_with_nothing_to_send_does_nothing() -> None:
-    runtime = Runtime(parse_settings({"mixpanel.token": "tok"}))
+@pytest.mark.parametrize("delivery", ["sync", "background"])
+def test_deliver_with_nothing_to_send_does_nothing(delivery: str) -> None:
+    runtime = Runtime(parse_settings({"mixpanel.token": "tok", "mixpanel.delivery": delivery}))
     runtime.deliver([])
     assert runtime.stats["released"] == 0
     assert runtime.stats["failed"] == 0
+    assert (runtime.engine is None) == (delivery == "sync")
 
 
 def test_redact() -> None:

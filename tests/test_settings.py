@@ -39,6 +39,7 @@ def test_defaults() -> None:
     assert settings.api_host == "https://api.mixpanel.com"
     assert settings.query_api_host == "https://mixpanel.com"
     assert settings.release_policy == "commit"
+    assert settings.delivery == "background"
     assert (settings.connect_timeout, settings.read_timeout) == (2.0, 5.0)
     assert not settings.customerio_enabled
     assert not settings.has_service_account
