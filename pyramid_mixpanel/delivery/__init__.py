@@ -25,8 +25,11 @@ __all__ = ["BackgroundEngine", "RetryPolicy", "Stats", "build_engine", "build_st
 def build_store(settings: MixpanelSettings) -> Store:
     """The configured store: the SQLite spool when ``mixpanel.spool_path`` is set."""
     if settings.spool_path:
+        # A claimed batch is leased for a few times the longest a post may take: long enough
+        # that a live sender keeps it, short enough that a crashed sender's rows soon come back.
+        lease = 4 * (settings.connect_timeout + settings.read_timeout) + 5
         return SqliteSpool(
-            settings.spool_path, settings.queue_max_messages, settings.queue_max_bytes
+            settings.spool_path, settings.queue_max_messages, settings.queue_max_bytes, lease
         )
     return MemoryStore(settings.queue_max_messages, settings.queue_max_bytes)
 
