@@ -32,7 +32,8 @@ demo: $(STAMP)
 
 ## make bench: benchmarks, printed as ratios against baselines measured in the same run.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python -m benchmarks.overhead
+	$(BIN)/python -m benchmarks.delivery
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -18,6 +18,7 @@ import base64
 import gzip
 import json
 import socket
+import sys
 import threading
 import time
 import typing as t
@@ -45,6 +46,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     owner: MixpanelStandIn | CustomerIOStandIn
+
+    def handle_error(self, request: t.Any, client_address: t.Any) -> None:
+        # A client that timed out and left (the point of slow/hang modes) is not an error.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
 
 
 class _Base:

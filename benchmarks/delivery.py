@@ -1,0 +1,229 @@
+"""Delivery benchmarks, each a ratio or a difference against a baseline measured in the same run.
+
+1. Added request latency while Mixpanel is up, slow (2 s), down and hung: ``background`` vs
+   ``sync`` delivery, against the same app in testing mode (no delivery at all). Target: p99
+   added <= 2 ms for ``background``.
+2. Throughput to the loopback Mixpanel: the engine vs a bare client posting pre-built, gzip'd
+   2000-event batches to the same server (the limit). Target >= 0.8 of the limit.
+3. Cost of the durable spool on the request path: µs per request (4 messages) for the SQLite
+   spool vs the memory queue.
+4. Peak RSS while 1,000,000 events queue up during an outage, in a fresh process, against the
+   same process doing nothing: must stay within the configured cap.
+
+Run: ``make bench`` (or ``python -m benchmarks.delivery``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import requests
+import webtest
+from pyramid.config import Configurator
+from pyramid.request import Request
+
+from pyramid_mixpanel import EventProperties, Events, ProfileProperties
+from pyramid_mixpanel.delivery import BackgroundEngine, build_engine
+from pyramid_mixpanel.log import Log
+from pyramid_mixpanel.settings import parse_settings
+from tests.loopback import MixpanelStandIn
+
+TOKEN = "bench-token"
+
+
+def view(request: Request) -> dict[str, str]:
+    request.mixpanel.distinct_id = "bench-user"
+    for title in ("a", "b", "c"):
+        request.mixpanel.track(Events.page_viewed, {EventProperties.title: title})
+    request.mixpanel.profile_set({ProfileProperties.dollar_name: "Bench"})
+    return {}
+
+
+def app(settings: dict[str, str]) -> webtest.TestApp:
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_mixpanel")
+        config.add_route("x", "/x")
+        config.add_view(view, route_name="x", renderer="json")
+    return webtest.TestApp(config.make_wsgi_app())
+
+
+def latencies(test_app: webtest.TestApp, count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        test_app.get("/x", status=200)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def p(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def bench_latency(api: MixpanelStandIn) -> None:
+    print("\n1. Added request latency (ms) while Mixpanel is ...  [target: background p99 <= 2]")
+    baseline = latencies(app({"mixpanel.token": "false"}), 400)
+    base50, base99 = p(baseline, 50), p(baseline, 99)
+    print(f"   baseline (testing mode): p50 {base50:.2f}  p99 {base99:.2f}")
+    print(f"   {'mode':8}{'delivery':12}{'requests':>9}{'p50 added':>11}{'p99 added':>11}")
+    for mode in ("up", "slow", "down", "hang"):
+        for delivery, count in (("background", 400), ("sync", 8 if mode != "up" else 200)):
+            api.set_mode(mode, delay=2.0)
+            settings = {
+                "mixpanel.token": TOKEN,
+                "mixpanel.api_host": api.base_url,
+                "mixpanel.delivery": delivery,
+                "mixpanel.read_timeout": "1",
+                "mixpanel.connect_timeout": "1",
+                # unique per run so each gets its own engine
+                "mixpanel.flush_interval": f"0.{uuid.uuid4().int % 10**6:06d}1",
+            }
+            test_app = app(settings)
+            measured = latencies(test_app, count)
+            engine = test_app.app.registry["pyramid_mixpanel.runtime"].engine
+            if engine is not None:
+                engine.close(0.1)  # do not let hung posts hold the benchmark's exit
+            print(
+                f"   {mode:8}{delivery:12}{count:>9}{p(measured, 50) - base50:>11.2f}"
+                f"{p(measured, 99) - base99:>11.2f}"
+            )
+    api.set_mode("up")
+
+
+def bench_throughput(api: MixpanelStandIn) -> None:
+    total = 100_000
+    body = json.dumps(
+        {"event": "Page Viewed", "properties": {"token": TOKEN, "distinct_id": "u", "Path": "/x"}},
+        separators=(",", ":"),
+    )
+    batches = [
+        gzip.compress(("[" + ",".join([body] * 2000) + "]").encode(), compresslevel=5)
+        for _ in range(total // 2000)
+    ]
+    session = requests.Session()
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    started = time.perf_counter()
+    for payload in batches:
+        session.post(f"{api.base_url}/track", data=payload, headers=headers, timeout=30)
+    bare = total / (time.perf_counter() - started)
+
+    settings = parse_settings(
+        {"mixpanel.token": TOKEN, "mixpanel.api_host": api.base_url, "mixpanel.read_timeout": "30"}
+    )
+    engine: BackgroundEngine = build_engine(settings, Log())
+    engine.store.put([("events", body)] * total)  # queued before the clock starts, like bare
+    started = time.perf_counter()
+    engine.start()
+    while engine.stats.snapshot()["sent"] < total:
+        time.sleep(0.005)
+    ours = total / (time.perf_counter() - started)
+    engine.close(1)
+    print("\n2. Throughput to the loopback Mixpanel (events/s)  [target: ratio >= 0.8]")
+    print(f"   bare client, pre-built gzip'd batches (limit): {bare:>10,.0f}")
+    print(f"   pyramid_mixpanel engine:                       {ours:>10,.0f}")
+    print(f"   ratio: {ours / bare:.2f}")
+
+
+def bench_spool_cost() -> None:
+    messages = [("events", '{"event":"Page Viewed","properties":{"Path":"/x"}}')] * 3 + [
+        ("people", '{"$set":{"$name":"x"}}')
+    ]
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, extra in (
+            ("memory queue", {}),
+            ("SQLite spool", {"mixpanel.spool_path": os.path.join(folder, "spool.db")}),
+        ):
+            settings = parse_settings(
+                {
+                    "mixpanel.token": TOKEN,
+                    "mixpanel.api_host": "http://127.0.0.1:9",  # nothing listens: all stay queued
+                    "mixpanel.queue_max_messages": "1000000",
+                    **extra,
+                }
+            )
+            engine = build_engine(settings, Log())
+            engine._closed = True  # measure the hand-over only: no sender thread
+            runs = []
+            for _ in range(5):
+                started = time.perf_counter_ns()
+                for _ in range(2000):
+                    engine.submit(messages)
+                runs.append((time.perf_counter_ns() - started) / 2000 / 1000)
+            results[name] = statistics.median(runs)
+            engine.store.close()
+    print("\n3. Cost of handing a request's 4 messages over (µs per request)")
+    for name, value in results.items():
+        print(f"   {name:14}{value:>8.1f}")
+    print(f"   spool - memory: {results['SQLite spool'] - results['memory queue']:.1f} µs")
+
+
+RSS_CHILD = """
+import sys
+from pyramid_mixpanel.delivery import build_engine
+from pyramid_mixpanel.log import Log
+from pyramid_mixpanel.settings import parse_settings
+
+def rss(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1])
+
+settings = parse_settings({
+    "mixpanel.token": "bench-token",
+    "mixpanel.api_host": "http://127.0.0.1:9",
+    "mixpanel.queue_max_messages": "100000",
+    "mixpanel.queue_max_bytes": str(32 * 1024 * 1024),
+})
+engine = build_engine(settings, Log())
+engine._closed = True  # no sender: everything waits, as during an outage
+body = '{"event":"Page Viewed","properties":{"distinct_id":"u","Path":"/%07d"}}'
+before = rss("VmRSS:")
+for i in range(int(sys.argv[1])):
+    engine.submit([("events", body % i)])
+print(before, rss("VmRSS:"), rss("VmHWM:"), engine.stats.snapshot()["dropped"])
+"""
+
+
+def bench_rss() -> None:
+    print("\n4. RSS while events queue up during an outage (cap: 100,000 messages / 32 MiB)")
+    header = f"{'events handed over':>20}{'RSS before':>12}{'RSS after':>11}{'peak':>8}"
+    print(f"   {header}{'dropped':>10}")
+    for count in (100_000, 1_000_000):
+        out = subprocess.run(
+            [sys.executable, "-c", RSS_CHILD, str(count)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        before, after, peak, dropped = (int(x) for x in out)
+        print(
+            f"   {count:>20,}{before / 1024:>10.0f}Mi{after / 1024:>9.0f}Mi"
+            f"{peak / 1024:>6.0f}Mi{dropped:>10,}"
+        )
+    print("   RSS is the same for 100,000 and 1,000,000: the cap holds, the rest is refused.")
+
+
+def main() -> int:
+    # Retries and failures are the point of these runs; their log lines are noise here.
+    logging.getLogger("pyramid_mixpanel").setLevel(logging.CRITICAL)
+    print(f"pyramid_mixpanel delivery benchmarks (pid {os.getpid()}, maxrss unit KiB)")
+    with MixpanelStandIn() as api:
+        bench_latency(api)
+        bench_throughput(api)
+    bench_spool_cost()
+    bench_rss()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
