@@ -14,6 +14,7 @@ from .catalog import Property, normalise
 from .consumer import PoliteBufferedConsumer
 from .customerio import CustomerIOCall, CustomerIOReplicator
 from .delivery import BackgroundEngine, build_engine
+from .delivery.celery import CeleryHandOver
 from .log import Log
 from .settings import MixpanelSettings, parse_settings
 
@@ -34,8 +35,11 @@ class Runtime:
             self.customerio = CustomerIOReplicator(settings, self.log)
         #: The process-wide background engine (``mixpanel.delivery = background``), else None.
         self.engine: BackgroundEngine | None = None
+        self.celery: CeleryHandOver | None = None
         if settings.delivery == "background" and not settings.testing:
             self.engine = build_engine(settings, self.log, self.customerio)
+        elif settings.delivery == "celery" and not settings.testing:
+            self.celery = CeleryHandOver(settings.celery_app, settings, self.log)
         # X-Mixpanel-<Name> headers: matched on folded names, so "X-Mixpanel-Dark-Mode" finds
         # both Property("Dark Mode") and an attribute called dark_mode.
         self.header_properties: dict[str, Property] = {}
@@ -73,10 +77,11 @@ class Runtime:
     ) -> None:
         """Hand released messages to delivery (background engine or consumer); never raises."""
         self.stats["released"] += len(messages)
-        if self.engine is not None:
+        handover = self.engine or self.celery
+        if handover is not None:
             if self.customerio is not None:
                 messages = [*messages, *(("customerio", call.to_json()) for call in calls)]
-            self.engine.submit(messages)
+            self.stats["failed"] += handover.submit(messages)
             return
         if messages:
             try:

@@ -30,7 +30,7 @@ logger = logging.getLogger("pyramid_mixpanel")
 FALSE_WORDS = frozenset({"", "false", "f", "no", "n", "off", "0", "none", "null"})
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
 RELEASE_POLICIES = ("commit", "success", "always")
-DELIVERY_MODES = ("background", "sync")
+DELIVERY_MODES = ("background", "sync", "celery")
 
 # Mixpanel's data residency: ingestion and query hosts per region.
 INGESTION_HOSTS = {
@@ -150,6 +150,16 @@ def _subclass(base: type | tuple[type, ...]) -> t.Callable[[str, object], type |
     return parse
 
 
+def as_dotted_object(key: str, value: object) -> object:
+    """Resolve a dotted name (``myapp.celery:app`` or ``myapp.celery.app``) to an object."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return DottedNameResolver().resolve(value.strip())
+    except (ImportError, ValueError) as exc:
+        raise MixpanelConfigurationError(f"{key} = {value!r} cannot be imported: {exc}") from None
+
+
 def _consumer_bases() -> tuple[type, ...]:
     import mixpanel
 
@@ -183,6 +193,7 @@ class MixpanelSettings:
     release_policy: str = "commit"
     delivery: str = "background"
     spool_path: str | None = None
+    celery_app: object = None
     queue_max_messages: int = 100_000
     queue_max_bytes: int = 64 * 1024 * 1024
     flush_interval: float = 1.0
@@ -263,6 +274,7 @@ SETTINGS: tuple[tuple[str, str, Parser], ...] = (
     ("mixpanel.release_policy", "release_policy", _choice(RELEASE_POLICIES)),
     ("mixpanel.delivery", "delivery", _choice(DELIVERY_MODES)),
     ("mixpanel.spool_path", "spool_path", as_secret),
+    ("mixpanel.celery_app", "celery_app", as_dotted_object),
     ("mixpanel.queue_max_messages", "queue_max_messages", _positive_int(10**9)),
     ("mixpanel.queue_max_bytes", "queue_max_bytes", _positive_int(2**40)),
     ("mixpanel.flush_interval", "flush_interval", as_positive_float),
@@ -302,8 +314,13 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
                 " mixpanel.delivery = background (drop one of them)"
             )
         values["delivery"] = "sync"
-    if "spool_path" in values and values.get("delivery") == "sync":
+    if "spool_path" in values and values.get("delivery", "background") != "background":
         raise MixpanelConfigurationError("mixpanel.spool_path needs mixpanel.delivery = background")
+    if (values.get("delivery") == "celery") != ("celery_app" in values):
+        raise MixpanelConfigurationError(
+            "mixpanel.delivery = celery and mixpanel.celery_app (the dotted name of your Celery"
+            " app) go together"
+        )
 
     region = t.cast(str, values.get("region", "us"))
     values.setdefault("api_host", f"https://{INGESTION_HOSTS[region]}")

@@ -117,10 +117,13 @@ class BackgroundEngine:
 
     # -- the request side -------------------------------------------------------------------
 
-    def submit(self, messages: t.Sequence[tuple[str, str]]) -> None:
-        """Accept a request's messages; returns without any network I/O. Never raises."""
+    def submit(self, messages: t.Sequence[tuple[str, str]]) -> int:
+        """Accept a request's messages without any network I/O; return how many were refused.
+
+        Never raises: refusals are counted as ``dropped`` and logged.
+        """
         if not messages:
-            return
+            return 0
         try:
             refused = self.store.put(messages)
         except Exception as exc:
@@ -141,6 +144,7 @@ class BackgroundEngine:
             )
         self._ensure_sender()
         self._wake.set()
+        return refused
 
     def _ensure_sender(self) -> None:
         if self._pid != os.getpid():

@@ -1,0 +1,207 @@
+"""``mixpanel.delivery = celery`` against a real Redis broker and a real Celery worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import webtest
+from pyramid.config import Configurator
+from pyramid.request import Request
+
+from pyramid_mixpanel import EventProperties, Events
+from pyramid_mixpanel.delivery.celery import CeleryHandOver, register
+from pyramid_mixpanel.delivery.transport import Outcome
+from pyramid_mixpanel.log import Log
+from pyramid_mixpanel.settings import MixpanelConfigurationError, parse_settings
+
+from .loopback import MixpanelStandIn
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BIN = pathlib.Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing: .ci/run must install it")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def api() -> Iterator[MixpanelStandIn]:
+    with MixpanelStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def worker(redis_url: str, api: MixpanelStandIn) -> Iterator[dict[str, str]]:
+    env = {
+        "DRILL_BROKER": redis_url,
+        "DRILL_API_HOST": api.base_url,
+        "DRILL_WORKER": "1",
+        "DRILL_QUEUE": f"q-{uuid.uuid4().hex[:8]}",
+    }
+    process = subprocess.Popen(
+        [str(BIN / "celery"), "-A", "tests.celery_app", "worker", "--pool=solo",
+         "--without-heartbeat", "--without-gossip", "--without-mingle", "--loglevel=WARNING"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )  # fmt: skip
+    try:
+        yield env
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def make_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> webtest.TestApp:
+    for key, value in env.items():
+        if key != "DRILL_WORKER":
+            monkeypatch.setenv(key, value)
+    # A fresh import so the web-side app picks up this test's broker and queue.
+    sys.modules.pop("tests.celery_app", None)
+    import tests.celery_app
+
+    def view(request: Request) -> dict[str, str]:
+        request.mixpanel.distinct_id = "celery-user"
+        for i in range(int(request.params.get("n", "1"))):
+            request.mixpanel.track(Events.page_viewed, {EventProperties.path: f"/{i}"})
+        return {}
+
+    settings = {
+        "mixpanel.token": "celery-token",
+        "mixpanel.delivery": "celery",
+        # The object itself (not its dotted name) keeps this test's runtime its own.
+        "mixpanel.celery_app": tests.celery_app.app,
+    }
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_mixpanel")
+        config.add_route("x", "/x")
+        config.add_view(view, route_name="x", renderer="json")
+    return webtest.TestApp(config.make_wsgi_app())
+
+
+def test_workers_deliver_what_requests_released(
+    worker: dict[str, str], api: MixpanelStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(worker, monkeypatch)
+    api.set_mode("error500")  # the first attempts fail: the worker retries with backoff
+    app.get("/x?n=3", status=200)
+    app.get("/x?n=2", status=200)
+    time.sleep(1)
+    assert api.requests, "the worker tried"
+    api.set_mode("up")
+    events = api.wait_for_events(5, timeout=30)
+    assert sorted(e["properties"]["Path"] for e in events) == ["/0", "/0", "/1", "/1", "/2"]
+    assert all(e["properties"]["token"] == "celery-token" for e in events)
+
+
+def test_a_broker_outage_never_reaches_the_request(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there
+    app = make_app(
+        {"DRILL_BROKER": f"redis://127.0.0.1:{port}/0", "DRILL_QUEUE": "nowhere"}, monkeypatch
+    )
+    import tests.celery_app
+
+    tests.celery_app.app.conf.broker_connection_timeout = 0.2
+    tests.celery_app.app.conf.task_publish_retry = False
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        app.get("/x", status=200)
+    assert "mixpanel.celery_send_failed" in caplog.text
+
+
+class FakeTask:
+    def __init__(self, retries: int) -> None:
+        self.request = type("R", (), {"retries": retries})()
+
+    def retry(self, countdown: float) -> Exception:
+        return RuntimeError(f"retry in {countdown}")
+
+
+def test_the_task_settles_like_the_engine(
+    api: MixpanelStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    class App:
+        def task(self, **options: t.Any) -> t.Callable[[t.Callable[..., int]], t.Any]:
+            assert options["acks_late"] is True
+            return lambda func: func
+
+    deliver = register(App(), {"mixpanel.token": "celery-token", "mixpanel.api_host": api.base_url})
+    body = '{"event":"A","properties":{"time":1,"$insert_id":"x"}}'
+    assert deliver(FakeTask(0), "events", [body]) == 1
+    api.set_mode("error500")
+    with pytest.raises(RuntimeError, match="retry in"):
+        deliver(FakeTask(2), "events", [body])
+    api.set_mode("bad_request")
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        assert deliver(FakeTask(0), "events", [body]) == 0
+    assert "mixpanel.delivery_refused" in caplog.text
+
+
+def test_handover_batches_per_endpoint() -> None:
+    sent: list[tuple[str, int]] = []
+
+    class App:
+        def send_task(self, name: str, args: tuple[str, list[str]]) -> None:
+            sent.append((args[0], len(args[1])))
+
+    settings = parse_settings(
+        {
+            "mixpanel.token": "t",
+            "mixpanel.delivery": "celery",
+            "mixpanel.celery_app": App(),
+            "mixpanel.batch_max_records": "2",
+        }
+    )
+    handover = CeleryHandOver(settings.celery_app, settings, Log())
+    lost = handover.submit([("events", "{}")] * 3 + [("customerio", "{}")] * 2)
+    assert lost == 0
+    assert sent == [("events", 2), ("events", 1), ("customerio", 1), ("customerio", 1)]
+    assert Outcome("sent").sent
+
+
+def test_celery_settings_go_together() -> None:
+    with pytest.raises(MixpanelConfigurationError, match="go together"):
+        parse_settings({"mixpanel.delivery": "celery"})
+    with pytest.raises(MixpanelConfigurationError, match="cannot be imported"):
+        parse_settings({"mixpanel.delivery": "celery", "mixpanel.celery_app": "nowhere:app"})
