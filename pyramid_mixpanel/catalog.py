@@ -23,39 +23,33 @@ from pyramid.exceptions import ConfigurationError
 
 
 @dataclass(frozen=True)
-class Event:
+class Name:
+    """A name Mixpanel stores, with an optional description (not part of equality)."""
+
+    name: str
+    description: str = field(default="", compare=False)
+
+    # Hand-written equality and hash (on the name only, like the generated ones) because every
+    # tracked property is looked up in a frozenset: this is the hottest code of a request.
+    # An Event never equals a Property of the same name.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is self.__class__:
+            return self.name == other.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+# eq=False: keep Name's equality and hash instead of generating new ones.
+@dataclass(frozen=True, eq=False)
+class Event(Name):
     """A Mixpanel event name, e.g. ``Event("Page Viewed")``."""
 
-    name: str
-    description: str = field(default="", compare=False)
 
-    # Hand-written equality and hash (on the name only, like the generated ones) because every
-    # tracked property is looked up in a frozenset: this is the hottest code of a request.
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self.name == other.name
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.name)
-
-
-@dataclass(frozen=True)
-class Property:
+@dataclass(frozen=True, eq=False)
+class Property(Name):
     """A Mixpanel property name, e.g. ``Property("Path")`` or ``Property("$email")``."""
-
-    name: str
-    description: str = field(default="", compare=False)
-
-    # Hand-written equality and hash (on the name only, like the generated ones) because every
-    # tracked property is looked up in a frozenset: this is the hottest code of a request.
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is self.__class__:
-            return self.name == other.name
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.name)
 
 
 @dataclass(frozen=True)

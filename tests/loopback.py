@@ -61,7 +61,7 @@ class _Base:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.release = threading.Event()  # set to free hung handlers
-        self.port = _free_port()
+        self.port = free_port()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.start()
@@ -311,7 +311,8 @@ def _indices(failed: list[dict[str, t.Any]]) -> set[int]:
     return {int(item["index"]) for item in failed}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on right now (on 127.0.0.1)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -25,16 +25,10 @@ from pyramid_mixpanel.delivery.transport import Outcome
 from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.settings import MixpanelConfigurationError, parse_settings
 
-from .loopback import MixpanelStandIn
+from .loopback import MixpanelStandIn, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from .loopback import MixpanelStandIn, wait_until
+from .loopback import MixpanelStandIn, free_port, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(command: list[str], env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
