@@ -21,6 +21,7 @@ from .catalog import (
 )
 from .consumer import MockedConsumer, PoliteBufferedConsumer
 from .lifecycle import RUNTIME_KEY, request_mixpanel
+from .plan import lint
 from .query import MixpanelQuery, MixpanelQueryError, MultipleProfilesFoundException
 from .runtime import Runtime, runtime_for
 from .settings import MixpanelConfigurationError, MixpanelSettings, parse_settings
@@ -64,6 +65,8 @@ def includeme(config: Configurator) -> None:
         runtime: Runtime = runtime_for(config.get_settings())
         config.registry[RUNTIME_KEY] = runtime
         runtime.log_configured()
+        for issue in lint(runtime.catalog):
+            runtime.log.warning("mixpanel.naming", issue=str(issue))
         if runtime.engine is not None and runtime.engine.store.pending():
             # Send what an earlier run left in the spool without waiting for new traffic.
             runtime.engine.start()

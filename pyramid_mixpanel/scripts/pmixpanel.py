@@ -6,6 +6,8 @@
     pmixpanel replay development.ini          # send what the spool holds, with a progress bar
     pmixpanel dead development.ini            # list dead letters
     pmixpanel dead development.ini --requeue  # queue every dead letter again (or --requeue ID…)
+    pmixpanel plan development.ini            # the tracking plan (--format markdown|json|csv)
+    pmixpanel lint development.ini            # naming lint; exit 1 on problems (for CI)
 
 The config file is bootstrapped like ``pshell`` does, so ``includeme`` runs and the same
 settings apply as in the app. ``key=value`` arguments after the file are passed as variables.
@@ -24,6 +26,7 @@ from pyramid.paster import bootstrap, setup_logging
 
 from ..delivery import BackgroundEngine
 from ..lifecycle import RUNTIME_KEY
+from ..plan import lint, render_plan
 from ..runtime import Runtime
 
 
@@ -48,6 +51,8 @@ class PMixpanelCommand:
             ("status", "show what waits for delivery and the dead letters"),
             ("replay", "send what the queue or spool holds now"),
             ("dead", "list dead letters, or queue them again"),
+            ("plan", "print the tracking plan: events and properties with descriptions"),
+            ("lint", "check event and property names; exit 1 when something is off"),
         ):
             sub = commands.add_parser(name, help=text, description=text)
             sub.add_argument("config_uri", help="the app's .ini file, e.g. development.ini")
@@ -68,6 +73,10 @@ class PMixpanelCommand:
                     help="queue these dead letters again (all when no ID is given)",
                 )
                 sub.add_argument("--limit", type=int, default=50, help="how many to list")
+            if name == "plan":
+                sub.add_argument(
+                    "--format", choices=("markdown", "json", "csv"), default="markdown"
+                )
         return parser
 
     def run(self) -> int:
@@ -77,6 +86,15 @@ class PMixpanelCommand:
         env = self.bootstrap(self.args.config_uri, options=variables)
         try:
             runtime: Runtime = env["registry"][RUNTIME_KEY]
+            if self.args.command == "plan":
+                self.out.write(render_plan(runtime.catalog, self.args.format))
+                return 0
+            if self.args.command == "lint":
+                issues = lint(runtime.catalog)
+                for issue in issues:
+                    self.print(str(issue))
+                self.print(f"{len(issues)} naming issue(s)")
+                return 1 if issues else 0
             if runtime.settings.testing:
                 self.print("mixpanel.token is not set (testing mode): nothing is ever sent.")
                 return 1
