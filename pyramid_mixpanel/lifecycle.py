@@ -34,6 +34,8 @@ if t.TYPE_CHECKING:
     from pyramid.response import Response
 
 RUNTIME_KEY = "pyramid_mixpanel.runtime"
+#: Called with every ``request.mixpanel`` when it is built (the pytest plugin's recorder).
+LISTENERS: list[t.Callable[[MixpanelTrack], None]] = []
 
 
 def distinct_id_of(request: Request) -> str | None:
@@ -50,6 +52,8 @@ def request_mixpanel(request: Request) -> MixpanelTrack:
         distinct_id=distinct_id_of(request),
         global_event_props=runtime.header_props(request.environ),
     )
+    for listener in LISTENERS:
+        listener(track)
     policy = runtime.settings.release_policy
     if policy == "always":
         request.add_finished_callback(lambda _request: track.settle(True))
