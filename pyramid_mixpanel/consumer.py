@@ -197,6 +197,8 @@ class RequestBuffer:
 
     def __init__(self, release: t.Callable[[], None]) -> None:
         self.messages: list[tuple[str, str]] = []
+        #: Every message ever held, also after release (for the debug toolbar panel).
+        self.history: list[tuple[str, str]] = []
         self._release = release
 
     def send(
@@ -207,7 +209,9 @@ class RequestBuffer:
         api_secret: object = None,
     ) -> None:
         """Hold one message."""
-        self.messages.append((endpoint, json_message))
+        message = (endpoint, json_message)
+        self.messages.append(message)
+        self.history.append(message)
 
     def flush(self) -> None:
         """Release the held messages to delivery now."""

@@ -103,6 +103,13 @@ class MixpanelTrack:
         return consumer.mocked_messages
 
     @property
+    def history(self) -> list[tuple[str, str]]:
+        """Every ``(endpoint, JSON)`` message built outside testing mode, also once released."""
+        if self.testing:
+            return []
+        return self._buffer.history
+
+    @property
     def customerio_messages(self) -> list[CustomerIOCall]:
         """Customer.io calls waiting for release (recorded for good in testing mode)."""
         return self._customerio_calls
