@@ -70,7 +70,7 @@ def ours() -> t.Callable[[], None]:
         )
         mp.settle(True)
 
-    one_request.prepare = prepare  # type: ignore[attr-defined]
+    one_request.prepare = prepare  # type: ignore[attr-defined]  # a function attribute, on purpose
     return one_request
 
 

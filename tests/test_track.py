@@ -131,7 +131,7 @@ def test_undeclared_property_is_a_value_error_with_a_hint(mp: MixpanelTrack) -> 
     with pytest.raises(ValueError, match=r"Did you mean EventProperties.path \('Path'\)"):
         mp.track(Events.page_viewed, {Property("path"): "/"})
     with pytest.raises(TypeError, match="expected a Property"):
-        mp.track(Events.page_viewed, {"Path": "/"})  # type: ignore[dict-item]
+        mp.track(Events.page_viewed, {"Path": "/"})  # type: ignore[dict-item]  # the mistake under test
     # A profile property is not an event property.
     with pytest.raises(ValueError, match="event properties"):
         mp.track(Events.page_viewed, {ProfileProperties.dollar_email: "a@b"})
@@ -195,9 +195,9 @@ def test_ip_and_recent_time_go_to_track(mp: MixpanelTrack) -> None:
     assert first["endpoint"] == "events"
     assert first["msg"]["properties"]["ip"] == "203.0.113.9"
     with pytest.raises(TypeError, match="ip must be a string"):
-        mp.track(Events.page_viewed, ip=1)  # type: ignore[arg-type]
+        mp.track(Events.page_viewed, ip=1)  # type: ignore[arg-type]  # the mistake under test
     with pytest.raises(TypeError, match="time must be a datetime"):
-        mp.track(Events.page_viewed, time="yesterday")  # type: ignore[arg-type]
+        mp.track(Events.page_viewed, time="yesterday")  # type: ignore[arg-type]  # the mistake under test
 
 
 def test_time_is_sent_when_given() -> None:
@@ -282,7 +282,7 @@ def test_wrong_value_types_are_type_errors(mp: MixpanelTrack) -> None:
     with pytest.raises(TypeError, match="is bool"):
         mp.profile_increment({Profile.logins: True})
     with pytest.raises(TypeError, match="amount must be a number"):
-        mp.profile_track_charge("9.99")  # type: ignore[arg-type]
+        mp.profile_track_charge("9.99")  # type: ignore[arg-type]  # the mistake under test
     with pytest.raises(ValueError, match="profile properties"):
         mp.people_unset([EventProperties.path])
     assert mp.mocked_messages == []
