@@ -289,6 +289,8 @@ SETTINGS: tuple[tuple[str, str, Parser], ...] = (
 )
 KNOWN_KEYS = tuple(key for key, _, _ in SETTINGS)
 WATCHED_PREFIXES = ("mixpanel.", "customerio.tracking.")
+#: Keys parsed (and checked for typos) by optional includes, e.g. ``pyramid_mixpanel.relay``.
+DELEGATED_PREFIXES = ("mixpanel.relay.",)
 
 
 def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
@@ -303,7 +305,11 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
             values[attr] = parsed
 
     for key in settings:
-        if key.startswith(WATCHED_PREFIXES) and key not in KNOWN_KEYS:
+        if (
+            key.startswith(WATCHED_PREFIXES)
+            and not key.startswith(DELEGATED_PREFIXES)
+            and key not in KNOWN_KEYS
+        ):
             logger.warning("Unknown setting %s is ignored.%s", key, closest(key, KNOWN_KEYS))
 
     if "consumer" in values:

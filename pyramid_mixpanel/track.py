@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import time as time_module
 import typing as t
 
@@ -29,6 +30,12 @@ MAX_STRING_LENGTH = 255
 IMPORT_AGE = dt.timedelta(days=5).total_seconds()
 _PLAIN = frozenset({str, int, bool, type(None)})
 _NUMBERS = (int, float)
+#: Mixpanel's rule for ``$insert_id``.
+INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
+#: Mixpanel's default device properties, which ``track(device=...)`` may set.
+DEVICE_PROPERTIES = frozenset(
+    {"$browser", "$browser_version", "$os", "$os_version", "$device", "$device_id", "$model"}
+)
 
 
 class MixpanelTrack:
@@ -124,12 +131,20 @@ class MixpanelTrack:
         *,
         time: dt.datetime | float | None = None,
         ip: str | None = None,
+        device: t.Mapping[str, str] | None = None,
+        insert_id: str | None = None,
     ) -> None:
         """Track ``event`` with ``props`` (``{EventProperties.x: value}``).
 
         :param time: when the event happened (aware datetime, naive UTC datetime or epoch
             seconds); events older than five days are sent to ``/import``.
         :param ip: the client IP Mixpanel should geolocate the event with.
+        :param device: Mixpanel's device properties (``$browser``, ``$browser_version``,
+            ``$os``, ``$os_version``, ``$device``, ``$device_id``, ``$model``), e.g. from
+            :func:`pyramid_mixpanel.relay.client.device_properties`.
+        :param insert_id: Mixpanel's ``$insert_id`` (at most 36 letters, digits and ``-``):
+            events with the same one are counted once, so a retried call is harmless; by
+            default the official client draws a random one.
         :param skip_customerio: do not replicate this event to Customer.io.
         """
         distinct_id = self._need_distinct_id("track")
@@ -152,6 +167,21 @@ class MixpanelTrack:
             if not isinstance(ip, str):
                 raise TypeError(f"ip must be a string, got {type(ip).__name__}")
             properties["ip"] = ip
+        if device:
+            for key, value in device.items():
+                if key not in DEVICE_PROPERTIES:
+                    raise ValueError(
+                        f"device takes {', '.join(sorted(DEVICE_PROPERTIES))}, not {key!r}"
+                    )
+                if not isinstance(value, str):
+                    raise TypeError(f"device[{key!r}] must be a string")
+                properties[key] = value
+        if insert_id is not None:
+            if not isinstance(insert_id, str) or not INSERT_ID.fullmatch(insert_id):
+                raise ValueError(
+                    f"insert_id must be 1 to 36 letters, digits or '-', got {insert_id!r}"
+                )
+            properties["$insert_id"] = insert_id
         timestamp = None if time is None else _epoch(time)
         if timestamp is not None and time_module.time() - timestamp > IMPORT_AGE:
             self.api.import_data(None, distinct_id, event.name, timestamp, properties)
@@ -463,6 +493,8 @@ def _epoch(value: dt.datetime | float) -> float:
 
 def _json_value(name: str, value: object) -> object:
     """Convert a value to what Mixpanel stores, or raise naming the property."""
+    if value is None:
+        return value
     if isinstance(value, float):
         if not math.isfinite(value):
             # json.dumps would write NaN/Infinity, which is not JSON: Mixpanel would reject the

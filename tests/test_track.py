@@ -422,3 +422,29 @@ def test_customerio_calls_are_recorded_in_testing_mode() -> None:
     ]
     mp.discard("testing mode keeps everything")
     assert len(mp.customerio_messages) == 2
+
+
+def test_device_properties_and_insert_id(mp: MixpanelTrack) -> None:
+    class KeepAll(MockedConsumer):
+        DROP_SYSTEM_MESSAGE_PROPERTIES = False
+
+    mp.api._consumer = KeepAll()
+    device = {"$browser": "Chrome", "$os": "Linux", "$device_id": "abc"}
+    mp.track(Events.page_viewed, device=device, insert_id="row-42")
+    properties = mp.mocked_messages[0]["msg"]["properties"]
+    assert properties["$browser"] == "Chrome"
+    assert properties["$device_id"] == "abc"
+    assert properties["$insert_id"] == "row-42"
+    with pytest.raises(ValueError, match="device takes .*not 'Path'"):
+        mp.track(Events.page_viewed, device={"Path": "/"})
+    with pytest.raises(TypeError, match=r"device\['\$os'\] must be a string"):
+        mp.track(Events.page_viewed, device={"$os": 3})  # type: ignore[dict-item]  # under test
+    for bad in ("x" * 37, "has space", ""):
+        with pytest.raises(ValueError, match="insert_id must be 1 to 36"):
+            mp.track(Events.page_viewed, insert_id=bad)
+    assert len(mp.mocked_messages) == 1
+
+
+def test_none_inside_lists_is_kept(mp: MixpanelTrack) -> None:
+    mp.track(Events.page_viewed, {EventProperties.path: ["/a", None]})
+    assert mp.mocked_messages[0]["msg"]["properties"]["Path"] == ["/a", None]

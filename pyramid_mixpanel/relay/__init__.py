@@ -1,0 +1,59 @@
+"""A first-party endpoint that relays front-end events to Mixpanel, safely.
+
+``config.include("pyramid_mixpanel.relay")`` adds ``POST /mixpanel/track`` (see
+``mixpanel.relay.path``) and serves ``pyramid_mixpanel:static/relay.js``, a small script that
+sends page views and clicks on ``data-mixpanel-click`` elements to it. Events go through
+``request.mixpanel``: they are checked against the catalogue, released only when the call
+succeeded and delivered like every other event. Identity, client IP and device come from the
+server; the front end only chooses among allowed events and properties.
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from pyramid.security import NO_PERMISSION_REQUIRED
+
+from ..runtime import runtime_for
+from .client import device_properties
+from .config import RelaySettings, parse_relay_settings
+from .ratelimit import TokenBuckets
+from .view import RelayState, RelayView
+
+if t.TYPE_CHECKING:
+    from pyramid.config import Configurator
+
+__all__ = ["RELAY_KEY", "RelaySettings", "RelayState", "RelayView", "includeme"]
+
+#: Registry key of the :class:`RelayState` (settings, rate-limit buckets, counters).
+RELAY_KEY = "pyramid_mixpanel.relay"
+ROUTE_NAME = "pyramid_mixpanel.relay"
+#: Where ``relay.js`` is served; build its URL with
+#: ``request.static_url("pyramid_mixpanel:static/relay.js")``.
+STATIC_NAME = "pyramid_mixpanel-static"
+
+
+def includeme(config: Configurator) -> None:
+    """Register the relay route and view, and the static ``relay.js``.
+
+    Includes ``pyramid_mixpanel`` itself when the app has not. The ``mixpanel.relay.*``
+    settings are parsed and checked against the catalogue here, once.
+    """
+    config.include("pyramid_mixpanel")
+    runtime = runtime_for(config.get_settings())
+    settings = parse_relay_settings(config.get_settings(), runtime.catalog)
+    state = RelayState(settings, TokenBuckets(settings.rate, settings.burst, settings.max_clients))
+    config.registry[RELAY_KEY] = state
+    if settings.parse_user_agent:
+        # ua-parser compiles its rules on first use (~0.1 s): pay that at startup, not in a call.
+        device_properties("Mozilla/5.0")
+    config.add_route(ROUTE_NAME, settings.path)
+    config.add_view(
+        RelayView(state),
+        route_name=ROUTE_NAME,
+        # The relay has its own CSRF check (mixpanel.relay.csrf) that answers in JSON, and is
+        # open to anonymous visitors (identity comes from the server, not from the body).
+        require_csrf=False,
+        permission=NO_PERMISSION_REQUIRED,
+    )
+    config.add_static_view(STATIC_NAME, "pyramid_mixpanel:static/", cache_max_age=3600)
