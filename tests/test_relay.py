@@ -337,7 +337,8 @@ def test_profile_set_only_for_allowed_properties_and_signed_in_users(
     assert "Did you mean 'Dark Mode'?" in answer.json["error"]
     answer = post(app, {"profile_set": {"Dark Mode": True}}, 403, user=None)
     assert answer.json["error"] == "profile updates need a signed-in user"
-    for bad in ({}, [], "x"):
+    empty: tuple[object, ...] = ({}, [], "x")
+    for bad in empty:
         answer = post(app, {"profile_set": bad}, 400)
         assert answer.json["error"] == "profile_set must be a non-empty JSON object"
     answer = post(app, {"profile_set": {"Dark Mode": True}, "event": "x"}, 400)
