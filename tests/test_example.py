@@ -82,3 +82,14 @@ def test_it_serves_under_waitress(served: str) -> None:
     with urllib.request.urlopen(served + "/", timeout=5) as response:  # loopback only
         assert response.status == 200
         assert "pyramid_mixpanel demo" in response.read().decode()
+
+
+def test_front_end_clicks_go_through_the_relay(app: webtest.TestApp) -> None:
+    home = app.get("/")
+    assert "pyramid_mixpanel-static/relay.js" in home.text
+    assert app.get("/pyramid_mixpanel-static/relay.js").status_int == 200
+    body = {"event": "Button/Link Clicked", "properties": {"Title": "Front-end button"}}
+    answer = app.post_json("/mixpanel/track", body, headers={"Origin": "http://localhost"})
+    assert answer.json["success"] is True
+    assert "mp_device=" in answer.headers["Set-Cookie"]
+    assert "Front-end button" in app.get("/sent").text

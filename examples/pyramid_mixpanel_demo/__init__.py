@@ -112,7 +112,15 @@ def home(request: Request) -> Response:
         if request.user
         else ""
     )
-    return page(request, "pyramid_mixpanel demo", f"<p>Welcome!</p>{upgrade}")
+    # The relay's helper: clicks on data-mixpanel-click elements go to POST /mixpanel/track
+    # (page views are tracked by the views here, so the helper's own are turned off).
+    script = html.escape(request.static_url("pyramid_mixpanel:static/relay.js"))
+    front_end = (
+        f'<script src="{script}" data-page-view="false" defer></script>'
+        '<p><button data-mixpanel-click="Front-end button">Click me (tracked by the'
+        " browser, through the relay)</button> then reload to see it below.</p>"
+    )
+    return page(request, "pyramid_mixpanel demo", f"<p>Welcome!</p>{upgrade}{front_end}")
 
 
 def signup_form(request: Request) -> Response:
@@ -181,6 +189,7 @@ def main(global_config: dict[str, str], **settings: str) -> t.Any:
     """The WSGI app (``pserve development.ini``)."""
     with Configurator(settings=settings) as config:
         config.include("pyramid_mixpanel")
+        config.include("pyramid_mixpanel.relay")
         config.add_request_method(get_user, "user", reify=True)
         config.add_subscriber(remember, NewRequest)
         config.add_route("home", "/")

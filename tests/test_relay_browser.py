@@ -1,0 +1,148 @@
+"""End to end: a page of a real app in headless Chromium, through the relay, to Mixpanel.
+
+The app runs under waitress on loopback in live mode (background delivery to the loopback
+Mixpanel stand-in); Chromium, driven by Selenium and Debian's chromedriver, loads a page with
+``relay.js``, clicks a button (sent by ``fetch`` shortly after) and a link (sent by
+``navigator.sendBeacon`` as the page is left), and the events must arrive at the stand-in with
+a first-party device id, the parsed browser and the client address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import typing as t
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import waitress.server
+from pyramid.config import Configurator
+from pyramid.request import Request
+from pyramid.response import Response
+
+from .loopback import MixpanelStandIn, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+PAGE = """<!doctype html>
+<html><head><title>{title}</title>
+<script src="{script}" defer></script></head>
+<body>
+  <button id="buy" data-mixpanel-click>Buy</button>
+  <a id="next" href="/next" data-mixpanel-click="Next link">Next</a>
+</body></html>
+"""
+
+
+def page(request: Request) -> Response:
+    title = "Home" if request.path == "/" else "Next page"
+    script = request.static_url("pyramid_mixpanel:static/relay.js")
+    return Response(PAGE.format(title=title, script=script))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[t.Any]:
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # No network beyond loopback here: keep Chromium from calling home at start.
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def mixpanel_api() -> Iterator[MixpanelStandIn]:
+    with MixpanelStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def site(mixpanel_api: MixpanelStandIn) -> Iterator[str]:
+    settings = {
+        "mixpanel.token": "tok-browser-test",
+        "mixpanel.api_host": mixpanel_api.base_url,
+        "mixpanel.flush_interval": "0.05",
+        "mixpanel.relay.device_cookie": "mp_device",
+        "mixpanel.relay.cookie_secure": "false",  # plain http on loopback
+    }
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_mixpanel.relay")
+        config.add_route("home", "/")
+        config.add_route("next", "/next")
+        config.add_view(page, route_name="home")
+        config.add_view(page, route_name="next")
+        app = config.make_wsgi_app()
+    port = free_port()
+    server = waitress.server.create_server(app, host="127.0.0.1", port=port, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        thread.join(5)
+
+
+def test_page_views_and_clicks_reach_mixpanel(
+    browser: t.Any, site: str, mixpanel_api: MixpanelStandIn
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(site + "/")
+    browser.find_element(By.ID, "buy").click()
+    mixpanel_api.wait_for_events(2, timeout=20)  # the page view and the button, by fetch
+    browser.find_element(By.ID, "next").click()  # leaves the page: sent by sendBeacon
+    events = mixpanel_api.wait_for_events(4, timeout=20)
+
+    seen = sorted(
+        (e["event"], e["properties"].get("Title"), e["properties"].get("Path")) for e in events
+    )
+    assert seen == [
+        ("Button/Link Clicked", "Buy", "/"),
+        ("Button/Link Clicked", "Next link", "/"),
+        ("Page Viewed", "Home", "/"),
+        ("Page Viewed", "Next page", "/next"),
+    ]
+    device_ids = {e["properties"]["distinct_id"] for e in events}
+    assert len(device_ids) == 1  # one first-party device id across pages
+    (device_id,) = device_ids
+    assert device_id.startswith("$device:")
+    cookie = browser.get_cookie("mp_device")
+    assert cookie is not None
+    assert device_id == f"$device:{cookie['value']}"
+    assert cookie["httpOnly"] is True
+    for event in events:
+        properties = event["properties"]
+        assert properties["token"] == "tok-browser-test"
+        assert properties["ip"] == "127.0.0.1"
+        assert properties["$browser"] in ("HeadlessChrome", "Chrome", "Chromium")
+        assert properties["$os"] == "Linux"
+        assert len(properties["$insert_id"]) == 32  # set by relay.js: a resend counts once
+    next_view = next(e for e in events if e["properties"].get("Path") == "/next")
+    assert next_view["properties"]["$referrer"] == site + "/"
