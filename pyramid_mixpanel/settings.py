@@ -290,7 +290,7 @@ SETTINGS: tuple[tuple[str, str, Parser], ...] = (
 KNOWN_KEYS = tuple(key for key, _, _ in SETTINGS)
 WATCHED_PREFIXES = ("mixpanel.", "customerio.tracking.")
 #: Keys parsed (and checked for typos) by optional includes, e.g. ``pyramid_mixpanel.relay``.
-DELEGATED_PREFIXES = ("mixpanel.relay.",)
+DELEGATED_PREFIXES = ("mixpanel.relay.", "mixpanel.metrics.", "mixpanel.insights.")
 
 
 def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
