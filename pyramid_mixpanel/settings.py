@@ -39,6 +39,11 @@ INGESTION_HOSTS = {
     "in": "api-in.mixpanel.com",
 }
 QUERY_HOSTS = {"us": "mixpanel.com", "eu": "eu.mixpanel.com", "in": "in.mixpanel.com"}
+EXPORT_HOSTS = {
+    "us": "data.mixpanel.com",
+    "eu": "data-eu.mixpanel.com",
+    "in": "data-in.mixpanel.com",
+}
 CUSTOMERIO_REGIONS = ("us", "eu")
 
 
@@ -184,9 +189,11 @@ class MixpanelSettings:
     region: str = "us"
     api_host: str = "https://api.mixpanel.com"
     query_api_host: str = "https://mixpanel.com"
+    export_api_host: str = "https://data.mixpanel.com"
     service_account_username: str | None = None
     service_account_secret: str | None = field(default=None, repr=False)
     service_account_project_id: str | None = None
+    service_account_workspace_id: str | None = None
     connect_timeout: float = 2.0
     read_timeout: float = 5.0
     query_timeout: float = 60.0
@@ -265,9 +272,11 @@ SETTINGS: tuple[tuple[str, str, Parser], ...] = (
     ("mixpanel.region", "region", _choice(tuple(INGESTION_HOSTS))),
     ("mixpanel.api_host", "api_host", as_base_url),
     ("mixpanel.query_api_host", "query_api_host", as_base_url),
+    ("mixpanel.export_api_host", "export_api_host", as_base_url),
     ("mixpanel.service_account.username", "service_account_username", as_secret),
     ("mixpanel.service_account.secret", "service_account_secret", as_secret),
     ("mixpanel.service_account.project_id", "service_account_project_id", as_secret),
+    ("mixpanel.service_account.workspace_id", "service_account_workspace_id", as_secret),
     ("mixpanel.connect_timeout", "connect_timeout", as_positive_float),
     ("mixpanel.read_timeout", "read_timeout", as_positive_float),
     ("mixpanel.query_timeout", "query_timeout", as_positive_float),
@@ -331,6 +340,7 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
     region = t.cast(str, values.get("region", "us"))
     values.setdefault("api_host", f"https://{INGESTION_HOSTS[region]}")
     values.setdefault("query_api_host", f"https://{QUERY_HOSTS[region]}")
+    values.setdefault("export_api_host", f"https://{EXPORT_HOSTS[region]}")
 
     _all_or_none(
         values,

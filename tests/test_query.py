@@ -121,17 +121,17 @@ def test_jql_with_the_legacy_api_secret(jql_server: JQLServer) -> None:
     assert seen["params"] == {}
 
 
-def test_profile_by_email(jql_server: JQLServer) -> None:
+def test_profile_by_email_through_jql(jql_server: JQLServer) -> None:
     jql_server.profiles = [
         profile("1", "a@x.com"),
         profile("2", "b@x.com"),
         profile("3", "b@x.com"),
     ]
     query = MixpanelQuery(sa_settings(jql_server))
-    assert query.profile_by_email("a@x.com") == profile("1", "a@x.com")
-    assert query.profile_by_email("nobody@x.com") is None
+    assert query.profile_by_email("a@x.com", use_jql=True) == profile("1", "a@x.com")
+    assert query.profile_by_email("nobody@x.com", use_jql=True) is None
     with pytest.raises(MultipleProfilesFoundException) as info:
-        query.profile_by_email("b@x.com")
+        query.profile_by_email("b@x.com", use_jql=True)
     assert isinstance(info.value, ValueError)
     assert info.value.email == "b@x.com"
     assert [p["$distinct_id"] for p in info.value.profiles] == ["2", "3"]
@@ -142,7 +142,7 @@ def test_email_is_a_parameter_never_part_of_the_script(jql_server: JQLServer) ->
     jql_server.profiles = [profile("1", "a@x.com"), profile("2", "b@x.com")]
     query = MixpanelQuery(sa_settings(jql_server))
     hostile = "x' || true || '"
-    assert query.profile_by_email(hostile) is None
+    assert query.profile_by_email(hostile, use_jql=True) is None
     (seen,) = jql_server.requests
     assert seen["script"] == PROFILE_BY_EMAIL
     assert hostile not in seen["script"]
@@ -160,8 +160,10 @@ def test_errors_carry_mixpanels_text_without_secrets(jql_server: JQLServer) -> N
     assert "sa-secret-value" not in str(info.value)
 
     jql_server.fail = (502, b"<html>Bad gateway</html>")
+    query = MixpanelQuery(sa_settings(jql_server), max_retries=1, sleep=lambda seconds: None)
     with pytest.raises(MixpanelQueryError, match="502 to /api/query/jql: <html>Bad gateway"):
         query.jql("oops")
+    assert len(jql_server.requests) == 3  # the 400 once; the 502 twice (retried once)
 
 
 def test_credentials_are_required() -> None:

@@ -93,6 +93,13 @@ def test_regions_pick_residency_hosts_and_api_host_wins() -> None:
     assert settings.query_api_host == "https://eu.mixpanel.com"
     local = parse_settings({"mixpanel.api_host": "http://127.0.0.1:8080/"})
     assert local.api_host == "http://127.0.0.1:8080"
+    assert settings.export_api_host == "https://data-eu.mixpanel.com"
+    india = parse_settings({"mixpanel.region": "in"})
+    assert india.query_api_host == "https://in.mixpanel.com"
+    assert india.export_api_host == "https://data-in.mixpanel.com"
+    assert parse_settings({}).export_api_host == "https://data.mixpanel.com"
+    proxied = parse_settings({"mixpanel.export_api_host": "http://127.0.0.1:9/"})
+    assert proxied.export_api_host == "http://127.0.0.1:9"
 
 
 @pytest.mark.parametrize(
