@@ -34,6 +34,9 @@ class Outcome:
     retry_after: float | None = None
     #: For a partly refused strict import: positions (in the batch) of the refused records.
     failed: frozenset[int] = field(default_factory=frozenset)
+    #: For a refused strict import: Mixpanel's reason for each refused record (the ``message``
+    #: of its ``failed_records`` entry), by position; also set when every record was refused.
+    reasons: t.Mapping[int, str] = field(default_factory=dict, hash=False)
     #: True when Mixpanel could not be reached at all (connection error or timeout).
     unreachable: bool = False
 
@@ -97,10 +100,13 @@ class HttpTransport:
             return Outcome("sent")
         if status == 200 and answer in (1, "1"):
             return Outcome("sent")
-        failed = _failed_records(answer, count) if is_import else frozenset()
-        if failed and len(failed) < count:
-            return Outcome("dead", f"HTTP {status}: {error}", failed=failed)
-        return Outcome("dead", f"HTTP {status}: {error}")
+        refused = _failed_records(answer, count) if is_import else {}
+        reasons = {index: self._clean(message) for index, message in refused.items() if message}
+        if refused and len(refused) < count:
+            return Outcome(
+                "dead", f"HTTP {status}: {error}", failed=frozenset(refused), reasons=reasons
+            )
+        return Outcome("dead", f"HTTP {status}: {error}", reasons=reasons)
 
     def _clean(self, text: str) -> str:
         return redact(text[:500], self.secrets)
@@ -114,16 +120,17 @@ def _error_text(answer: object, text: str) -> str:
     return text.strip() or "no error text"
 
 
-def _failed_records(answer: object, count: int) -> frozenset[int]:
-    """Indices of refused records in a strict ``/import`` answer."""
+def _failed_records(answer: object, count: int) -> dict[int, str]:
+    """``{index: message}`` of the refused records in a strict ``/import`` answer."""
     if not isinstance(answer, dict):
-        return frozenset()
-    found = set()
+        return {}
+    found: dict[int, str] = {}
     for record in answer.get("failed_records") or ():
         index = record.get("index") if isinstance(record, dict) else record
         if isinstance(index, int) and 0 <= index < count:
-            found.add(index)
-    return frozenset(found)
+            message = record.get("message") if isinstance(record, dict) else None
+            found[index] = message if isinstance(message, str) else ""
+    return found
 
 
 class Router:

@@ -8,6 +8,9 @@
     pmixpanel dead development.ini --requeue  # queue every dead letter again (or --requeue ID…)
     pmixpanel plan development.ini            # the tracking plan (--format markdown|json|csv)
     pmixpanel lint development.ini            # naming lint; exit 1 on problems (for CI)
+    pmixpanel import development.ini events.jsonl   # backfill past events through /import
+    pmixpanel sync development.ini                  # per-account metrics: resume to yesterday
+    pmixpanel sync development.ini --from 2026-01-01 --to 2026-01-31   # or backfill days
 
 The config file is bootstrapped like ``pshell`` does, so ``includeme`` runs and the same
 settings apply as in the app. ``key=value`` arguments after the file are passed as variables.
@@ -24,8 +27,10 @@ import typing as t
 
 from pyramid.paster import bootstrap, setup_logging
 
-from ..delivery import BackgroundEngine
+from ..delivery import BackgroundEngine, RetryPolicy
+from ..importer import FORMATS, MAX_CONCURRENCY, ImportSetupError, import_file, parse_mapping
 from ..lifecycle import RUNTIME_KEY
+from ..log import redact
 from ..plan import lint, render_plan
 from ..runtime import Runtime
 
@@ -35,6 +40,8 @@ class PMixpanelCommand:
 
     bootstrap = staticmethod(bootstrap)
     setup_logging = staticmethod(setup_logging)
+    #: How ``import`` waits between retries of a batch (tests swap in a faster one).
+    retry_policy = RetryPolicy()
 
     def __init__(self, argv: list[str], out: t.TextIO | None = None) -> None:
         self.args = self.parser().parse_args(argv[1:])
@@ -53,10 +60,18 @@ class PMixpanelCommand:
             ("dead", "list dead letters, or queue them again"),
             ("plan", "print the tracking plan: events and properties with descriptions"),
             ("lint", "check event and property names; exit 1 when something is off"),
+            ("import", "backfill past events from a JSONL or CSV file through /import"),
+            ("sync", "aggregate Mixpanel into per-account metrics (backfill or resume)"),
         ):
             sub = commands.add_parser(name, help=text, description=text)
             sub.add_argument("config_uri", help="the app's .ini file, e.g. development.ini")
+            if name == "import":
+                sub.add_argument("input", help="events.jsonl, or events.csv with --map")
             sub.add_argument("config_vars", nargs="*", default=(), help="key=value variables")
+            if name == "import":
+                _import_options(sub)
+            if name == "sync":
+                _sync_options(sub)
             if name == "replay":
                 sub.add_argument(
                     "--timeout",
@@ -95,6 +110,10 @@ class PMixpanelCommand:
                     self.print(str(issue))
                 self.print(f"{len(issues)} naming issue(s)")
                 return 1 if issues else 0
+            if self.args.command == "import":
+                return self.do_import(runtime)
+            if self.args.command == "sync":
+                return self.do_sync(env["registry"].settings, runtime)
             if runtime.settings.testing:
                 self.print("mixpanel.token is not set (testing mode): nothing is ever sent.")
                 return 1
@@ -160,6 +179,131 @@ class PMixpanelCommand:
                 f"\t{_describe(letter.body)}\t{letter.error}"
             )
         return 0
+
+    def do_import(self, runtime: Runtime) -> int:
+        """Import a file through ``/import``; 0 when every row is in Mixpanel, 2 on bad input."""
+        args = self.args
+        try:
+            report = import_file(
+                args.input,
+                runtime.settings,
+                concurrency=args.concurrency,
+                mapping=parse_mapping(args.map) if args.map else None,
+                fmt=args.format,
+                restart=args.restart,
+                progress=not args.no_progress,
+                allow_undeclared=args.allow_undeclared,
+                max_retries=args.max_retries,
+                policy=self.retry_policy,
+                out=self.out,
+            )
+        except ImportSetupError as exc:
+            self.print(f"pmixpanel import: {redact(str(exc), runtime.settings.secrets)}")
+            return 2
+        self.print(report.summary())
+        return 0 if report.ok else 1
+
+    def do_sync(self, settings: t.Mapping[str, object], runtime: Runtime) -> int:
+        """Sync per-account metrics; 0 when all is stored, 1 when Mixpanel refused, 2 bad input."""
+        try:
+            from ..metrics.sync import SyncError, sync
+        except ImportError as exc:
+            self.print(
+                f"pmixpanel sync needs the metrics extra ({exc}):"
+                " pip install 'pyramid_mixpanel[metrics]'"
+            )
+            return 2
+        from ..query import MixpanelQueryError
+        from ..settings import MixpanelConfigurationError
+
+        args = self.args
+        try:
+            report = sync(
+                settings,
+                from_date=args.from_date,
+                to_date=args.to_date,
+                days=args.days,
+                progress=not args.no_progress,
+                out=self.out,
+            )
+        except (SyncError, MixpanelConfigurationError) as exc:
+            self.print(f"pmixpanel sync: {redact(str(exc), runtime.settings.secrets)}")
+            return 2
+        except MixpanelQueryError as exc:
+            self.print(
+                f"pmixpanel sync: {redact(str(exc), runtime.settings.secrets)}; the days before"
+                " it are stored, run again to resume"
+            )
+            return 1
+        self.print(redact(report.summary(), runtime.settings.secrets))
+        return 0 if report.ok else 1
+
+
+def _sync_options(sub: argparse.ArgumentParser) -> None:
+    def day(text: str) -> dt.date:
+        try:
+            return dt.date.fromisoformat(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a date as YYYY-MM-DD: {text!r}") from None
+
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"must be a whole number of days >= 1, got {text!r}")
+        return int(text)
+
+    sub.add_argument("--from", dest="from_date", type=day, help="first day (UTC) of a backfill")
+    sub.add_argument("--to", dest="to_date", type=day, help="last day (UTC; default yesterday)")
+    sub.add_argument(
+        "--days",
+        type=positive,
+        help="without --from: sync at most this many days back (a first run starts there)",
+    )
+    sub.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _import_options(sub: argparse.ArgumentParser) -> None:
+    def bounded(low: int, high: int | None) -> t.Callable[[str], int]:
+        def parse(text: str) -> int:
+            try:
+                number = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+            if number < low or (high is not None and number > high):
+                limits = f"between {low} and {high}" if high is not None else f"{low} or more"
+                raise argparse.ArgumentTypeError(f"must be {limits}, got {number}")
+            return number
+
+        return parse
+
+    sub.add_argument(
+        "--concurrency",
+        type=bounded(1, MAX_CONCURRENCY),
+        default=10,
+        help=f"batches in flight at once, 1 to {MAX_CONCURRENCY} (default 10)",
+    )
+    sub.add_argument(
+        "--map",
+        metavar="FIELD=COLUMN,...",
+        help="CSV columns of event, distinct_id and time, e.g. event=Event,time=timestamp",
+    )
+    sub.add_argument(
+        "--format", choices=FORMATS, help="jsonl or csv (default: csv for *.csv, else jsonl)"
+    )
+    sub.add_argument(
+        "--restart", action="store_true", help="ignore the checkpoint of an earlier run"
+    )
+    sub.add_argument(
+        "--allow-undeclared",
+        action="store_true",
+        help="import events the catalogue does not declare",
+    )
+    sub.add_argument(
+        "--max-retries",
+        type=bounded(0, None),
+        default=8,
+        help="retries of a batch Mixpanel cannot take now, before giving up (default 8)",
+    )
+    sub.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _describe(body: str) -> str:
