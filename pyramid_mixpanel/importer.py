@@ -56,6 +56,7 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
+import orjson
 from tqdm import tqdm
 
 from .delivery.policy import RetryPolicy
@@ -98,9 +99,13 @@ INSERT_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 ONE_MS = dt.timedelta(milliseconds=1)
 
-# One C-accelerated encoder for both the body and the hash behind $insert_id. Keys are sorted
-# so "properties" is the last key and the body ends with the "}}" that closes it.
-_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False).encode
+# orjson parses and encodes about five times faster than the standard library, which is most
+# of an import's CPU. One encoding serves both the body and the hash behind $insert_id. Keys are
+# sorted so "properties" is the last key and the body ends with the "}}" that closes it.
+SORTED = orjson.OPT_SORT_KEYS
+# Batches are compressed at level 1: for JSON events it is twice as fast as the default and
+# the bodies stay several times smaller than the uncompressed 10 MB limit.
+GZIP_LEVEL = 1
 
 
 class ImportSetupError(ValueError):
@@ -171,8 +176,8 @@ def _iso_ms(text: str, value: object) -> int:
     return (when - EPOCH) // ONE_MS
 
 
-def _hash_id(canonical: str) -> str:
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:32]
+def _hash_id(canonical: bytes) -> str:
+    return hashlib.sha256(canonical).hexdigest()[:32]
 
 
 def derive_insert_id(event: str, properties: t.Mapping[str, object]) -> str:
@@ -183,7 +188,7 @@ def derive_insert_id(event: str, properties: t.Mapping[str, object]) -> str:
     36 letters, digits or ``-``.
     """
     props = {key: value for key, value in properties.items() if key != "$insert_id"}
-    return _hash_id(_encode({"event": event, "properties": props}))
+    return _hash_id(orjson.dumps({"event": event, "properties": props}, option=SORTED))
 
 
 def valid_insert_id(value: object) -> bool:
@@ -201,7 +206,8 @@ class _Preparer:
         # The hint (a fuzzy match over the catalogue) is computed once per undeclared name.
         self.undeclared = functools.lru_cache(maxsize=1024)(self._undeclared)
 
-    def __call__(self, record: object) -> str:
+    def __call__(self, record: object, owned: bool = False) -> bytes:
+        """The event's JSON; ``owned``: ``record`` was parsed here and may be changed in place."""
         if not isinstance(record, dict):
             raise RowRejectedError(f"a row must be a JSON object, got {type(record).__name__}")
         event = record.get("event")
@@ -223,20 +229,31 @@ class _Preparer:
             )
         if "time" not in properties:
             raise RowRejectedError("properties.time is missing")
-        ms = event_time_ms(properties["time"], self.latest_ms)
+        when = properties["time"]
+        # The common case first, cheaply: whole epoch seconds or milliseconds in range.
+        ms = when if type(when) is int and when >= MILLISECONDS_FROM else -1
+        if ms == -1 and type(when) is int and when >= 0:
+            ms = when * 1000
+        if not EARLIEST_MS <= ms <= self.latest_ms:
+            ms = event_time_ms(when, self.latest_ms)
         given = properties.get("$insert_id")
         if given is not None and not valid_insert_id(given):
             raise RowRejectedError(
                 f"$insert_id {given!r} is invalid: Mixpanel wants 1 to 36 letters, digits or '-'"
             )
-        sent = {**properties, "time": ms, "distinct_id": str(distinct_id)}
-        sent.pop("$insert_id", None)
+        # Normalise in place when the row is ours (saves a copy per row), else on a copy.
+        sent = properties if owned else dict(properties)
+        sent["time"] = ms
+        if type(distinct_id) is not str:
+            sent["distinct_id"] = str(distinct_id)
+        if given is not None:
+            del sent["$insert_id"]
         try:
-            body = _encode({"event": event, "properties": sent})
-        except ValueError:
-            raise RowRejectedError("NaN and Infinity are not valid JSON for Mixpanel") from None
-        insert_id = given or _hash_id(body)
-        body = f'{body[:-2]},"$insert_id":"{insert_id}"}}}}'
+            encoded = orjson.dumps({"event": event, "properties": sent}, option=SORTED)
+        except TypeError as exc:  # a Python caller's value that is not JSON
+            raise RowRejectedError(f"a property is not JSON: {exc}") from None
+        insert_id = given or _hash_id(encoded)
+        body = b"%s,\"$insert_id\":\"%s\"}}" % (encoded[:-2], insert_id.encode())
         if len(body) >= MAX_EVENT_BYTES:
             raise RowRejectedError(f"the event is {len(body):,} bytes: Mixpanel's limit is 1 MB")
         return body
@@ -251,7 +268,21 @@ def prepare_record(record: object, catalog: Catalog | None = None) -> str:
 
     Checks the event name against ``catalog`` when given. Raises :class:`RowRejectedError`.
     """
-    return _Preparer(catalog, int(time.time() * 1000) + FUTURE_SLACK_MS)(record)
+    # Rows read from a file cannot hold NaN (the parser refuses it); a Python caller's can, and
+    # orjson would write it as null: refuse it instead of changing the data.
+    if not _finite(record):
+        raise RowRejectedError("NaN and Infinity are not valid JSON for Mixpanel")
+    return _Preparer(catalog, int(time.time() * 1000) + FUTURE_SLACK_MS)(record).decode()
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def parse_mapping(text: str) -> dict[str, str]:
@@ -301,18 +332,23 @@ class _Lines:
 
 
 def _jsonl_rows(lines: _Lines) -> t.Iterator[Row]:
+    # Counters live in locals for speed (this loop runs once per row) and are written back to
+    # ``lines`` at every yield, so a reader that stops early still sees where it stopped.
+    line, offset, loads = lines.line, lines.offset, orjson.loads
     for raw in lines.file:
-        lines.line += 1
-        lines.offset += len(raw)
-        if not raw.strip():
+        line += 1
+        offset += len(raw)
+        if raw.isspace():
             continue
+        lines.line, lines.offset = line, offset
         try:
-            record = json.loads(raw)
-        except ValueError as exc:  # UnicodeDecodeError included
+            record = loads(raw)
+        except orjson.JSONDecodeError as exc:  # NaN, Infinity and bad UTF-8 included
             text = raw.decode("utf-8", "replace").rstrip("\r\n")
-            yield lines.line, lines.offset, text, f"not valid JSON: {exc}"
+            yield line, offset, text, f"not valid JSON: {exc}"
             continue
-        yield lines.line, lines.offset, record, None
+        yield line, offset, record, None
+    lines.line, lines.offset = line, offset
 
 
 class _CsvRows:
@@ -432,7 +468,7 @@ class ImportReport:
 class _Batch:
     seq: int
     lines: list[int]
-    bodies: list[str]
+    bodies: list[bytes]
     nbytes: int  # bytes of input covered, for the progress bar
 
 
@@ -565,7 +601,9 @@ class _Importer:
         except ImportSetupError:
             self.file.close()
             raise
-        self.transports = [HttpTransport(settings) for _ in range(concurrency)]
+        self.transports = [
+            HttpTransport(settings, compresslevel=GZIP_LEVEL) for _ in range(concurrency)
+        ]
         self.work: queue.Queue[_Batch | None] = queue.Queue()
         self.results: queue.Queue[tuple[_Batch, Outcome, int]] = queue.Queue()
         self.stop = threading.Event()
@@ -626,7 +664,7 @@ class _Importer:
         max_records = self.settings.batch_max_records
         max_bytes = self.settings.batch_max_bytes - 2  # the brackets of the JSON array
         lines: list[int] = []
-        bodies: list[str] = []
+        bodies: list[bytes] = []
         size = 0
         line, offset, rows = self.state.done
         start = offset
@@ -634,7 +672,7 @@ class _Importer:
             report.read += 1
             if problem is None:
                 try:
-                    body = prepare(record)
+                    body = prepare(record, True)
                 except RowRejectedError as exc:
                     problem = str(exc)
             if problem is not None:
@@ -655,7 +693,7 @@ class _Importer:
         self.bar.update(self.lines.offset - start)  # the tail: rejected rows, blank lines
         return self.lines.line, self.lines.offset, rows
 
-    def _dispatch(self, lines: list[int], bodies: list[str], end: Done, nbytes: int) -> None:
+    def _dispatch(self, lines: list[int], bodies: list[bytes], end: Done, nbytes: int) -> None:
         while self.outstanding >= 2 * self.concurrency:
             self._settle(*self.results.get())
         seq = self.report.batches

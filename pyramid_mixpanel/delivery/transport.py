@@ -49,8 +49,14 @@ class Outcome:
 class HttpTransport:
     """Posts batches to Mixpanel's ingestion API."""
 
-    def __init__(self, settings: MixpanelSettings, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        settings: MixpanelSettings,
+        session: requests.Session | None = None,
+        compresslevel: int = 5,
+    ) -> None:
         self.base = settings.api_host
+        self.compresslevel = compresslevel
         self.timeout = (settings.connect_timeout, settings.read_timeout)
         self.secrets = settings.secrets
         self.session = session or requests.Session()
@@ -69,9 +75,13 @@ class HttpTransport:
             # (an engine only exists when a token is set).
             self.import_auth = (t.cast(str, settings.api_secret or settings.token), "")
 
-    def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
-        """Send ``bodies`` (JSON messages) to ``endpoint`` as one gzip'd JSON array."""
-        payload = gzip.compress(("[" + ",".join(bodies) + "]").encode(), compresslevel=5)
+    def post(self, endpoint: str, bodies: t.Sequence[str] | t.Sequence[bytes]) -> Outcome:
+        """Send ``bodies`` (JSON messages, text or UTF-8) to ``endpoint`` as one gzip'd array."""
+        if bodies and isinstance(bodies[0], bytes):
+            raw = b"[" + b",".join(t.cast("t.Sequence[bytes]", bodies)) + b"]"
+        else:
+            raw = ("[" + ",".join(t.cast("t.Sequence[str]", bodies)) + "]").encode()
+        payload = gzip.compress(raw, compresslevel=self.compresslevel)
         is_import = endpoint == "imports"
         try:
             response = self.session.post(
