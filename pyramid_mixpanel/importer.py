@@ -253,7 +253,7 @@ class _Preparer:
         except TypeError as exc:  # a Python caller's value that is not JSON
             raise RowRejectedError(f"a property is not JSON: {exc}") from None
         insert_id = given or _hash_id(encoded)
-        body = b"%s,\"$insert_id\":\"%s\"}}" % (encoded[:-2], insert_id.encode())
+        body = b'%s,"$insert_id":"%s"}}' % (encoded[:-2], insert_id.encode())
         if len(body) >= MAX_EVENT_BYTES:
             raise RowRejectedError(f"the event is {len(body):,} bytes: Mixpanel's limit is 1 MB")
         return body
