@@ -10,6 +10,8 @@ import pytest
 
 from pyramid_mixpanel.delivery import engine as engine_module
 
+from .browser import browser  # noqa: F401  # headless Chromium, for the end-to-end tests
+
 
 @pytest.fixture(autouse=True, scope="session")
 def close_engines_before_exit() -> Iterator[None]:

@@ -9,12 +9,9 @@ a first-party device id, the parsed browser and the client address.
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 import typing as t
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import waitress.server
@@ -23,9 +20,6 @@ from pyramid.request import Request
 from pyramid.response import Response
 
 from .loopback import MixpanelStandIn, free_port
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 
 PAGE = """<!doctype html>
 <html><head><title>{title}</title>
@@ -41,39 +35,6 @@ def page(request: Request) -> Response:
     title = "Home" if request.path == "/" else "Next page"
     script = request.static_url("pyramid_mixpanel:static/relay.js")
     return Response(PAGE.format(title=title, script=script))
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[t.Any]:
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver are not installed (.ci/run installs them)")
-        pytest.skip("chromium is not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # No network beyond loopback here: keep Chromium from calling home at start.
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(20)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture

@@ -1,0 +1,32 @@
+"""Per-account Mixpanel metrics inside your app: JSON endpoints and one HTML page per account.
+
+``config.include("pyramid_mixpanel.insights")`` serves what ``pmixpanel sync`` stored (see
+:mod:`pyramid_mixpanel.metrics`), behind a permission (``mixpanel.insights.permission``):
+
+* ``GET /api/mixpanel/events/{account}``: daily totals, users, sessions, score, top events;
+* ``GET /api/mixpanel/funnels/{account}``: funnel conversion per day;
+* ``GET /api/mixpanel/users/{account}``: the account's profiles, counted;
+* ``POST /api/mixpanel/sync``: start an incremental sync in the background;
+* ``GET /mixpanel/accounts/{account}``: the page, with an event-volume chart, top events and
+  funnel steps.
+
+Dates are chosen with ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (default: the last
+``mixpanel.insights.days`` days up to yesterday, UTC).
+"""
+
+from __future__ import annotations
+
+import typing as t
+
+from .views import INSIGHTS_KEY, InsightsState, parse_insights_settings, register
+
+if t.TYPE_CHECKING:
+    from pyramid.config import Configurator
+
+__all__ = ["INSIGHTS_KEY", "InsightsState", "includeme"]
+
+
+def includeme(config: Configurator) -> None:
+    """Register the endpoints and the page; settings are parsed and checked here, once."""
+    config.include("pyramid_mixpanel")
+    register(config, parse_insights_settings(config.get_settings()))

@@ -1,0 +1,262 @@
+"""Settings, state and views of :mod:`pyramid_mixpanel.insights`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import threading
+import typing as t
+from dataclasses import dataclass, field
+
+from pyramid.httpexceptions import HTTPBadRequest, HTTPNotFound
+from pyramid.response import Response
+
+from ..catalog import closest
+from ..metrics.config import MetricsSettings, parse_metrics_settings
+from ..metrics.model import DailyMetrics, FunnelMetrics
+from ..metrics.store import MetricsStore
+from ..settings import MixpanelConfigurationError, _positive_int, as_secret
+from .render import account_page
+
+if t.TYPE_CHECKING:
+    from pyramid.config import Configurator
+    from pyramid.request import Request
+
+logger = logging.getLogger("pyramid_mixpanel")
+
+INSIGHTS_KEY = "pyramid_mixpanel.insights"
+PREFIX = "mixpanel.insights."
+MAX_RANGE_DAYS = 366
+
+
+@dataclass(frozen=True)
+class InsightsSettings:
+    """The parsed ``mixpanel.insights.*`` settings."""
+
+    permission: str = "mixpanel.insights"
+    api_prefix: str = "/api/mixpanel"
+    page_prefix: str = "/mixpanel/accounts"
+    days: int = 30
+
+
+def _prefix(key: str, value: object) -> str | None:
+    text = as_secret(key, value)
+    if text is not None and (not text.startswith("/") or text.endswith("/") or "{" in text):
+        raise MixpanelConfigurationError(f"{key} must be a path like /api/mixpanel, got {text!r}")
+    return text
+
+
+PARSERS: dict[str, t.Callable[[str, object], object]] = {
+    "permission": as_secret,
+    "api_prefix": _prefix,
+    "page_prefix": _prefix,
+    "days": _positive_int(MAX_RANGE_DAYS),
+}
+
+
+def parse_insights_settings(settings: t.Mapping[str, object]) -> InsightsSettings:
+    """Parse ``mixpanel.insights.*``; an unknown key is logged with the closest known one."""
+    values = {}
+    for name, parser in PARSERS.items():
+        raw = settings.get(PREFIX + name)
+        if raw is not None:
+            parsed = parser(PREFIX + name, raw)
+            if parsed is not None:
+                values[name] = parsed
+    known = [PREFIX + name for name in PARSERS]
+    for key in settings:
+        if key.startswith(PREFIX) and key not in known:
+            logger.warning("Unknown setting %s is ignored.%s", key, closest(key, known))
+    return InsightsSettings(**values)  # type: ignore[arg-type]  # keys come from the table
+
+
+@dataclass
+class InsightsState:
+    """What the views share: settings, the metrics store and the background sync."""
+
+    settings: InsightsSettings
+    metrics: MetricsSettings
+    app_settings: t.Mapping[str, object]
+    store: MetricsStore
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: threading.Thread | None = None
+    #: The last background sync: ``{"status": "finished"|"failed", ...}``.
+    last_sync: dict[str, t.Any] | None = None
+
+    def start_sync(self) -> bool:
+        """Start an incremental sync in a thread; ``False`` when one is already running."""
+        with self.lock:
+            if self.thread is not None and self.thread.is_alive():
+                return False
+            self.thread = threading.Thread(
+                target=self._sync, name="pyramid_mixpanel-insights-sync", daemon=True
+            )
+            self.thread.start()
+            return True
+
+    def _sync(self) -> None:
+        from ..metrics.sync import sync
+
+        started = dt.datetime.now(dt.timezone.utc)
+        try:
+            report = sync(self.app_settings, progress=False)
+        except Exception as exc:  # reported to whoever asks for the status, and logged
+            logger.exception("mixpanel.insights_sync_failed")
+            self.last_sync = {
+                "status": "failed",
+                "started": started.isoformat(),
+                "error": f"{type(exc).__name__}: {exc}"[:500],
+            }
+            return
+        self.last_sync = {
+            "status": "finished",
+            "started": started.isoformat(),
+            "report": _jsonable(report),
+        }
+
+
+def _jsonable(value: object) -> t.Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {key: _jsonable(item) for key, item in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+def _daily(day: DailyMetrics) -> dict[str, t.Any]:
+    return t.cast(dict[str, t.Any], _jsonable(day))
+
+
+def _funnel(funnel: FunnelMetrics) -> dict[str, t.Any]:
+    data = t.cast(dict[str, t.Any], _jsonable(funnel))
+    data.update(
+        conversion_rate=funnel.conversion_rate,
+        completed_users=funnel.completed_users,
+        drop_off_step=funnel.drop_off_step,
+    )
+    return data
+
+
+class InsightsViews:
+    """The views, bound to one :class:`InsightsState`."""
+
+    def __init__(self, state: InsightsState) -> None:
+        self.state = state
+
+    def _range(self, request: Request) -> tuple[dt.date, dt.date]:
+        yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+        try:
+            end = dt.date.fromisoformat(request.params.get("to", yesterday.isoformat()))
+            default_start = end - dt.timedelta(days=self.state.settings.days - 1)
+            start = dt.date.fromisoformat(request.params.get("from", default_start.isoformat()))
+        except ValueError:
+            raise HTTPBadRequest(json_body={"error": "from and to must be YYYY-MM-DD"}) from None
+        if start > end or (end - start).days >= MAX_RANGE_DAYS:
+            raise HTTPBadRequest(
+                json_body={"error": f"from must be before to, at most {MAX_RANGE_DAYS} days"}
+            )
+        return start, end
+
+    def _account(self, request: Request) -> str:
+        account = t.cast(str, request.matchdict["account"])
+        if account not in self.state.store.accounts():
+            raise HTTPNotFound(json_body={"error": f"no metrics for account {account!r}"})
+        return account
+
+    def events(self, request: Request) -> dict[str, t.Any]:
+        """Daily metrics and top events of one account."""
+        account = self._account(request)
+        start, end = self._range(request)
+        store = self.state.store
+        return {
+            "account": account,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "days": [_daily(day) for day in store.daily(account, start, end)],
+            "top_events": [
+                {"event": name, "count": count}
+                for name, count in store.top_events(account, start, end)
+            ],
+        }
+
+    def funnels(self, request: Request) -> dict[str, t.Any]:
+        """Funnel conversion per day of one account."""
+        account = self._account(request)
+        start, end = self._range(request)
+        funnels = self.state.store.funnels(account, start, end)
+        return {
+            "account": account,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "funnels": [_funnel(funnel) for funnel in funnels],
+        }
+
+    def users(self, request: Request) -> dict[str, t.Any]:
+        """The account's profiles, counted (no one is named)."""
+        account = t.cast(str, request.matchdict["account"])
+        users = self.state.store.users(account)
+        if users is None:
+            raise HTTPNotFound(json_body={"error": f"no profiles for account {account!r}"})
+        return t.cast(dict[str, t.Any], _jsonable(users))
+
+    def start_sync(self, request: Request) -> Response:
+        """Start an incremental sync (202), or say one is running (409)."""
+        if self.state.start_sync():
+            return Response(json_body={"status": "started"}, status=202)
+        return Response(json_body={"status": "running"}, status=409)
+
+    def sync_status(self, request: Request) -> dict[str, t.Any]:
+        """Whether a sync runs, and how the last one ended."""
+        thread = self.state.thread
+        last = self.state.store.last_synced_day()
+        return {
+            "running": bool(thread is not None and thread.is_alive()),
+            "last_synced_day": last.isoformat() if last else None,
+            "last_sync": self.state.last_sync,
+        }
+
+    def page(self, request: Request) -> Response:
+        """The account's HTML page."""
+        account = t.cast(str, request.matchdict["account"])
+        if account not in self.state.store.accounts():
+            raise HTTPNotFound(f"no metrics for account {account!r}")
+        start, end = self._range(request)
+        store = self.state.store
+        html = account_page(
+            account,
+            start,
+            end,
+            store.daily(account, start, end),
+            store.top_events(account, start, end),
+            store.funnels(account, start, end),
+            store.users(account),
+        )
+        return Response(html, content_type="text/html", charset="utf-8")
+
+
+def register(config: Configurator, settings: InsightsSettings) -> None:
+    """Add the routes and views of :mod:`pyramid_mixpanel.insights`."""
+    app_settings = config.get_settings()
+    metrics = parse_metrics_settings(app_settings)
+    state = InsightsState(settings, metrics, app_settings, MetricsStore(metrics.database_url))
+    config.registry[INSIGHTS_KEY] = state
+    views = InsightsViews(state)
+    api, page = settings.api_prefix, settings.page_prefix
+    permission = settings.permission
+    for name, pattern, view, method in (
+        ("events", f"{api}/events/{{account}}", views.events, "GET"),
+        ("funnels", f"{api}/funnels/{{account}}", views.funnels, "GET"),
+        ("users", f"{api}/users/{{account}}", views.users, "GET"),
+        ("sync", f"{api}/sync", views.start_sync, "POST"),
+        ("sync_status", f"{api}/sync", views.sync_status, "GET"),
+        ("page", f"{page}/{{account}}", views.page, "GET"),
+    ):
+        route = f"pyramid_mixpanel.insights.{name}"
+        config.add_route(route, pattern, request_method=method)
+        renderer = None if name in ("sync", "page") else "json"
+        config.add_view(view, route_name=route, renderer=renderer, permission=permission)

@@ -1,0 +1,377 @@
+"""The insights include: JSON endpoints and the account page over a real sync, and the page in
+headless Chromium, with the chart's bars found in a screenshot.
+
+Data: the loopback query stand-in holds known events; ``sync`` (the real query client) stores
+them in SQLite; a real Pyramid app serves them (WebTest, and waitress for the browser).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import pathlib
+import threading
+import typing as t
+from collections.abc import Iterator
+
+import pytest
+import waitress.server
+import webtest
+from pyramid.authorization import ACLHelper, Allow, Authenticated
+from pyramid.config import Configurator
+from pyramid.request import Request
+
+from pyramid_mixpanel import query_limits
+from pyramid_mixpanel.insights import INSIGHTS_KEY, InsightsState
+from pyramid_mixpanel.insights.render import account_page, merge_funnels, volume_chart
+from pyramid_mixpanel.insights.views import parse_insights_settings
+from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, sync
+from pyramid_mixpanel.query import MixpanelQuery
+from pyramid_mixpanel.query_limits import QueryLimits
+from pyramid_mixpanel.settings import MixpanelConfigurationError
+
+from .loopback import free_port, wait_until
+from .metrics_helpers import DAY, JAN1, day, event
+from .query_standin import QueryStandIn
+
+FUNNEL = "Signup: Page Viewed > User Signed Up"
+
+
+def dataset() -> list[dict[str, t.Any]]:
+    """acme: 3 days, 2 users; globex: 1 day. Known answers below."""
+    return [
+        event("Page Viewed", "a1", 0 * DAY + 60, "acme"),
+        event("User Signed Up", "a1", 0 * DAY + 120, "acme"),
+        event("Page Viewed", "a2", 0 * DAY + 180, "acme"),
+        event("Page Viewed", "a1", 1 * DAY + 60, "acme"),
+        event("Page Viewed", "a1", 1 * DAY + 7200, "acme"),  # a second session
+        event("Report Exported", "a2", 2 * DAY + 60, "acme"),
+        event("Page Viewed", "g1", 0 * DAY + 60, "globex"),
+    ]
+
+
+@pytest.fixture
+def api() -> Iterator[QueryStandIn]:
+    with QueryStandIn() as server:
+        server.events = dataset()
+        server.profiles = [
+            {"$distinct_id": "a1", "$properties": {"company_id": "acme", "plan": "pro"}},
+            {"$distinct_id": "a2", "$properties": {"company_id": "acme", "plan": "free"}},
+        ]
+        yield server
+
+
+@pytest.fixture
+def settings(api: QueryStandIn, tmp_path: pathlib.Path) -> dict[str, str]:
+    values = api.settings(
+        **{
+            "mixpanel.token": "false",
+            "mixpanel.metrics.database_url": f"sqlite:///{tmp_path / 'metrics.db'}",
+            "mixpanel.metrics.account_property": "company_id",
+            "mixpanel.metrics.funnels": FUNNEL,
+            "mixpanel.metrics.profile_properties": "plan",
+            "mixpanel.insights.days": "7",
+        }
+    )
+    values.pop("mixpanel.delivery")
+    sync(values, "2026-01-01", "2026-01-03", progress=False, today=day(30))
+    return values
+
+
+class Root:
+    """Only signed-in users may see insights."""
+
+    __acl__: t.ClassVar = [(Allow, Authenticated, "mixpanel.insights")]
+
+    def __init__(self, request: Request) -> None:
+        pass
+
+
+class HeaderSecurity:
+    """A security policy for tests: ``X-User`` signs in."""
+
+    def identity(self, request: Request) -> str | None:
+        return t.cast("str | None", request.headers.get("X-User"))
+
+    def authenticated_userid(self, request: Request) -> str | None:
+        return self.identity(request)
+
+    def permits(self, request: Request, context: object, permission: str) -> t.Any:
+        principals = ["system.Everyone"]
+        if self.identity(request):
+            principals.append(Authenticated)
+        return ACLHelper().permits(context, principals, permission)
+
+    def remember(self, request: Request, userid: str, **kw: object) -> list[t.Any]:
+        return []
+
+    def forget(self, request: Request, **kw: object) -> list[t.Any]:
+        return []
+
+
+def make_app(settings: dict[str, str], secure: bool = True) -> webtest.TestApp:
+    with Configurator(settings=settings, root_factory=Root) as config:
+        if secure:
+            config.set_security_policy(HeaderSecurity())
+        config.include("pyramid_mixpanel.insights")
+        app = config.make_wsgi_app()
+    return webtest.TestApp(app, extra_environ={"HTTP_X_USER": "csm@example.com"})
+
+
+RANGE = {"from": "2026-01-01", "to": "2026-01-03"}
+
+
+def test_events_endpoint_known_answers(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    answer = app.get("/api/mixpanel/events/acme", RANGE).json
+    assert answer["account"] == "acme"
+    days = {d["date"]: d for d in answer["days"]}
+    assert sorted(days) == ["2026-01-01", "2026-01-02", "2026-01-03"]
+    first = days["2026-01-01"]
+    assert (first["total_events"], first["unique_users"], first["sessions"]) == (3, 2, 2)
+    assert first["event_counts"] == {"Page Viewed": 2, "User Signed Up": 1}
+    assert first["avg_events_per_user"] == 1.5
+    assert days["2026-01-02"]["sessions"] == 2  # two hours apart: two sessions
+    assert answer["top_events"][0] == {"event": "Page Viewed", "count": 4}
+    assert {e["event"] for e in answer["top_events"]} == {
+        "Page Viewed",
+        "User Signed Up",
+        "Report Exported",
+    }
+    # No one is named: neither distinct ids nor anything else about a person.
+    assert "a1" not in app.get("/api/mixpanel/events/acme", RANGE).text
+
+
+def test_funnels_and_users_endpoints(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    funnels = app.get("/api/mixpanel/funnels/acme", RANGE).json["funnels"]
+    first_day = [f for f in funnels if f["date"] == "2026-01-01"]
+    assert len(first_day) == 1
+    signup = first_day[0]
+    assert signup["funnel_name"] == "Signup"
+    assert signup["steps"] == [2, 1]
+    assert signup["conversion_rate"] == 0.5
+    assert signup["completed_users"] == 1
+    assert signup["drop_off_step"] == 1
+    users = app.get("/api/mixpanel/users/acme").json
+    assert users["users"] == 2
+    assert users["properties"] == {"plan": {"free": 1, "pro": 1}}
+    app.get("/api/mixpanel/users/globex", status=404)
+
+
+def test_unknown_accounts_and_bad_ranges(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    answer = app.get("/api/mixpanel/events/initech", status=404)
+    assert answer.json == {"error": "no metrics for account 'initech'"}
+    app.get("/api/mixpanel/funnels/initech", status=404)
+    app.get("/mixpanel/accounts/initech", status=404)
+    for bad in ({"from": "yesterday"}, {"from": "2026-01-03", "to": "2026-01-01"},
+                {"from": "2024-01-01", "to": "2026-01-01"}):  # fmt: skip
+        assert "error" in app.get("/api/mixpanel/events/acme", bad, status=400).json
+
+
+def test_default_range_is_the_last_days_up_to_yesterday(settings: dict[str, str]) -> None:
+    answer = make_app(settings).get("/api/mixpanel/events/acme").json
+    yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    assert answer["to"] == yesterday.isoformat()
+    assert answer["from"] == (yesterday - dt.timedelta(days=6)).isoformat()  # insights.days = 7
+
+
+def test_a_permission_protects_every_view(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    for path in (
+        "/api/mixpanel/events/acme",
+        "/api/mixpanel/funnels/acme",
+        "/api/mixpanel/users/acme",
+        "/api/mixpanel/sync",
+        "/mixpanel/accounts/acme",
+    ):
+        app.get(path, extra_environ={"HTTP_X_USER": ""}, status=403)
+    app.post("/api/mixpanel/sync", extra_environ={"HTTP_X_USER": ""}, status=403)
+
+
+def test_the_account_page(settings: dict[str, str]) -> None:
+    page = make_app(settings).get("/mixpanel/accounts/acme", RANGE)
+    assert page.content_type == "text/html"
+    html = page.text
+    assert '<svg id="volume-chart"' in html
+    assert html.count("<rect ") >= 3 + 2  # three days of bars, two funnel steps
+    assert "<title>2026-01-01: 3 events</title>" in html
+    assert '<td>Page Viewed</td><td class="n">4</td>' in html
+    assert "33% converted, 1 completed." in html  # entered: 2 on day 1, 1 on day 2
+    assert "step 1: 3 (100%)" in html
+    assert "2 known users" in html
+
+
+def test_sync_endpoint_runs_one_sync_at_a_time(settings: dict[str, str], api: QueryStandIn) -> None:
+    app = make_app(settings)
+    state: InsightsState = app.app.registry[INSIGHTS_KEY]
+    # The sync runs up to yesterday, about 50 weekly exports: lift the 3-per-second budget
+    # (a client-side wait, tested with the query client) for this project.
+    key = MixpanelQuery(settings)._project_key()
+    query_limits._SHARED[key] = QueryLimits(exports_per_second=1000, exports_per_hour=1000)
+    status = app.get("/api/mixpanel/sync").json
+    assert status == {"running": False, "last_synced_day": "2026-01-03", "last_sync": None}
+    api.fail_next = [(400, '{"error": "project is being migrated"}', {})]
+    exported = sum(1 for r in api.requests if r["path"] == "/api/2.0/export")
+    started = app.post("/api/mixpanel/sync", status=202)
+    assert started.json == {"status": "started"}
+    wait_until(lambda: state.last_sync is not None, 30, lambda: None)
+    assert state.last_sync is not None
+    # The incremental sync resumed (re-reading the funnel window before 2026-01-04); its
+    # first export was refused.
+    exports = [r for r in api.requests if r["path"] == "/api/2.0/export"]
+    assert len(exports) == exported + 1
+    status = app.get("/api/mixpanel/sync").json
+    assert status["running"] is False
+    assert status["last_sync"]["status"] == "failed"
+    assert "project is being migrated" in status["last_sync"]["error"]
+    # A second run succeeds and says what it did.
+    state.thread = None
+    app.post("/api/mixpanel/sync", status=202)
+    wait_until(lambda: (state.last_sync or {}).get("status") == "finished", 60, lambda: None)
+    assert state.last_sync is not None
+    assert state.last_sync["report"]["days"] > 0
+
+
+def test_a_running_sync_answers_409(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    state: InsightsState = app.app.registry[INSIGHTS_KEY]
+    release = threading.Event()
+    state.thread = threading.Thread(target=release.wait, args=(10,))
+    state.thread.start()
+    try:
+        assert app.post("/api/mixpanel/sync", status=409).json == {"status": "running"}
+        assert app.get("/api/mixpanel/sync").json["running"] is True
+    finally:
+        release.set()
+        state.thread.join(10)
+
+
+def test_settings(caplog: pytest.LogCaptureFixture) -> None:
+    parsed = parse_insights_settings(
+        {
+            "mixpanel.insights.permission": "view_metrics",
+            "mixpanel.insights.api_prefix": "/internal/mp",
+            "mixpanel.insights.page_prefix": "/cs/accounts",
+            "mixpanel.insights.days": "90",
+            "mixpanel.insights.dayz": "1",
+        }
+    )
+    assert (parsed.permission, parsed.api_prefix, parsed.page_prefix, parsed.days) == (
+        "view_metrics",
+        "/internal/mp",
+        "/cs/accounts",
+        90,
+    )
+    assert "Unknown setting mixpanel.insights.dayz is ignored." in caplog.text
+    assert parse_insights_settings({"mixpanel.insights.api_prefix": ""}).api_prefix == (
+        "/api/mixpanel"
+    )
+    for value in ("api/mixpanel", "/api/", "/api/{x}"):
+        with pytest.raises(MixpanelConfigurationError, match="must be a path"):
+            parse_insights_settings({"mixpanel.insights.api_prefix": value})
+    with pytest.raises(MixpanelConfigurationError, match="between 1 and 366"):
+        parse_insights_settings({"mixpanel.insights.days": "400"})
+
+
+def test_custom_prefixes(settings: dict[str, str]) -> None:
+    settings = {
+        **settings,
+        "mixpanel.insights.api_prefix": "/internal/mp",
+        "mixpanel.insights.page_prefix": "/cs",
+    }
+    app = make_app(settings, secure=False)  # no security policy: Pyramid allows every view
+    app.get("/internal/mp/events/acme", RANGE, status=200)
+    app.get("/cs/acme", RANGE, status=200)
+
+
+def test_rendering_helpers() -> None:
+    empty = volume_chart([], JAN1, day(2))
+    assert "peak 0" in empty
+    assert empty.count("<rect ") == 3
+    spike = DailyMetrics("acme", JAN1, 10, 1, 1, 10.0, anomaly="spike")
+    assert "#dc2626" in volume_chart([spike], JAN1, JAN1)  # anomalies stand out
+    one = FunnelMetrics("acme", "Signup", "Signup", JAN1, [4, 2])
+    two = FunnelMetrics("acme", "Signup", "Signup", day(1), [6, 3])
+    other = FunnelMetrics("acme", "7", "Saved", JAN1, [1, 1], "mixpanel")
+    merged = merge_funnels([one, two, other])
+    assert [(f.funnel_name, f.steps) for f in merged] == [("Saved", [1, 1]), ("Signup", [10, 5])]
+
+
+def test_anomalies_are_named_on_the_page() -> None:
+    days = [
+        DailyMetrics("acme", JAN1, 10, 2, 2, 5.0, engagement_score=40.0),
+        DailyMetrics("acme", day(1), 90, 2, 3, 45.0, engagement_score=72.4, anomaly="spike"),
+    ]
+    html = account_page("acme <3", JAN1, day(1), days, [("A<b>", 100)], [], None)
+    assert "Unusual days: 2026-01-02 (spike)" in html
+    assert "engagement score 72/100 on the last day" in html
+    assert "acme &lt;3" in html
+    assert "A&lt;b&gt;" in html  # names from the data are escaped
+    assert "known users" not in html
+
+
+def test_page_without_data_in_range(settings: dict[str, str]) -> None:
+    html = make_app(settings).get("/mixpanel/accounts/globex", RANGE).text
+    assert "No funnel data in this range." not in html or "Signup" in html
+    html = (
+        make_app(settings)
+        .get("/mixpanel/accounts/acme", {"from": "2026-02-01", "to": "2026-02-03"})
+        .text
+    )
+    assert "No events in this range." in html
+    assert "No funnel data in this range." in html
+    assert "0 events from 2026-02-01" in html
+
+
+# -- the page in a real browser ---------------------------------------------------------------
+
+
+@pytest.fixture
+def site(settings: dict[str, str]) -> Iterator[str]:
+    app = make_app(settings, secure=False).app
+    port = free_port()
+    server = waitress.server.create_server(app, host="127.0.0.1", port=port, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        thread.join(5)
+
+
+def colored_pixels(png: bytes, rgb: tuple[int, int, int]) -> int:
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    pixels = image.tobytes()
+    return sum(
+        1
+        for i in range(0, len(pixels), 3)
+        if max(abs(pixels[i + k] - rgb[k]) for k in range(3)) < 30
+    )
+
+
+def test_the_page_in_chromium_shows_the_charts(
+    browser: t.Any, site: str, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    caplog.set_level(logging.WARNING)
+    browser.set_window_size(1000, 1400)
+    browser.get(f"{site}/mixpanel/accounts/acme?from=2026-01-01&to=2026-01-03")
+    assert browser.title == "acme · Mixpanel insights"
+    chart = browser.find_element(By.ID, "volume-chart")
+    shot = chart.screenshot_as_png
+    (tmp_path / "volume.png").write_bytes(shot)
+    blue = colored_pixels(shot, (0x25, 0x63, 0xEB))
+    assert blue > 2000  # three bars of the event-volume chart are drawn
+    funnel = browser.find_element(By.CSS_SELECTOR, "svg.funnel-chart").screenshot_as_png
+    assert colored_pixels(funnel, (0x16, 0xA3, 0x4A)) > 1000  # the funnel's step bars
+    rows = browser.find_elements(By.CSS_SELECTOR, "#top-events tr")
+    assert len(rows) == 4  # header + three events
+    empty = browser.get_screenshot_as_png()
+    assert colored_pixels(empty, (0x25, 0x63, 0xEB)) >= blue
