@@ -1,0 +1,508 @@
+"""Pure aggregation of raw Mixpanel events into per-account, per-UTC-day metrics and funnels.
+
+Feed whole days at a time with :meth:`Aggregator.add_chunk` (oldest first, the way
+:meth:`~pyramid_mixpanel.query.MixpanelQuery.export_chunks` yields them); each call returns the
+finished days. Nothing here touches the network or a database.
+
+Memory grows with users x days of one chunk, not with events:
+
+- per account, day and user a short list ``[category bits, start, end, start, end, ...]`` of
+  session clusters (events no more than 30 minutes apart), kept sorted and merged on insert, so
+  the session count is exact even when events arrive out of order (the export is not sorted),
+  with a fast path for events in order;
+- per local funnel and user, the first time each day the user did the first step, and the times
+  of the later steps' events within the chunk (only those events), reduced at the end of every
+  chunk to one open chain per entry day.
+
+A day's events are those whose ``properties.time`` (epoch seconds) falls on it in UTC.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import json
+import typing as t
+from array import array
+from dataclasses import dataclass, field
+
+from .config import MetricsSettings
+from .model import DailyMetrics, FunnelMetrics, ProfileAggregate
+from .score import engagement_score
+
+#: A gap of more than this many seconds between a user's events starts a new session.
+SESSION_GAP = 30 * 60
+DAY = 86_400
+EPOCH = dt.date(1970, 1, 1)
+#: Breakdown label of events without the property.
+NOT_SET = "(not set)"
+#: Breakdown label collecting values beyond :data:`MAX_BREAKDOWN_VALUES` per account-day.
+OTHER = "(other)"
+MAX_BREAKDOWN_VALUES = 1000
+MAX_LABEL = 255
+
+Event = t.Mapping[str, t.Any]
+
+
+def day_number(day: dt.date) -> int:
+    """Days since 1970-01-01 (what ``time // 86400`` gives for an epoch time)."""
+    return (day - EPOCH).days
+
+
+def from_day_number(number: int) -> dt.date:
+    """The date of a :func:`day_number`."""
+    return EPOCH + dt.timedelta(days=number)
+
+
+def add_time(clusters: list[int], moment: int) -> None:
+    """Add an event time to ``clusters[1:]``, sorted ``[start, end, start, end, ...]`` pairs.
+
+    Two events belong to one session when no more than :data:`SESSION_GAP` seconds separate
+    them, so each pair is a session: a new time extends, joins or creates pairs. ``clusters[0]``
+    is left alone (it holds the user's category bits). The list must hold at least one pair.
+    """
+    pairs = (len(clusters) - 1) // 2
+    low, high = 0, pairs
+    while low < high:  # the first pair starting after ``moment``
+        middle = (low + high) // 2
+        if clusters[1 + 2 * middle] <= moment:
+            low = middle + 1
+        else:
+            high = middle
+    after = 1 + 2 * low  # index of the next pair's start (== len when there is none)
+    if low:
+        end = after - 1
+        if moment <= clusters[end]:
+            return
+        if moment - clusters[end] <= SESSION_GAP:
+            clusters[end] = moment
+            if low < pairs and clusters[after] - moment <= SESSION_GAP:
+                # The time bridges two sessions: they become one.
+                clusters[end] = clusters[after + 1]
+                del clusters[after : after + 2]
+            return
+    if low < pairs and clusters[after] - moment <= SESSION_GAP:
+        clusters[after] = moment
+        return
+    clusters[after:after] = [moment, moment]
+
+
+def accounts_of(value: object) -> tuple[str, ...]:
+    """The account ids a property value names: a string, a whole number, or a list of them.
+
+    Group keys may hold a list (a user in several companies); the event then counts for each.
+    Empty strings, booleans and other types name no account.
+    """
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if isinstance(value, bool):
+        return ()
+    if isinstance(value, int):
+        return (str(value),)
+    if isinstance(value, float) and value.is_integer():
+        return (str(int(value)),)
+    if isinstance(value, (list, tuple)):
+        found: dict[str, None] = {}
+        for item in value:
+            if not isinstance(item, (list, tuple)):
+                found.update(dict.fromkeys(accounts_of(item)))
+        return tuple(found)
+    return ()
+
+
+def label(value: object) -> str:
+    """A breakdown label for a property value (at most 255 characters)."""
+    if value is None:
+        return NOT_SET
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (int, float)):
+        text = repr(value)
+    else:
+        text = json.dumps(value, sort_keys=True, default=str)
+    return text[:MAX_LABEL]
+
+
+class _AccountDay:
+    """Counters of one account on one day (its total is the sum of its event counts)."""
+
+    __slots__ = ("breakdowns", "events", "users")
+
+    def __init__(self, breakdowns: tuple[str, ...]) -> None:
+        self.events: dict[str, int] = {}
+        #: distinct_id -> [category bits, session start, session end, ...] (memory only).
+        self.users: dict[str, list[int]] = {}
+        #: (property, value -> events) per breakdown.
+        self.breakdowns: list[tuple[str, dict[str, int]]] = [(p, {}) for p in breakdowns]
+
+
+class _FunnelUser:
+    """One user's progress through one local funnel, within one account."""
+
+    __slots__ = ("entries", "open", "times")
+
+    def __init__(self, steps: int) -> None:
+        #: Day number -> first time of the first step that day, in the current chunk.
+        self.entries: dict[int, int] = {}
+        #: Sorted times of each later step's events in the current chunk (index 0 unused).
+        #: (Arrays of 8-byte integers: a quarter of the memory of a list of ints.)
+        self.times: list[array[int]] = [array("q") for _ in range(steps)]
+        #: Chains still within their window from earlier chunks: [day, step, time, entry time].
+        self.open: list[list[int]] = []
+
+
+class _Funnel:
+    """A local funnel's users and its per account-day step counts not yet handed out."""
+
+    def __init__(self, index: int, name: str, steps: tuple[str, ...], window: int) -> None:
+        self.index = index
+        self.name = name
+        self.steps = steps
+        self.window = window
+        #: A step repeating the previous step's event needs a later event, not the same one.
+        self.strict = [False] + [steps[i] == steps[i - 1] for i in range(1, len(steps))]
+        #: account -> distinct_id -> progress.
+        self.users: dict[str, dict[str, _FunnelUser]] = {}
+        self.counts: dict[tuple[str, int], list[int]] = {}
+
+    def record(self, account: str, day: int, reached: int) -> None:
+        counts = self.counts.get((account, day))
+        if counts is None:
+            counts = self.counts[account, day] = [0] * len(self.steps)
+        for step in range(reached + 1):
+            counts[step] += 1
+
+    def advance(self, end: int) -> None:
+        """Move every chain as far as the events seen so far allow; settle finished ones.
+
+        ``end`` is the epoch time up to which every event has been seen: a chain whose window
+        closes before it can no longer progress.
+        """
+        last = len(self.steps) - 1
+        for account in list(self.users):
+            users = self.users[account]
+            for key in list(users):
+                user = users[key]
+                chains = user.open + [[d, 0, t1, t1] for d, t1 in sorted(user.entries.items())]
+                still_open = []
+                for chain in chains:
+                    day, step, moment, t1 = chain
+                    deadline = t1 + self.window
+                    while step < last:
+                        times = user.times[step + 1]
+                        if self.strict[step + 1]:
+                            found = bisect.bisect_right(times, moment)
+                        else:
+                            found = bisect.bisect_left(times, moment)
+                        if found == len(times) or times[found] > deadline:
+                            break
+                        step, moment = step + 1, times[found]
+                    if step == last or deadline < end:
+                        self.record(account, day, step)
+                    else:
+                        still_open.append([day, step, moment, t1])
+                if still_open:
+                    user.open = still_open
+                    user.entries = {}
+                    user.times = [array("q") for _ in self.steps]
+                else:
+                    del users[key]
+            if not users:
+                del self.users[account]
+
+    def settle_open(self) -> None:
+        """Count every open chain where it stands (the end of the data)."""
+        for account, users in self.users.items():
+            for user in users.values():
+                for day, step, _, _ in user.open:
+                    self.record(account, day, step)
+        self.users.clear()
+
+    def take(self, before: int | None) -> list[FunnelMetrics]:
+        """Hand out the counts of entry days before day number ``before`` (all with None)."""
+        out = []
+        for (account, day), counts in sorted(self.counts.items()):
+            if before is None or day < before:
+                out.append(
+                    FunnelMetrics(account, self.name, self.name, from_day_number(day), counts)
+                )
+                del self.counts[account, day]
+        return out
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk finished: its days' metrics and the funnel entry days now settled."""
+
+    daily: list[DailyMetrics] = field(default_factory=list)
+    funnels: list[FunnelMetrics] = field(default_factory=list)
+
+
+@dataclass
+class AggregateStats:
+    """Counts of what the aggregator saw."""
+
+    #: Events counted for at least one account.
+    events: int = 0
+    #: Events without an account (no account property, or the getter returned None).
+    unattributed: int = 0
+    #: Events whose UTC day is outside the chunk they came with (skipped).
+    outside: int = 0
+
+
+class Aggregator:
+    """Turn a stream of raw events into :class:`DailyMetrics` and local :class:`FunnelMetrics`.
+
+    Call :meth:`add_chunk` for consecutive ranges of whole days, oldest first, then
+    :meth:`finish` for the funnel entries whose window is still open at the end of the data.
+    """
+
+    def __init__(self, settings: MetricsSettings) -> None:
+        self.settings = settings
+        self.stats = AggregateStats()
+        window = settings.funnel_window_hours * 3600
+        self.funnels = [
+            _Funnel(index, funnel.name, funnel.steps, window)
+            for index, funnel in enumerate(settings.funnels)
+        ]
+        categories = settings.categories
+        self.category_bits = {category: 1 << n for n, category in enumerate(categories)}
+        # Event name -> (category bits, ((funnel, step), ...)): one lookup per event tells
+        # whether it matters beyond counting.
+        special: dict[str, tuple[int, list[tuple[int, int]]]] = {}
+        for event, category in settings.signals.items():
+            special[event] = (self.category_bits[category], [])
+        for funnel in self.funnels:
+            for step, event in enumerate(funnel.steps):
+                special.setdefault(event, (0, []))[1].append((funnel.index, step))
+        self.special = {name: (bits, tuple(refs)) for name, (bits, refs) in special.items()}
+
+    @property
+    def funnel_events(self) -> tuple[str, ...]:
+        """The event names the local funnels are made of."""
+        return tuple(dict.fromkeys(event for f in self.funnels for event in f.steps))
+
+    def add_chunk(
+        self,
+        first: dt.date,
+        last: dt.date,
+        events: t.Iterable[Event],
+        *,
+        metrics: bool = True,
+    ) -> ChunkResult:
+        """Consume the events of the days ``first`` to ``last`` (inclusive, UTC).
+
+        With ``metrics=False`` only local funnels are fed: the days before a sync whose funnel
+        entries its events may complete. Returns the days' metrics (when ``metrics``) and the
+        funnel entry days whose window has closed.
+        """
+        first_day, last_day = day_number(first), day_number(last)
+        by_day: dict[int, dict[str, _AccountDay]] = (
+            {day: {} for day in range(first_day, last_day + 1)} if metrics else {}
+        )
+        self._consume(events, first_day, last_day, by_day)
+        result = ChunkResult()
+        for day, accounts in by_day.items():
+            date = from_day_number(day)
+            for account in sorted(accounts):
+                result.daily.append(self._daily(account, date, accounts[account]))
+        end = (last_day + 1) * DAY
+        for funnel in self.funnels:
+            funnel.advance(end)
+            # Day D is settled once every entry of D (at the latest, its last second) has had its
+            # whole window: (D + 1) * DAY + window <= end.
+            result.funnels.extend(funnel.take(before=(end - funnel.window) // DAY))
+        return result
+
+    def finish(self) -> list[FunnelMetrics]:
+        """The remaining funnel entry days, counted where their users stand now."""
+        out = []
+        for funnel in self.funnels:
+            funnel.settle_open()
+            out.extend(funnel.take(before=None))
+        return out
+
+    def _consume(
+        self,
+        events: t.Iterable[Event],
+        first_day: int,
+        last_day: int,
+        by_day: dict[int, dict[str, _AccountDay]],
+    ) -> None:
+        # The hot loop: one pass, locals only, a fast path for the common case at every step.
+        stats = self.stats
+        prop = self.settings.account_property
+        getter = self.settings.account_getter
+        breakdowns = self.settings.breakdowns
+        special = self.special
+        funnels = [(f.users, len(f.steps)) for f in self.funnels]
+        gap = SESSION_GAP
+        plain = (0, ())
+        current: int | None = None  # the day of the previous event
+        accounts: dict[str, _AccountDay] | None = None
+        counted = unattributed = outside = 0
+        for event in events:
+            props = event["properties"]
+            moment = props["time"]
+            if moment.__class__ is not int:
+                moment = int(moment)
+            day = moment // DAY
+            if day != current:
+                if not first_day <= day <= last_day:
+                    outside += 1
+                    continue
+                current = day
+                accounts = by_day.get(day)
+            value = props.get(prop) if getter is None else getter(event)
+            names = (value,) if value.__class__ is str and value else accounts_of(value)
+            if not names:
+                unattributed += 1
+                continue
+            counted += 1
+            name = event["event"]
+            user = props.get("distinct_id")
+            bits, refs = special.get(name, plain)
+            for account in names:
+                if accounts is not None:
+                    bucket = accounts.get(account)
+                    if bucket is None:
+                        bucket = accounts[account] = _AccountDay(breakdowns)
+                    counts = bucket.events
+                    counts[name] = counts.get(name, 0) + 1
+                    if user:
+                        clusters = bucket.users.get(user)
+                        if clusters is None:
+                            bucket.users[user] = [bits, moment, moment]
+                        else:
+                            if bits:
+                                clusters[0] |= bits
+                            end = clusters[-1]
+                            if moment >= end:
+                                if moment - end <= gap:
+                                    clusters[-1] = moment
+                                else:
+                                    clusters += (moment, moment)
+                            elif moment < clusters[-2]:
+                                add_time(clusters, moment)
+                    for key, values in bucket.breakdowns:
+                        key = props.get(key)
+                        if key.__class__ is not str or len(key) > MAX_LABEL:
+                            key = label(key)
+                        if key in values:
+                            values[key] += 1
+                        elif len(values) < MAX_BREAKDOWN_VALUES:
+                            values[key] = 1
+                        else:
+                            values[OTHER] = values.get(OTHER, 0) + 1
+                if refs and user:
+                    for index, step in refs:
+                        states, steps = funnels[index]
+                        by_user = states.get(account)
+                        if by_user is None:
+                            by_user = states[account] = {}
+                        state = by_user.get(user)
+                        if state is None:
+                            state = by_user[user] = _FunnelUser(steps)
+                        if step:
+                            times = state.times[step]
+                            if not times or moment > times[-1]:
+                                times.append(moment)
+                            else:
+                                at = bisect.bisect_left(times, moment)
+                                if times[at] != moment:
+                                    times.insert(at, moment)
+                        else:
+                            entries = state.entries
+                            entry = entries.get(day)
+                            if entry is None or moment < entry:
+                                entries[day] = moment
+        stats.events += counted
+        stats.unattributed += unattributed
+        stats.outside += outside
+
+    def _daily(self, account: str, date: dt.date, bucket: _AccountDay) -> DailyMetrics:
+        users = len(bucket.users)
+        sessions = 0
+        adopted = [0] * len(self.category_bits)
+        for clusters in bucket.users.values():
+            sessions += (len(clusters) - 1) // 2
+            bits = clusters[0]
+            if bits:
+                for n in range(len(adopted)):
+                    if bits >> n & 1:
+                        adopted[n] += 1
+        by_category = dict(zip(self.category_bits, adopted, strict=True))
+        total = sum(bucket.events.values())
+        return DailyMetrics(
+            account=account,
+            date=date,
+            total_events=total,
+            unique_users=users,
+            sessions=sessions,
+            avg_events_per_user=round(total / users, 4) if users else 0.0,
+            event_counts=dict(sorted(bucket.events.items())),
+            breakdowns={prop: dict(sorted(values.items())) for prop, values in bucket.breakdowns},
+            engagement_score=engagement_score(by_category, users, self.settings),
+        )
+
+
+@dataclass
+class AggregateResult:
+    """Everything :func:`aggregate` computed."""
+
+    daily: list[DailyMetrics]
+    funnels: list[FunnelMetrics]
+    stats: AggregateStats
+
+
+def aggregate_events(
+    events: t.Iterable[Event], first: dt.date, last: dt.date, settings: MetricsSettings
+) -> AggregateResult:
+    """Aggregate the events of the days ``first`` to ``last`` in one go (tests, notebooks).
+
+    Funnel entries whose window reaches past ``last`` are counted where their users stand.
+    """
+    aggregator = Aggregator(settings)
+    chunk = aggregator.add_chunk(first, last, events)
+    funnels = chunk.funnels + aggregator.finish()
+    return AggregateResult(chunk.daily, funnels, aggregator.stats)
+
+
+def aggregate_profiles(
+    profiles: t.Iterable[t.Mapping[str, t.Any]], settings: MetricsSettings
+) -> list[ProfileAggregate]:
+    """Count Engage profiles per account, and per value of each configured profile property.
+
+    Profiles come as Engage returns them (``{"$distinct_id": ..., "$properties": {...}}``);
+    only the counts are kept.
+    """
+    prop = settings.profile_account_property
+    names = settings.profile_properties
+    users: dict[str, int] = {}
+    counts: dict[str, list[dict[str, int]]] = {}
+    for profile in profiles:
+        properties = profile.get("$properties") or {}
+        for account in accounts_of(properties.get(prop)) if prop else ():
+            if account not in users:
+                users[account] = 0
+                counts[account] = [{} for _ in names]
+            users[account] += 1
+            for values, name in zip(counts[account], names, strict=True):
+                key = label(properties.get(name))
+                if key in values or len(values) < MAX_BREAKDOWN_VALUES:
+                    values[key] = values.get(key, 0) + 1
+                else:
+                    values[OTHER] = values.get(OTHER, 0) + 1
+    return [
+        ProfileAggregate(
+            account,
+            users[account],
+            {
+                name: dict(sorted(values.items()))
+                for name, values in zip(names, counts[account], strict=True)
+            },
+        )
+        for account in sorted(users)
+    ]

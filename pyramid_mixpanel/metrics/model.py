@@ -1,0 +1,98 @@
+"""The typed records the metrics package computes, stores and reads back.
+
+Every record is about an *account* (the customer's own account id, e.g. a ``company_id`` group
+key) and holds counts only: no distinct ids, emails or names, hashed or not.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+from dataclasses import dataclass, field
+
+#: Where a funnel's numbers come from: computed here from the export, or pulled from Mixpanel.
+FunnelSource = t.Literal["local", "mixpanel"]
+#: Which way an account's daily volume left its usual range.
+AnomalyKind = t.Literal["spike", "drop"]
+
+
+@dataclass(frozen=True)
+class DailyMetrics:
+    """One account's activity on one UTC day."""
+
+    account: str
+    date: dt.date
+    total_events: int
+    unique_users: int
+    #: Sessions: a gap of more than 30 minutes between a user's events starts a new one.
+    sessions: int
+    avg_events_per_user: float
+    #: Events per event name.
+    event_counts: dict[str, int] = field(default_factory=dict)
+    #: Per configured breakdown property: events per property value.
+    breakdowns: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: 0-100, see :func:`pyramid_mixpanel.metrics.score.engagement_score`.
+    engagement_score: float = 0.0
+    #: ``"spike"`` or ``"drop"`` when the day's volume is anomalous, else ``None``.
+    anomaly: str | None = None
+
+
+@dataclass(frozen=True)
+class FunnelMetrics:
+    """One funnel's conversion for the users of one account who entered it on one UTC day."""
+
+    account: str
+    #: The local funnel's name, or Mixpanel's funnel id as a string.
+    funnel_id: str
+    funnel_name: str
+    date: dt.date
+    #: Users who reached each step, first step first.
+    steps: list[int]
+    source: FunnelSource = "local"
+
+    @property
+    def completed_users(self) -> int:
+        """Users who reached the last step."""
+        return self.steps[-1] if self.steps else 0
+
+    @property
+    def conversion_rate(self) -> float:
+        """Share of the users who entered (first step) that completed (last step), 0 to 1."""
+        return self.completed_users / self.steps[0] if self.steps and self.steps[0] else 0.0
+
+    @property
+    def drop_off_step(self) -> int | None:
+        """Index of the step that lost the most users (``None`` when no step lost any)."""
+        worst, index = 0, None
+        for step in range(1, len(self.steps)):
+            lost = self.steps[step - 1] - self.steps[step]
+            if lost > worst:
+                worst, index = lost, step
+        return index
+
+
+@dataclass(frozen=True)
+class ProfileAggregate:
+    """An account's user profiles, counted: how many, and how many per property value."""
+
+    account: str
+    users: int
+    #: Per configured profile property: profiles per value.
+    properties: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """An account-day whose event volume is ``threshold`` or more deviations from its norm."""
+
+    account: str
+    date: dt.date
+    kind: AnomalyKind
+    total_events: int
+    #: Mean and (floored) standard deviation of the trailing days' volumes.
+    mean: float
+    stddev: float
+    z: float
+    threshold: float
+    #: How many trailing days the mean is taken over.
+    history_days: int

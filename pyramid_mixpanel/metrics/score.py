@@ -1,0 +1,115 @@
+"""Engagement score and volume anomalies of an account-day, and the alert hook.
+
+Engagement score
+    ``mixpanel.metrics.signals`` maps event names to adoption categories (``Report Exported =
+    reporting``) and ``mixpanel.metrics.weights`` gives each category a weight (1 when not
+    given). For one account and day, with ``U`` its active users and ``U_c`` those who did at
+    least one event of category ``c``::
+
+        score = 100 * sum(w_c * U_c / U) / sum(w_c)
+
+    i.e. the weighted share of active users who used each part of the product: 0 when nobody
+    did anything that counts (or no signals are configured), 100 when every active user touched
+    every weighted category.
+
+Anomalies
+    An account-day's event volume ``x`` is compared with the account's volumes on the trailing
+    ``anomaly_days`` synced days (days without events count as 0; days before the account's
+    first day are left out)::
+
+        z = (x - mean) / max(stddev, sqrt(mean), 1)
+
+    The deviation is floored at the noise of a count (``sqrt(mean)``, and 1) so a perfectly flat
+    history is not flagged for a change of one event. ``|z| >= anomaly_threshold`` is a
+    ``"spike"`` (above) or a ``"drop"`` (below; a day with no events at all is flagged too),
+    provided at least ``anomaly_min_days`` days of history exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import typing as t
+
+from .config import MetricsSettings
+from .model import Anomaly
+
+logger = logging.getLogger("pyramid_mixpanel")
+
+
+def engagement_score(adopted: t.Mapping[str, int], users: int, settings: MetricsSettings) -> float:
+    """The 0-100 engagement score of an account-day (see the module documentation).
+
+    :param adopted: per category, the active users who did one of its events.
+    :param users: the account's active users that day.
+    """
+    if not users or not settings.signals:
+        return 0.0
+    weights = {category: settings.weights.get(category, 1.0) for category in settings.categories}
+    total = math.fsum(weights.values())
+    reached = math.fsum(
+        weight * min(adopted.get(category, 0), users) / users
+        for category, weight in weights.items()
+    )
+    return round(100 * reached / total, 2)
+
+
+def detect_anomaly(
+    account: str,
+    date: dt.date,
+    total_events: int,
+    history: t.Sequence[int],
+    settings: MetricsSettings,
+) -> Anomaly | None:
+    """Flag ``total_events`` against ``history`` (the trailing days' volumes), or ``None``."""
+    days = len(history)
+    if days < settings.anomaly_min_days:
+        return None
+    mean = math.fsum(history) / days
+    variance = math.fsum((value - mean) ** 2 for value in history) / days
+    stddev = max(math.sqrt(variance), math.sqrt(mean), 1.0)
+    z = (total_events - mean) / stddev
+    if abs(z) < settings.anomaly_threshold:
+        return None
+    return Anomaly(
+        account=account,
+        date=date,
+        kind="spike" if z > 0 else "drop",
+        total_events=total_events,
+        mean=round(mean, 4),
+        stddev=round(stddev, 4),
+        z=round(z, 4),
+        threshold=settings.anomaly_threshold,
+        history_days=days,
+    )
+
+
+def log_anomaly(anomaly: Anomaly) -> None:
+    """The default alert: a warning on the ``pyramid_mixpanel`` logger."""
+    logger.warning(
+        "Mixpanel activity %s for account %s on %s: %d events, usual %.1f +/- %.1f (z = %.1f)",
+        anomaly.kind,
+        anomaly.account,
+        anomaly.date.isoformat(),
+        anomaly.total_events,
+        anomaly.mean,
+        anomaly.stddev,
+        anomaly.z,
+    )
+
+
+def send_alert(anomaly: Anomaly, settings: MetricsSettings) -> bool:
+    """Call ``mixpanel.metrics.alert`` (or :func:`log_anomaly`); ``False`` if the hook raised.
+
+    A failing hook is logged and never stops a sync: the flag is stored either way.
+    """
+    hook = settings.alert or log_anomaly
+    try:
+        hook(anomaly)
+    except Exception:
+        logger.exception(
+            "mixpanel.metrics.alert failed for account %s on %s", anomaly.account, anomaly.date
+        )
+        return False
+    return True

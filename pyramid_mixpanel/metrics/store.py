@@ -1,0 +1,482 @@
+"""Per-account metrics in SQL, through SQLAlchemy: an SQLite file by default, any database URL.
+
+The schema is created and migrated by the Alembic migrations shipped in
+``pyramid_mixpanel/metrics/migrations`` (with their own version table, so they can share a
+database with the app's own migrations). Writes are idempotent upserts keyed by account and
+day: syncing a day twice leaves the same rows. Only counts and account ids are stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import typing as t
+from collections import defaultdict
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .model import Anomaly, DailyMetrics, FunnelMetrics, ProfileAggregate
+
+#: Alembic's version table for these migrations (not ``alembic_version``: that is the app's).
+VERSION_TABLE = "mixpanel_metrics_alembic_version"
+#: Where the migrations live, as Alembic's ``script_location``.
+SCRIPT_LOCATION = "pyramid_mixpanel.metrics:migrations"
+#: Rows per statement when deleting by a list of keys (SQLite allows 999 parameters in old builds).
+BATCH = 500
+
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+metadata = sa.MetaData()
+
+metrics_table = sa.Table(
+    "mixpanel_metrics",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(255), nullable=False),
+    sa.Column("metric_date", sa.Date, nullable=False),
+    sa.Column("total_events", sa.Integer, nullable=False),
+    sa.Column("unique_users", sa.Integer, nullable=False),
+    sa.Column("sessions", sa.Integer, nullable=False),
+    sa.Column("avg_events_per_user", sa.Float, nullable=False),
+    sa.Column("event_counts", Json, nullable=False),
+    sa.Column("breakdowns", Json, nullable=False),
+    sa.Column("engagement_score", sa.Float, nullable=False),
+    sa.Column("anomaly", sa.String(16), nullable=True),
+    sa.Column("anomaly_z", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("account", "metric_date", name="uq_mixpanel_metrics_account_date"),
+    sa.Index("ix_mixpanel_metrics_metric_date", "metric_date"),
+)
+funnels_table = sa.Table(
+    "mixpanel_funnels",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(255), nullable=False),
+    sa.Column("funnel_id", sa.String(255), nullable=False),
+    sa.Column("funnel_name", sa.String(255), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("metric_date", sa.Date, nullable=False),
+    sa.Column("steps", Json, nullable=False),
+    sa.Column("conversion_rate", sa.Float, nullable=False),
+    sa.Column("completed_users", sa.Integer, nullable=False),
+    sa.Column("drop_off_step", sa.Integer, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint(
+        "account", "funnel_id", "source", "metric_date", name="uq_mixpanel_funnels_key"
+    ),
+)
+profiles_table = sa.Table(
+    "mixpanel_profiles",
+    metadata,
+    sa.Column("account", sa.String(255), primary_key=True),
+    sa.Column("users", sa.Integer, nullable=False),
+    sa.Column("properties", Json, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+sync_days_table = sa.Table(
+    "mixpanel_sync_days",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+)
+METRICS_KEY = ("account", "metric_date")
+FUNNELS_KEY = ("account", "funnel_id", "source", "metric_date")
+
+
+@dataclass(frozen=True)
+class History:
+    """What the anomaly check of one day needs: trailing volumes, synced days, first days."""
+
+    #: Account -> date -> total events, on the trailing days.
+    volumes: dict[str, dict[dt.date, int]]
+    #: The trailing days that were synced (days without a row count as 0 events).
+    synced: list[dt.date]
+    #: Account -> its first day with a row.
+    first_seen: dict[str, dt.date]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _sqlite_pragmas(connection: t.Any, _record: object) -> None:
+    # WAL lets the web app read while a sync writes; a file database only.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for ``url``; SQLite files get WAL mode so readers never wait for a sync."""
+    engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def upsert(
+    connection: sa.Connection,
+    table: sa.Table,
+    rows: t.Sequence[dict[str, t.Any]],
+    key: t.Sequence[str],
+    *,
+    portable: bool = False,
+) -> None:
+    """Insert ``rows``, or update those whose ``key`` columns already exist.
+
+    SQLite and PostgreSQL use ``INSERT ... ON CONFLICT DO UPDATE``; other databases (or
+    ``portable=True``) an ``UPDATE`` then an ``INSERT`` for rows the update missed, inside the
+    caller's transaction.
+    """
+    if not rows:
+        return
+    dialect = connection.dialect.name
+    if not portable and dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
+        statement = insert.on_conflict_do_update(
+            index_elements=list(key),
+            set_={name: insert.excluded[name] for name in rows[0] if name not in key},
+        )
+        connection.execute(statement, list(rows))
+        return
+    for row in rows:
+        where = sa.and_(*(table.c[name] == row[name] for name in key))
+        values = {name: value for name, value in row.items() if name not in key}
+        if not connection.execute(sa.update(table).where(where).values(values)).rowcount:
+            connection.execute(sa.insert(table).values(row))
+
+
+def _metrics_row(metrics: DailyMetrics, now: dt.datetime) -> dict[str, t.Any]:
+    return {
+        "account": metrics.account,
+        "metric_date": metrics.date,
+        "total_events": metrics.total_events,
+        "unique_users": metrics.unique_users,
+        "sessions": metrics.sessions,
+        "avg_events_per_user": metrics.avg_events_per_user,
+        "event_counts": metrics.event_counts,
+        "breakdowns": metrics.breakdowns,
+        "engagement_score": metrics.engagement_score,
+        "anomaly": metrics.anomaly,
+        "anomaly_z": None,
+        "updated_at": now,
+    }
+
+
+def _funnel_row(funnel: FunnelMetrics, now: dt.datetime) -> dict[str, t.Any]:
+    return {
+        "account": funnel.account,
+        "funnel_id": funnel.funnel_id,
+        "funnel_name": funnel.funnel_name,
+        "source": funnel.source,
+        "metric_date": funnel.date,
+        "steps": list(funnel.steps),
+        "conversion_rate": round(funnel.conversion_rate, 6),
+        "completed_users": funnel.completed_users,
+        "drop_off_step": funnel.drop_off_step,
+        "updated_at": now,
+    }
+
+
+def _batches(items: t.Sequence[str]) -> t.Iterator[t.Sequence[str]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start : start + BATCH]
+
+
+class MetricsStore:
+    """Read and write per-account metrics in the database at ``url``.
+
+    :param url: an SQLAlchemy URL (``sqlite:///mixpanel-metrics.db``,
+        ``postgresql+psycopg://user:password@host/db``) or an :class:`sqlalchemy.Engine`.
+    :param migrate: bring the schema to the latest version when opening (default), else call
+        :meth:`upgrade` yourself.
+    """
+
+    def __init__(self, url: str | sa.Engine, *, migrate: bool = True) -> None:
+        self._owned = isinstance(url, str)
+        self.engine = make_engine(url) if isinstance(url, str) else url
+        if migrate:
+            self.upgrade()
+
+    def __enter__(self) -> MetricsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection pool (of an engine this store created)."""
+        if self._owned:
+            self.engine.dispose()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    def _alembic(self, connection: sa.Connection) -> t.Any:
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", SCRIPT_LOCATION)
+        config.attributes["connection"] = connection
+        return config
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Run the migrations up to ``revision`` (idempotent)."""
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            command.upgrade(self._alembic(connection), revision)
+
+    def downgrade(self, revision: str) -> None:
+        """Run the migrations down to ``revision`` (``"base"`` drops every table)."""
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            command.downgrade(self._alembic(connection), revision)
+
+    def revision(self) -> str | None:
+        """The schema's current migration revision (``None`` before the first upgrade)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+            return context.get_current_revision()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write_days(self, days: t.Sequence[dt.date], metrics: t.Sequence[DailyMetrics]) -> None:
+        """Store the metrics of whole ``days``: upsert their rows, delete their stale rows.
+
+        Accounts that had a row on one of ``days`` but are not in ``metrics`` lose it, so a
+        recomputed day is exactly what the latest computation says.
+        """
+        now = _now()
+        table = metrics_table
+        with self.engine.begin() as connection:
+            upsert(connection, table, [_metrics_row(m, now) for m in metrics], METRICS_KEY)
+            fresh: dict[dt.date, set[str]] = defaultdict(set)
+            for row in metrics:
+                fresh[row.date].add(row.account)
+            for day in days:
+                stored = connection.execute(
+                    sa.select(table.c.account).where(table.c.metric_date == day)
+                ).scalars()
+                stale = sorted(set(stored) - fresh[day])
+                for batch in _batches(stale):
+                    connection.execute(
+                        sa.delete(table).where(
+                            table.c.metric_date == day, table.c.account.in_(batch)
+                        )
+                    )
+
+    def write_funnels(self, funnels: t.Sequence[FunnelMetrics]) -> None:
+        """Upsert funnel rows (keyed by account, funnel, source and day)."""
+        now = _now()
+        with self.engine.begin() as connection:
+            upsert(connection, funnels_table, [_funnel_row(f, now) for f in funnels], FUNNELS_KEY)
+
+    def replace_profiles(self, aggregates: t.Sequence[ProfileAggregate]) -> None:
+        """Make the profile aggregates exactly ``aggregates`` (accounts not in it are removed)."""
+        now = _now()
+        table = profiles_table
+        rows = [
+            {"account": a.account, "users": a.users, "properties": a.properties, "updated_at": now}
+            for a in aggregates
+        ]
+        with self.engine.begin() as connection:
+            upsert(connection, table, rows, ("account",))
+            stored = connection.execute(sa.select(table.c.account)).scalars()
+            stale = sorted(set(stored) - {a.account for a in aggregates})
+            for batch in _batches(stale):
+                connection.execute(sa.delete(table).where(table.c.account.in_(batch)))
+
+    def mark_synced(self, events: t.Mapping[dt.date, int]) -> None:
+        """Record days as synced, with the events counted on each."""
+        now = _now()
+        rows = [{"day": day, "events": count, "synced_at": now} for day, count in events.items()]
+        with self.engine.begin() as connection:
+            upsert(connection, sync_days_table, rows, ("day",))
+
+    def set_anomalies(self, day: dt.date, anomalies: t.Sequence[Anomaly]) -> None:
+        """Make ``anomalies`` the day's flags (clearing others).
+
+        A flagged account without a row that day (a day without any event) gets a zero row, so
+        the flag is visible.
+        """
+        table = metrics_table
+        now = _now()
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.update(table)
+                .where(table.c.metric_date == day, table.c.anomaly.is_not(None))
+                .values(anomaly=None, anomaly_z=None)
+            )
+            for anomaly in anomalies:
+                updated = connection.execute(
+                    sa.update(table)
+                    .where(table.c.metric_date == day, table.c.account == anomaly.account)
+                    .values(anomaly=anomaly.kind, anomaly_z=anomaly.z)
+                ).rowcount
+                if not updated:
+                    row = _metrics_row(DailyMetrics(anomaly.account, day, 0, 0, 0, 0.0), now)
+                    row.update(anomaly=anomaly.kind, anomaly_z=anomaly.z)
+                    connection.execute(sa.insert(table).values(row))
+
+    # -- reading for the sync ---------------------------------------------------------------
+
+    def history(self, day: dt.date, days: int) -> History:
+        """Volumes of the ``days`` days before ``day``, for :func:`~.score.detect_anomaly`."""
+        start = day - dt.timedelta(days=days)
+        table = metrics_table
+        volumes: dict[str, dict[dt.date, int]] = defaultdict(dict)
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(table.c.account, table.c.metric_date, table.c.total_events).where(
+                    table.c.metric_date >= start, table.c.metric_date < day
+                )
+            )
+            for account, date, total in rows:
+                volumes[account][date] = total
+            synced = list(
+                connection.execute(
+                    sa.select(sync_days_table.c.day)
+                    .where(sync_days_table.c.day >= start, sync_days_table.c.day < day)
+                    .order_by(sync_days_table.c.day)
+                ).scalars()
+            )
+            # .all(): a Result has keys(), so dict() would take it for a mapping.
+            first_seen: dict[str, dt.date] = dict(
+                connection.execute(
+                    sa.select(table.c.account, sa.func.min(table.c.metric_date))
+                    .where(table.c.metric_date <= day)
+                    .group_by(table.c.account)
+                ).all()
+            )
+        return History(dict(volumes), synced, first_seen)
+
+    def anomalies_on(self, day: dt.date) -> dict[str, str]:
+        """Account -> flag of the day's flagged rows."""
+        table = metrics_table
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(table.c.account, table.c.anomaly).where(
+                    table.c.metric_date == day, table.c.anomaly.is_not(None)
+                )
+            ).all()
+            return dict(rows)
+
+    def volumes_on(self, day: dt.date) -> dict[str, int]:
+        """Account -> events of the day's rows."""
+        table = metrics_table
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(table.c.account, table.c.total_events).where(table.c.metric_date == day)
+            ).all()
+            return dict(rows)
+
+    def last_synced_day(self) -> dt.date | None:
+        """The latest day a sync finished (incremental syncs start the day after)."""
+        with self.engine.connect() as connection:
+            day: dt.date | None = connection.execute(
+                sa.select(sa.func.max(sync_days_table.c.day))
+            ).scalar()
+            return day
+
+    def synced_days(self) -> list[dt.date]:
+        """Every synced day, oldest first."""
+        with self.engine.connect() as connection:
+            return list(
+                connection.execute(
+                    sa.select(sync_days_table.c.day).order_by(sync_days_table.c.day)
+                ).scalars()
+            )
+
+    # -- reading for dashboards -------------------------------------------------------------
+
+    def accounts(self) -> list[str]:
+        """Every account with metrics or profiles, sorted."""
+        with self.engine.connect() as connection:
+            union = sa.union(
+                sa.select(metrics_table.c.account), sa.select(profiles_table.c.account)
+            ).subquery()
+            return list(
+                connection.execute(sa.select(union.c.account).order_by(union.c.account)).scalars()
+            )
+
+    def daily(self, account: str, from_date: dt.date, to_date: dt.date) -> list[DailyMetrics]:
+        """The account's days from ``from_date`` to ``to_date`` (inclusive) that have a row.
+
+        Days without a row had no events (or were not synced: see :meth:`synced_days`).
+        """
+        table = metrics_table
+        query = (
+            sa.select(table)
+            .where(
+                table.c.account == account,
+                table.c.metric_date >= from_date,
+                table.c.metric_date <= to_date,
+            )
+            .order_by(table.c.metric_date)
+        )
+        with self.engine.connect() as connection:
+            return [
+                DailyMetrics(
+                    account=row.account,
+                    date=row.metric_date,
+                    total_events=row.total_events,
+                    unique_users=row.unique_users,
+                    sessions=row.sessions,
+                    avg_events_per_user=row.avg_events_per_user,
+                    event_counts=dict(row.event_counts),
+                    breakdowns={k: dict(v) for k, v in row.breakdowns.items()},
+                    engagement_score=row.engagement_score,
+                    anomaly=row.anomaly,
+                )
+                for row in connection.execute(query)
+            ]
+
+    def top_events(
+        self, account: str, from_date: dt.date, to_date: dt.date, limit: int = 10
+    ) -> list[tuple[str, int]]:
+        """The account's ``limit`` most frequent events over the days, most frequent first."""
+        totals: dict[str, int] = defaultdict(int)
+        for day in self.daily(account, from_date, to_date):
+            for name, count in day.event_counts.items():
+                totals[name] += count
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+    def funnels(self, account: str, from_date: dt.date, to_date: dt.date) -> list[FunnelMetrics]:
+        """The account's funnel rows over the days, by funnel then day."""
+        table = funnels_table
+        query = (
+            sa.select(table)
+            .where(
+                table.c.account == account,
+                table.c.metric_date >= from_date,
+                table.c.metric_date <= to_date,
+            )
+            .order_by(table.c.source, table.c.funnel_id, table.c.metric_date)
+        )
+        with self.engine.connect() as connection:
+            return [
+                FunnelMetrics(
+                    account=row.account,
+                    funnel_id=row.funnel_id,
+                    funnel_name=row.funnel_name,
+                    date=row.metric_date,
+                    steps=[int(n) for n in row.steps],
+                    source=row.source,
+                )
+                for row in connection.execute(query)
+            ]
+
+    def users(self, account: str) -> ProfileAggregate | None:
+        """The account's profile aggregate (``None`` when no profile names the account)."""
+        table = profiles_table
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.select(table).where(table.c.account == account)).first()
+        if row is None:
+            return None
+        return ProfileAggregate(
+            row.account, row.users, {k: dict(v) for k, v in row.properties.items()}
+        )

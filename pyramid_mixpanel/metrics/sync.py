@@ -1,0 +1,365 @@
+"""Sync Mixpanel into the metrics store: backfill a range of days, or resume day by day.
+
+One sync:
+
+1. picks its days: ``from_date``..``to_date`` when given; otherwise from the day after the last
+   synced day (or ``days`` back from yesterday on a first run) to yesterday, UTC;
+2. when local funnels are configured, re-reads the funnel events of the ``lookback_days`` before
+   the first day, so entries still inside their window are completed by the new days;
+3. exports the days in chunks of ``chunk_days`` (Mixpanel allows 60 exports an hour),
+   aggregates each chunk and stores it at once (whole days, upserted: a re-run recomputes the
+   same rows and never adds to them), marks its days synced and flags its anomalies, so an
+   interrupted sync resumes after the last stored chunk;
+4. pulls the saved funnels broken down by the account property, and the profile aggregates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import typing as t
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .aggregate import Aggregator, accounts_of, aggregate_profiles
+from .config import MetricsSettings, parse_metrics_settings
+from .model import Anomaly, FunnelMetrics
+from .score import detect_anomaly, send_alert
+from .store import MetricsStore
+
+ONE_DAY = dt.timedelta(days=1)
+#: Segments of a broken-down Mixpanel funnel that are not an account.
+NOT_ACCOUNTS = frozenset({"$overall", "undefined", "null", "None", ""})
+
+
+class ExportChunkLike(t.Protocol):
+    """What :class:`~pyramid_mixpanel.query.ExportChunk` offers the sync."""
+
+    @property
+    def from_date(self) -> dt.date: ...  # noqa: D102
+
+    @property
+    def to_date(self) -> dt.date: ...  # noqa: D102
+
+    def events(self) -> t.Iterator[dict[str, t.Any]]: ...  # noqa: D102
+
+
+class QueryClient(t.Protocol):
+    """The part of :class:`~pyramid_mixpanel.query.MixpanelQuery` the sync uses."""
+
+    def export_chunks(  # noqa: D102
+        self,
+        from_date: dt.date,
+        to_date: dt.date,
+        events: t.Sequence[str] | None = None,
+        where: str | None = None,
+        *,
+        chunk_days: int = 7,
+    ) -> t.Iterator[ExportChunkLike]: ...
+
+    def engage(  # noqa: D102
+        self, where: str | None = None, output_properties: t.Sequence[str] | None = None
+    ) -> t.Iterator[dict[str, t.Any]]: ...
+
+    def funnels(self) -> list[dict[str, t.Any]]: ...  # noqa: D102
+
+    def funnel(  # noqa: D102
+        self,
+        funnel_id: int,
+        from_date: dt.date,
+        to_date: dt.date,
+        *,
+        unit: str = "day",
+        on: str | None = None,
+    ) -> dict[str, t.Any]: ...
+
+
+class SyncError(ValueError):
+    """The requested days cannot be synced (e.g. a day that is not over yet)."""
+
+
+@dataclass
+class SyncReport:
+    """What a sync did."""
+
+    #: The synced days (both ``None`` when everything was already up to date).
+    from_date: dt.date | None = None
+    to_date: dt.date | None = None
+    days: int = 0
+    #: Events counted for an account, without an account, and outside their chunk's days.
+    events: int = 0
+    unattributed: int = 0
+    outside: int = 0
+    metrics_rows: int = 0
+    funnel_rows: int = 0
+    profile_accounts: int = 0
+    #: Anomalies newly flagged by this sync (the alert hook was called for each).
+    anomalies: list[Anomaly] = field(default_factory=list)
+    #: Saved funnels or profiles Mixpanel refused (the days are stored regardless).
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was refused."""
+        return not self.errors
+
+    def summary(self) -> str:
+        """One line for people."""
+        if self.from_date is None:
+            return "metrics are up to date: nothing to sync"
+        text = (
+            f"synced {self.days} day(s) {self.from_date} to {self.to_date}: {self.events} events,"
+            f" {self.metrics_rows} account-day(s), {self.funnel_rows} funnel row(s),"
+            f" {self.profile_accounts} account profile aggregate(s),"
+            f" {len(self.anomalies)} new anomaly flag(s)"
+        )
+        if self.unattributed:
+            text += f"; {self.unattributed} events without an account were skipped"
+        if self.outside:
+            text += f"; {self.outside} events outside their export days were skipped"
+        if self.errors:
+            text += f"; {len(self.errors)} error(s): " + "; ".join(self.errors)
+        return text
+
+
+def _date(value: dt.date | str | None, name: str) -> dt.date | None:
+    if value is None or isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise SyncError(f"{name} must be a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def plan_days(
+    store: MetricsStore,
+    from_date: dt.date | None,
+    to_date: dt.date | None,
+    days: int | None,
+    today: dt.date,
+) -> tuple[dt.date, dt.date]:
+    """The first and last day to sync (first after last when there is nothing to do).
+
+    Without ``from_date``: the day after the last synced day, but no more than ``days`` days
+    back when ``days`` is given; on a first run, ``days`` (default 1) days back.
+    """
+    yesterday = today - ONE_DAY
+    last = to_date or yesterday
+    if last > yesterday:
+        raise SyncError(
+            f"cannot sync {last}: only days that are over in UTC can be synced (the last is"
+            f" {yesterday})"
+        )
+    if days is not None and days < 1:
+        raise SyncError(f"days must be at least 1, got {days}")
+    if from_date is not None:
+        if from_date > last:
+            raise SyncError(f"from_date {from_date} is after to_date {last}")
+        return from_date, last
+    resume = store.last_synced_day()
+    earliest = last - dt.timedelta(days=(days or 1) - 1)
+    if resume is None:
+        return earliest, last
+    first = resume + ONE_DAY
+    return (max(first, earliest) if days is not None else first), last
+
+
+def _saved_funnel_rows(
+    answer: t.Mapping[str, t.Any], funnel_id: int, name: str
+) -> list[FunnelMetrics]:
+    """Rows of a Mixpanel funnel answer broken down by the account property (``on=``)."""
+    rows: list[FunnelMetrics] = []
+    for date, segments in sorted((answer.get("data") or {}).items()):
+        day = dt.date.fromisoformat(date)
+        for segment, body in sorted(segments.items()):
+            if segment in NOT_ACCOUNTS or not isinstance(body, dict) or "steps" not in body:
+                continue
+            steps = [int(step.get("count", 0)) for step in body["steps"]]
+            rows.extend(
+                FunnelMetrics(account, str(funnel_id), name, day, steps, "mixpanel")
+                for account in accounts_of(segment)
+            )
+    return rows
+
+
+class _Sync:
+    def __init__(
+        self,
+        config: MetricsSettings,
+        store: MetricsStore,
+        query: QueryClient,
+        bar: t.Any,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.query = query
+        self.bar = bar
+        self.report = SyncReport()
+        self.aggregator = Aggregator(config)
+
+    def run(self, first: dt.date, last: dt.date) -> SyncReport:
+        config, report = self.config, self.report
+        report.from_date, report.to_date = first, last
+        lookback = config.lookback_days
+        if config.funnels:
+            for chunk in self.query.export_chunks(
+                first - dt.timedelta(days=lookback),
+                first - ONE_DAY,
+                self.aggregator.funnel_events,
+                chunk_days=config.chunk_days,
+            ):
+                result = self.aggregator.add_chunk(
+                    chunk.from_date, chunk.to_date, chunk.events(), metrics=False
+                )
+                self._funnels(result.funnels)
+        for chunk in self.query.export_chunks(first, last, chunk_days=config.chunk_days):
+            self._chunk(chunk)
+        self._funnels(self.aggregator.finish())
+        stats = self.aggregator.stats
+        report.events, report.unattributed, report.outside = (
+            stats.events,
+            stats.unattributed,
+            stats.outside,
+        )
+        if config.saved_funnels:
+            self._saved_funnels(first - dt.timedelta(days=lookback), last)
+        if config.profile_account_property:
+            self._profiles()
+        return report
+
+    def _chunk(self, chunk: ExportChunkLike) -> None:
+        days = []
+        day = chunk.from_date
+        while day <= chunk.to_date:
+            days.append(day)
+            day += ONE_DAY
+        flagged_before = {day: self.store.anomalies_on(day) for day in days}
+        result = self.aggregator.add_chunk(chunk.from_date, chunk.to_date, chunk.events())
+        counted: dict[dt.date, int] = defaultdict(int)
+        for metrics in result.daily:
+            counted[metrics.date] += metrics.total_events
+        self.store.write_days(days, result.daily)
+        self._funnels(result.funnels)
+        self.store.mark_synced({day: counted[day] for day in days})
+        self.report.metrics_rows += len(result.daily)
+        self.report.days += len(days)
+        for day in days:
+            self._anomalies(day, flagged_before[day])
+        self.bar.update(len(days))
+        self.bar.set_postfix(events=self.aggregator.stats.events, refresh=False)
+
+    def _funnels(self, funnels: list[FunnelMetrics]) -> None:
+        self.store.write_funnels(funnels)
+        self.report.funnel_rows += len(funnels)
+
+    def _anomalies(self, day: dt.date, before: t.Mapping[str, str]) -> None:
+        config = self.config
+        history = self.store.history(day, config.anomaly_days)
+        volumes = self.store.volumes_on(day)
+        found = []
+        for account in sorted(set(volumes) | set(history.volumes)):
+            since = history.first_seen[account]
+            past = history.volumes.get(account, {})
+            values = [past.get(synced, 0) for synced in history.synced if synced >= since]
+            anomaly = detect_anomaly(account, day, volumes.get(account, 0), values, config)
+            if anomaly is not None:
+                found.append(anomaly)
+        self.store.set_anomalies(day, found)
+        for anomaly in found:
+            # A re-run finds the same flags: alert only for what is new.
+            if before.get(anomaly.account) != anomaly.kind:
+                self.report.anomalies.append(anomaly)
+                send_alert(anomaly, config)
+
+    def _saved_funnels(self, first: dt.date, last: dt.date) -> None:
+        from ..query import MixpanelQueryError
+
+        prop = t.cast(str, self.config.account_property)
+        on = f"properties[{json.dumps(prop)}]"
+        try:
+            names = {int(f["funnel_id"]): str(f["name"]) for f in self.query.funnels()}
+        except MixpanelQueryError as exc:
+            self.report.errors.append(f"listing saved funnels: {exc}")
+            names = {}
+        for funnel_id in self.config.saved_funnels:
+            try:
+                answer = self.query.funnel(funnel_id, first, last, unit="day", on=on)
+            except MixpanelQueryError as exc:
+                self.report.errors.append(f"saved funnel {funnel_id}: {exc}")
+                continue
+            name = names.get(funnel_id, str(funnel_id))
+            self._funnels(_saved_funnel_rows(answer, funnel_id, name))
+
+    def _profiles(self) -> None:
+        from ..query import MixpanelQueryError
+
+        config = self.config
+        wanted = [t.cast(str, config.profile_account_property), *config.profile_properties]
+        try:
+            aggregates = aggregate_profiles(
+                self.query.engage(output_properties=wanted), self.config
+            )
+        except MixpanelQueryError as exc:
+            self.report.errors.append(f"profiles: {exc}")
+            return
+        self.store.replace_profiles(aggregates)
+        self.report.profile_accounts = len(aggregates)
+
+
+def sync(
+    settings: t.Mapping[str, object],
+    from_date: dt.date | str | None = None,
+    to_date: dt.date | str | None = None,
+    days: int | None = None,
+    progress: bool = True,
+    query: QueryClient | None = None,
+    *,
+    store: MetricsStore | None = None,
+    today: dt.date | None = None,
+    out: t.TextIO | None = None,
+) -> SyncReport:
+    """Sync Mixpanel's events, funnels and profiles into the metrics store.
+
+    :param settings: the app's settings (``mixpanel.metrics.*`` and the service account).
+    :param from_date: first day (``YYYY-MM-DD`` or a date) of a backfill; without it, the sync
+        resumes after the last synced day.
+    :param to_date: last day; yesterday (UTC) by default, never later.
+    :param days: without ``from_date``: how many days back at most (a first run starts there;
+        default 1).
+    :param progress: show a progress bar (on ``out``, default stderr).
+    :param query: a :class:`~pyramid_mixpanel.query.MixpanelQuery` (built from ``settings`` by
+        default).
+    :param store: the store (by default opened, migrated and closed at ``database_url``).
+    :param today: the current UTC date (for tests).
+    :raises SyncError: the days cannot be synced.
+    :raises MixpanelConfigurationError: a ``mixpanel.metrics.*`` setting is invalid.
+    :raises MixpanelQueryError: Mixpanel refused an export (the days before it are stored; run
+        again to resume).
+    """
+    from tqdm import tqdm
+
+    config = parse_metrics_settings(settings)
+    start, end = _date(from_date, "from_date"), _date(to_date, "to_date")
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    opened = store is None
+    store = store if store is not None else MetricsStore(config.database_url)
+    try:
+        first, last = plan_days(store, start, end, days, today)
+        if first > last:
+            return SyncReport()
+        if query is None:
+            from ..query import MixpanelQuery
+
+            try:
+                query = MixpanelQuery(settings)
+            except ValueError as exc:  # no service account configured
+                raise SyncError(str(exc)) from None
+        total = (last - first).days + 1
+        with tqdm(
+            total=total, unit="day", file=out or sys.stderr, disable=not progress, desc="sync"
+        ) as bar:
+            return _Sync(config, store, query, bar).run(first, last)
+    finally:
+        if opened:
+            store.close()
