@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.delivery
 	$(BIN)/python -m benchmarks.import
+	$(BIN)/python -m benchmarks.export
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache *.egg-info
