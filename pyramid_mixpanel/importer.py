@@ -42,6 +42,7 @@ Report (``<input>.failed.jsonl``)
 
 from __future__ import annotations
 
+import binascii
 import csv
 import datetime as dt
 import functools
@@ -95,6 +96,8 @@ FUTURE_SLACK_MS = 3_600_000
 MILLISECONDS_FROM = 10**11
 #: How much of the input identifies it in the checkpoint, with its size.
 HEAD_BYTES = 1 << 20
+#: Seconds between checkpoint writes while batches complete.
+CHECKPOINT_EVERY = 0.5
 INSERT_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 ONE_MS = dt.timedelta(milliseconds=1)
@@ -235,7 +238,7 @@ class _Preparer:
                             return self._checked(record, owned)
                         body = b'%s,"$insert_id":"%s"}}' % (
                             encoded[:-2],
-                            hashlib.sha256(encoded).hexdigest()[:32].encode(),
+                            binascii.hexlify(hashlib.sha256(encoded).digest()[:16]),
                         )
                         if len(body) < MAX_EVENT_BYTES:
                             return body
@@ -361,22 +364,23 @@ class _Lines:
 
 def _jsonl_rows(lines: _Lines) -> t.Iterator[Row]:
     # Counters live in locals for speed (this loop runs once per row) and are written back to
-    # ``lines`` at every yield, so a reader that stops early still sees where it stopped.
+    # ``lines`` when the generator ends or is closed.
     line, offset, loads = lines.line, lines.offset, orjson.loads
-    for raw in lines.file:
-        line += 1
-        offset += len(raw)
-        if raw.isspace():
-            continue
+    try:
+        for raw in lines.file:
+            line += 1
+            offset += len(raw)
+            if raw.isspace():
+                continue
+            try:
+                record = loads(raw)
+            except orjson.JSONDecodeError as exc:  # NaN, Infinity and bad UTF-8 included
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                yield line, offset, text, f"not valid JSON: {exc}"
+                continue
+            yield line, offset, record, None
+    finally:
         lines.line, lines.offset = line, offset
-        try:
-            record = loads(raw)
-        except orjson.JSONDecodeError as exc:  # NaN, Infinity and bad UTF-8 included
-            text = raw.decode("utf-8", "replace").rstrip("\r\n")
-            yield line, offset, text, f"not valid JSON: {exc}"
-            continue
-        yield line, offset, record, None
-    lines.line, lines.offset = line, offset
 
 
 class _CsvRows:
@@ -637,6 +641,7 @@ class _Importer:
         self.stop = threading.Event()
         self.outstanding = 0
         self._report_file: t.TextIO | None = None
+        self._saved_at = 0.0
 
     # -- the main thread ----------------------------------------------------------------------
 
@@ -695,26 +700,29 @@ class _Importer:
         bodies: list[bytes] = []
         size = 0
         line, offset, rows = self.state.done
-        start = offset
-        for line_no, end, record, problem in self.rows:
-            report.read += 1
-            if problem is None:
-                try:
-                    body = prepare(record, True)
-                except RowRejectedError as exc:
-                    problem = str(exc)
-            if problem is not None:
-                report.rejected_locally += 1
-                self._write("rejected", line_no, problem, record)
-            else:
-                # A record larger than the byte budget on its own still goes, alone.
-                if bodies and (len(bodies) == max_records or size + len(body) + 1 > max_bytes):
-                    self._dispatch(lines, bodies, (line, offset, rows), offset - start)
-                    lines, bodies, size, start = [], [], 0, offset
-                lines.append(line_no)
-                bodies.append(body)
-                size += len(body) + 1
-            line, offset, rows = line_no, end, rows + 1
+        start, read = offset, rows
+        try:
+            for line_no, end, record, problem in self.rows:
+                if problem is None:
+                    try:
+                        body = prepare(record, True)
+                    except RowRejectedError as exc:
+                        problem = str(exc)
+                if problem is not None:
+                    report.rejected_locally += 1
+                    self._write("rejected", line_no, problem, record)
+                else:
+                    # A record larger than the byte budget on its own still goes, alone.
+                    if bodies and (len(bodies) == max_records or size + len(body) + 1 > max_bytes):
+                        self._dispatch(lines, bodies, (line, offset, rows), offset - start)
+                        lines, bodies, size, start = [], [], 0, offset
+                    lines.append(line_no)
+                    bodies.append(body)
+                    size += len(body) + 1
+                line, offset, rows = line_no, end, rows + 1
+        finally:
+            # Counted here rather than per row: the loop is the import's hot path.
+            report.read += rows - read
         if bodies:
             self._dispatch(lines, bodies, (line, offset, rows), offset - start)
             start = offset
@@ -770,7 +778,9 @@ class _Importer:
             state.done = state.ends.pop(state.next_seq)
             state.next_seq += 1
             moved = True
-        if moved:
+        # At most twice a second: a lost half second is re-sent on resume with the same insert
+        # ids (so not duplicated), while a write per batch costs throughput. run() saves last.
+        if moved and time.monotonic() - self._saved_at >= CHECKPOINT_EVERY:
             self._save()
 
     # -- the sender threads -------------------------------------------------------------------
@@ -853,6 +863,7 @@ class _Importer:
         return done
 
     def _save(self) -> None:
+        self._saved_at = time.monotonic()
         if self.checkpoint_path is None:
             return
         if self._report_file is not None:
