@@ -23,9 +23,9 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 
 from pyramid_mixpanel import query_limits
-from pyramid_mixpanel.insights import INSIGHTS_KEY, InsightsState
+from pyramid_mixpanel.insights import INSIGHTS_KEY
 from pyramid_mixpanel.insights.render import account_page, merge_funnels, volume_chart
-from pyramid_mixpanel.insights.views import parse_insights_settings
+from pyramid_mixpanel.insights.views import InsightsState, parse_insights_settings
 from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, sync
 from pyramid_mixpanel.query import MixpanelQuery
 from pyramid_mixpanel.query_limits import QueryLimits
@@ -274,6 +274,16 @@ def test_settings(caplog: pytest.LogCaptureFixture) -> None:
             parse_insights_settings({"mixpanel.insights.api_prefix": value})
     with pytest.raises(MixpanelConfigurationError, match="between 1 and 366"):
         parse_insights_settings({"mixpanel.insights.days": "400"})
+
+
+def test_without_the_metrics_extra(
+    settings: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pyramid_mixpanel.insights.views", None)
+    with pytest.raises(MixpanelConfigurationError, match=r"pyramid_mixpanel\[metrics\]"):
+        make_app(settings)
 
 
 def test_custom_prefixes(settings: dict[str, str]) -> None:

@@ -18,15 +18,25 @@ from __future__ import annotations
 
 import typing as t
 
-from .views import INSIGHTS_KEY, InsightsState, parse_insights_settings, register
+from ..settings import MixpanelConfigurationError
 
 if t.TYPE_CHECKING:
     from pyramid.config import Configurator
 
-__all__ = ["INSIGHTS_KEY", "InsightsState", "includeme"]
+__all__ = ["INSIGHTS_KEY", "includeme"]
+
+#: Registry key of the :class:`~pyramid_mixpanel.insights.views.InsightsState`.
+INSIGHTS_KEY = "pyramid_mixpanel.insights"
 
 
 def includeme(config: Configurator) -> None:
     """Register the endpoints and the page; settings are parsed and checked here, once."""
     config.include("pyramid_mixpanel")
+    try:
+        from .views import parse_insights_settings, register
+    except ImportError as exc:  # SQLAlchemy / Alembic: the metrics extra
+        raise MixpanelConfigurationError(
+            f"pyramid_mixpanel.insights needs the metrics extra ({exc}):"
+            " pip install 'pyramid_mixpanel[metrics]'"
+        ) from None
     register(config, parse_insights_settings(config.get_settings()))

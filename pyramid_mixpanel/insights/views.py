@@ -17,6 +17,7 @@ from ..metrics.config import MetricsSettings, parse_metrics_settings
 from ..metrics.model import DailyMetrics, FunnelMetrics
 from ..metrics.store import MetricsStore
 from ..settings import MixpanelConfigurationError, _positive_int, as_secret
+from . import INSIGHTS_KEY
 from .render import account_page
 
 if t.TYPE_CHECKING:
@@ -25,7 +26,6 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("pyramid_mixpanel")
 
-INSIGHTS_KEY = "pyramid_mixpanel.insights"
 PREFIX = "mixpanel.insights."
 MAX_RANGE_DAYS = 366
 
