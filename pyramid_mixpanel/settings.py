@@ -23,6 +23,7 @@ from .catalog import (
     ProfileMetaProperties,
     ProfileProperties,
     closest,
+    closest_match,
 )
 
 logger = logging.getLogger("pyramid_mixpanel")
@@ -300,6 +301,35 @@ KNOWN_KEYS = tuple(key for key, _, _ in SETTINGS)
 WATCHED_PREFIXES = ("mixpanel.", "customerio.tracking.")
 #: Keys parsed (and checked for typos) by optional includes, e.g. ``pyramid_mixpanel.relay``.
 DELEGATED_PREFIXES = ("mixpanel.relay.", "mixpanel.metrics.", "mixpanel.insights.")
+
+
+def parse_prefixed(
+    settings: t.Mapping[str, object],
+    prefix: str,
+    parsers: t.Iterable[tuple[str, Parser]],
+    also_known: t.Iterable[str] = (),
+) -> dict[str, object]:
+    """Parse the ``prefix + name`` keys of an include's settings table (``(name, parser)`` rows).
+
+    Returns ``{name: value}`` for the keys given, leaving out values that mean "not set". A key
+    under ``prefix`` that is neither in the table nor in ``also_known`` (names parsed elsewhere)
+    is logged with the closest known key, compared without the shared prefix.
+    """
+    values: dict[str, object] = {}
+    names = list(also_known)
+    for name, parser in parsers:
+        names.append(name)
+        raw = settings.get(prefix + name)
+        if raw is not None:
+            parsed = parser(prefix + name, raw)
+            if parsed is not None:
+                values[name] = parsed
+    for key in settings:
+        if key.startswith(prefix) and key[len(prefix) :] not in names:
+            match = closest_match(key[len(prefix) :], names)
+            hint = f" Did you mean {prefix + match!r}?" if match else ""
+            logger.warning("Unknown setting %s is ignored.%s", key, hint)
+    return values
 
 
 def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:

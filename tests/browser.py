@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 import typing as t
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import waitress.server
+
+from .loopback import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -45,3 +50,17 @@ def browser(tmp_path: Path) -> Iterator[t.Any]:
         yield driver
     finally:
         driver.quit()
+
+
+@contextlib.contextmanager
+def serve(app: t.Any, threads: int = 4) -> Iterator[str]:
+    """Serve a WSGI app with waitress on a free loopback port; yield its base URL."""
+    port = free_port()
+    server = waitress.server.create_server(app, host="127.0.0.1", port=port, threads=threads)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        thread.join(5)

@@ -29,13 +29,15 @@ from pyramid_mixpanel.importer import (
 from pyramid_mixpanel.scripts.pmixpanel import PMixpanelCommand
 from pyramid_mixpanel.settings import MixpanelSettings, parse_settings
 
+from .ini import LOGGING, app  # noqa: F401  # app: the .ini files name it here
 from .loopback import MixpanelStandIn, Seen, _basic_auth, _MixpanelHandler
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 FAST = RetryPolicy(base=0.01, cap=0.05)
 SECRET = "sec-9f8e7d6c5b4a"
 
-INI = """\
+INI = (
+    """\
 [app:main]
 use = call:tests.test_import:app
 mixpanel.api_host = {api_host}
@@ -43,36 +45,9 @@ mixpanel.delivery = sync
 mixpanel.read_timeout = 10
 {extra}
 
-[loggers]
-keys = root
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-level = NOTSET
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)s %(message)s
 """
-
-
-def app(global_config: dict[str, str], **settings: str) -> t.Any:
-    from pyramid.config import Configurator
-
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_mixpanel")
-    return config.make_wsgi_app()
+    + LOGGING
+)
 
 
 # -- a stand-in that can be scripted and counts requests in flight -----------------------------

@@ -16,7 +16,6 @@ import typing as t
 from collections.abc import Iterator
 
 import pytest
-import waitress.server
 import webtest
 from pyramid.authorization import ACLHelper, Allow, Authenticated
 from pyramid.config import Configurator
@@ -31,7 +30,8 @@ from pyramid_mixpanel.query import MixpanelQuery
 from pyramid_mixpanel.query_limits import QueryLimits
 from pyramid_mixpanel.settings import MixpanelConfigurationError
 
-from .loopback import free_port, wait_until
+from .browser import serve
+from .loopback import wait_until
 from .metrics_helpers import DAY, JAN1, day, event
 from .query_standin import QueryStandIn
 
@@ -342,15 +342,8 @@ def test_page_without_data_in_range(settings: dict[str, str]) -> None:
 @pytest.fixture
 def site(settings: dict[str, str]) -> Iterator[str]:
     app = make_app(settings, secure=False).app
-    port = free_port()
-    server = waitress.server.create_server(app, host="127.0.0.1", port=port, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        thread.join(5)
+    with serve(app) as url:
+        yield url
 
 
 def colored_pixels(png: bytes, rgb: tuple[int, int, int]) -> int:

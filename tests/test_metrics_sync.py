@@ -34,6 +34,7 @@ from pyramid_mixpanel.query_limits import QueryLimits
 from pyramid_mixpanel.scripts.pmixpanel import main
 
 from . import metrics_helpers
+from .ini import LOGGING, app  # noqa: F401  # app: the .ini files name it here
 from .metrics_helpers import DAY, JAN1, day, event
 from .postgres import PostgresServer, postgres  # noqa: F401  # the fixture
 from .query_standin import QueryStandIn
@@ -487,41 +488,15 @@ def test_sync_opens_the_configured_database_and_builds_its_client(
 
 # -- pmixpanel sync ---------------------------------------------------------------------------
 
-INI = """\
+INI = (
+    """\
 [app:main]
 use = call:tests.test_metrics_sync:app
 {settings}
 
-[loggers]
-keys = root
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-level = NOTSET
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)s %(message)s
 """
-
-
-def app(global_config: dict[str, str], **settings: str) -> t.Any:
-    from pyramid.config import Configurator
-
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_mixpanel")
-    return config.make_wsgi_app()
+    + LOGGING
+)
 
 
 def write_ini(tmp_path: pathlib.Path, settings: dict[str, str]) -> str:

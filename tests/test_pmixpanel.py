@@ -16,9 +16,11 @@ from pyramid_mixpanel.runtime import Runtime
 from pyramid_mixpanel.scripts import pmixpanel
 from pyramid_mixpanel.scripts.pmixpanel import PMixpanelCommand, _describe, main
 
+from .ini import LOGGING, app  # noqa: F401  # app: the .ini files name it here
 from .loopback import MixpanelStandIn
 
-INI = """\
+INI = (
+    """\
 [app:main]
 use = call:tests.test_pmixpanel:app
 mixpanel.token = {token}
@@ -28,36 +30,9 @@ mixpanel.delivery = {delivery}
 mixpanel.spool_path = {spool}
 mixpanel.flush_interval = 0.05
 
-[loggers]
-keys = root
-
-[handlers]
-keys = console
-
-[formatters]
-keys = generic
-
-[logger_root]
-level = WARNING
-handlers = console
-
-[handler_console]
-class = StreamHandler
-args = (sys.stderr,)
-level = NOTSET
-formatter = generic
-
-[formatter_generic]
-format = %(levelname)s %(message)s
 """
-
-
-def app(global_config: dict[str, str], **settings: str) -> t.Any:
-    from pyramid.config import Configurator
-
-    with Configurator(settings=settings) as config:
-        config.include("pyramid_mixpanel")
-    return config.make_wsgi_app()
+    + LOGGING
+)
 
 
 @pytest.fixture

@@ -9,17 +9,16 @@ a first-party device id, the parsed browser and the client address.
 
 from __future__ import annotations
 
-import threading
 import typing as t
 from collections.abc import Iterator
 
 import pytest
-import waitress.server
 from pyramid.config import Configurator
 from pyramid.request import Request
 from pyramid.response import Response
 
-from .loopback import MixpanelStandIn, free_port
+from .browser import serve
+from .loopback import MixpanelStandIn
 
 PAGE = """<!doctype html>
 <html><head><title>{title}</title>
@@ -59,15 +58,8 @@ def site(mixpanel_api: MixpanelStandIn) -> Iterator[str]:
         config.add_view(page, route_name="home")
         config.add_view(page, route_name="next")
         app = config.make_wsgi_app()
-    port = free_port()
-    server = waitress.server.create_server(app, host="127.0.0.1", port=port, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        thread.join(5)
+    with serve(app) as url:
+        yield url
 
 
 def test_page_views_and_clicks_reach_mixpanel(

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pyramid.httpexceptions import HTTPBadRequest, HTTPNotFound
 from pyramid.response import Response
 
-from ..catalog import closest
 from ..metrics.config import MetricsSettings, parse_metrics_settings
 from ..metrics.model import DailyMetrics, FunnelMetrics
 from ..metrics.store import MetricsStore
-from ..settings import MixpanelConfigurationError, _positive_int, as_secret
+from ..settings import MixpanelConfigurationError, _positive_int, as_secret, parse_prefixed
 from . import INSIGHTS_KEY
 from .render import account_page
 
@@ -57,17 +56,7 @@ PARSERS: dict[str, t.Callable[[str, object], object]] = {
 
 def parse_insights_settings(settings: t.Mapping[str, object]) -> InsightsSettings:
     """Parse ``mixpanel.insights.*``; an unknown key is logged with the closest known one."""
-    values = {}
-    for name, parser in PARSERS.items():
-        raw = settings.get(PREFIX + name)
-        if raw is not None:
-            parsed = parser(PREFIX + name, raw)
-            if parsed is not None:
-                values[name] = parsed
-    known = [PREFIX + name for name in PARSERS]
-    for key in settings:
-        if key.startswith(PREFIX) and key not in known:
-            logger.warning("Unknown setting %s is ignored.%s", key, closest(key, known))
+    values = parse_prefixed(settings, PREFIX, PARSERS.items())
     return InsightsSettings(**values)  # type: ignore[arg-type]  # keys come from the table
 
 

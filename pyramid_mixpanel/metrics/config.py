@@ -7,25 +7,24 @@ is never echoed in a message (it may carry a password).
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import typing as t
 from dataclasses import dataclass, field
 
-from ..catalog import closest, closest_match, normalise
+from ..catalog import closest, normalise
 from ..settings import (
     MixpanelConfigurationError,
     _positive_int,
     as_dotted_object,
     as_positive_float,
     as_secret,
+    parse_prefixed,
 )
 
 if t.TYPE_CHECKING:
     from .model import Anomaly
 
-logger = logging.getLogger("pyramid_mixpanel")
 
 PREFIX = "mixpanel.metrics."
 DEFAULT_DATABASE_URL = "sqlite:///mixpanel-metrics.db"
@@ -234,7 +233,6 @@ SCALARS: tuple[tuple[str, Parser], ...] = (
     ("profile_account_property", _property),
     ("profile_properties", _properties),
 )
-KNOWN = tuple(PREFIX + name for name, _ in SCALARS)
 
 
 def parse_metrics_settings(settings: t.Mapping[str, object]) -> MetricsSettings:
@@ -242,19 +240,7 @@ def parse_metrics_settings(settings: t.Mapping[str, object]) -> MetricsSettings:
 
     :raises MixpanelConfigurationError: a value is invalid; the message names its key.
     """
-    values: dict[str, t.Any] = {}
-    for name, parser in SCALARS:
-        raw = settings.get(PREFIX + name)
-        if raw is not None:
-            parsed = parser(PREFIX + name, raw)
-            if parsed is not None:
-                values[name] = parsed
-    for key in settings:
-        if key.startswith(PREFIX) and key not in KNOWN:
-            # Compared without the shared prefix, which would make everything look alike.
-            match = closest_match(key[len(PREFIX) :], [name for name, _ in SCALARS])
-            hint = f" Did you mean {PREFIX + match!r}?" if match else ""
-            logger.warning("Unknown setting %s is ignored.%s", key, hint)
+    values: dict[str, t.Any] = parse_prefixed(settings, PREFIX, SCALARS)
 
     if ("account_property" in values) == ("account_getter" in values):
         raise MixpanelConfigurationError(

@@ -7,13 +7,12 @@ so a typo in ``development.ini`` stops the app from starting instead of refusing
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
 import typing as t
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ..catalog import Catalog, Event, Property, Section, closest
+from ..catalog import Catalog, Event, Property, Section
 from ..settings import (
     FALSE_WORDS,
     MixpanelConfigurationError,
@@ -22,9 +21,8 @@ from ..settings import (
     as_dotted_object,
     as_positive_float,
     as_secret,
+    parse_prefixed,
 )
-
-logger = logging.getLogger("pyramid_mixpanel")
 
 PREFIX = "mixpanel.relay."
 CSRF_MODES = ("origin", "pyramid", "off")
@@ -181,23 +179,13 @@ SCALARS: tuple[tuple[str, Parser], ...] = (
     ("parse_user_agent", as_bool),
 )
 LISTS = ("events", "event_properties", "profile_properties")
-KNOWN = tuple(PREFIX + name for name, _ in SCALARS) + tuple(PREFIX + name for name in LISTS)
 DEFAULT_EVENTS = ("Page Viewed", "Button/Link Clicked")
 DEFAULT_EVENT_PROPERTIES = ("Title", "Path", "$referrer")
 
 
 def parse_relay_settings(settings: t.Mapping[str, object], catalog: Catalog) -> RelaySettings:
     """Parse ``mixpanel.relay.*`` from ``settings``, checking names against ``catalog``."""
-    values: dict[str, object] = {}
-    for name, parser in SCALARS:
-        raw = settings.get(PREFIX + name)
-        if raw is not None:
-            parsed = parser(PREFIX + name, raw)
-            if parsed is not None:
-                values[name] = parsed
-    for key in settings:
-        if key.startswith(PREFIX) and key not in KNOWN:
-            logger.warning("Unknown setting %s is ignored.%s", key, closest(key, KNOWN))
+    values = parse_prefixed(settings, PREFIX, SCALARS, also_known=LISTS)
 
     defaults: dict[str, object] = {
         "events": DEFAULT_EVENTS,
