@@ -2,9 +2,11 @@
 
 The app runs under waitress on loopback in live mode (background delivery to the loopback
 Mixpanel stand-in); Chromium, driven by Selenium and Debian's chromedriver, loads a page with
-``relay.js``, clicks a button (sent by ``fetch`` shortly after) and a link (sent by
-``navigator.sendBeacon`` as the page is left), and the events must arrive at the stand-in with
-a first-party device id, the parsed browser and the client address.
+``relay.js``, clicks a button (sent by ``fetch`` shortly after) and a link (sent as the page is
+left), and the events must arrive at the stand-in with a first-party device id, the parsed
+browser and the client address. Twice: with ``mixpanel.relay.csrf = origin`` the link's click
+can only travel by ``navigator.sendBeacon`` (fetch is disabled first); with ``pyramid`` it
+travels by the keepalive ``fetch`` that carries the session's CSRF token.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from collections.abc import Iterator
 
 import pytest
 from pyramid.config import Configurator
+from pyramid.csrf import get_csrf_token
 from pyramid.request import Request
 from pyramid.response import Response
+from pyramid.session import SignedCookieSessionFactory
 
 from .browser import serve
 from .loopback import MixpanelStandIn
 
 PAGE = """<!doctype html>
 <html><head><title>{title}</title>
-<script src="{script}" defer></script></head>
+<script src="{script}"{csrf} defer></script></head>
 <body>
   <button id="buy" data-mixpanel-click>Buy</button>
   <a id="next" href="/next" data-mixpanel-click="Next link">Next</a>
@@ -33,7 +37,10 @@ PAGE = """<!doctype html>
 def page(request: Request) -> Response:
     title = "Home" if request.path == "/" else "Next page"
     script = request.static_url("pyramid_mixpanel:static/relay.js")
-    return Response(PAGE.format(title=title, script=script))
+    csrf = ""
+    if request.registry.settings.get("mixpanel.relay.csrf") == "pyramid":
+        csrf = f' data-csrf-token="{get_csrf_token(request)}"'
+    return Response(PAGE.format(title=title, script=script, csrf=csrf))
 
 
 @pytest.fixture
@@ -42,9 +49,12 @@ def mixpanel_api() -> Iterator[MixpanelStandIn]:
         yield server
 
 
-@pytest.fixture
-def site(mixpanel_api: MixpanelStandIn) -> Iterator[str]:
+@pytest.fixture(params=["origin", "pyramid"])
+def site(
+    mixpanel_api: MixpanelStandIn, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, str]]:
     settings = {
+        "mixpanel.relay.csrf": request.param,
         "mixpanel.token": "tok-browser-test",
         "mixpanel.api_host": mixpanel_api.base_url,
         "mixpanel.flush_interval": "0.05",
@@ -52,6 +62,9 @@ def site(mixpanel_api: MixpanelStandIn) -> Iterator[str]:
         "mixpanel.relay.cookie_secure": "false",  # plain http on loopback
     }
     with Configurator(settings=settings) as config:
+        # With csrf = pyramid, relay.js carries the session's token in a keepalive fetch
+        # (sendBeacon cannot send headers), also as the page is left.
+        config.set_session_factory(SignedCookieSessionFactory("browser-test-secret"))
         config.include("pyramid_mixpanel.relay")
         config.add_route("home", "/")
         config.add_route("next", "/next")
@@ -59,20 +72,24 @@ def site(mixpanel_api: MixpanelStandIn) -> Iterator[str]:
         config.add_view(page, route_name="next")
         app = config.make_wsgi_app()
     with serve(app) as url:
-        yield url
+        yield url, request.param
 
 
 def test_page_views_and_clicks_reach_mixpanel(
-    browser: t.Any, site: str, mixpanel_api: MixpanelStandIn
+    browser: t.Any, site: tuple[str, str], mixpanel_api: MixpanelStandIn
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    browser.get(site + "/")
+    site_url, csrf = site
+
+    browser.get(site_url + "/")
     browser.find_element(By.ID, "buy").click()
     mixpanel_api.wait_for_events(2, timeout=20)  # the page view and the button, by fetch
-    # From now on fetch fails on this page: only navigator.sendBeacon, as the page is left,
-    # can deliver the link's click.
-    browser.execute_script("window.fetch = () => Promise.reject(new Error('no fetch'));")
+    if csrf == "origin":
+        # From now on fetch fails on this page: only navigator.sendBeacon, as the page is
+        # left, can deliver the link's click. (With csrf = pyramid, the keepalive fetch that
+        # carries the token does, and must survive the unload.)
+        browser.execute_script("window.fetch = () => Promise.reject(new Error('no fetch'));")
     browser.find_element(By.ID, "next").click()
     events = mixpanel_api.wait_for_events(4, timeout=20)
 
@@ -101,4 +118,4 @@ def test_page_views_and_clicks_reach_mixpanel(
         assert properties["$os"] == "Linux"
         assert len(properties["$insert_id"]) == 32  # set by relay.js: a resend counts once
     next_view = next(e for e in events if e["properties"].get("Path") == "/next")
-    assert next_view["properties"]["$referrer"] == site + "/"
+    assert next_view["properties"]["$referrer"] == site_url + "/"
