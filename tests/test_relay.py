@@ -662,3 +662,26 @@ def test_retry_after_is_whole_seconds() -> None:
     assert retry_after(0.01) == "1"
     assert retry_after(1.2) == "2"
     assert retry_after(30.0) == "30"
+
+
+def test_cors_for_allowed_origins_of_the_site() -> None:
+    app = make_app(allowed_origins="https://www.example.com")
+    preflight = app.options(
+        "/mixpanel/track",
+        headers={"Origin": "https://www.example.com", "Access-Control-Request-Method": "POST"},
+        status=204,
+    )
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
+    assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+    assert preflight.headers["Access-Control-Allow-Methods"] == "POST"
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Content-Type, X-CSRF-Token"
+    assert preflight.headers["Vary"] == "Origin"
+    answer = post(app, {"event": "Page Viewed"}, 200, headers={"Origin": "https://www.example.com"})
+    assert answer.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
+    assert answer.headers["Access-Control-Allow-Credentials"] == "true"
+    refused = post(app, {"event": "Nope"}, 400, headers={"Origin": "https://www.example.com"})
+    assert refused.headers["Access-Control-Allow-Origin"] == "https://www.example.com"
+    # Same origin: no CORS headers; other origins: no preflight, no headers.
+    assert "Access-Control-Allow-Origin" not in post(app, {"event": "Page Viewed"}, 200).headers
+    other = app.options("/mixpanel/track", headers={"Origin": "https://evil.example"}, status=405)
+    assert "Access-Control-Allow-Origin" not in other.headers

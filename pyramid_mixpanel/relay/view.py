@@ -23,7 +23,7 @@ from ..catalog import Name, closest_match
 from ..lifecycle import RUNTIME_KEY
 from ..track import IMPORT_AGE, INSERT_ID
 from .client import client_ip, device_properties, same_origin
-from .config import RelaySettings
+from .config import RelaySettings, origin_of
 from .ratelimit import TokenBuckets, retry_after
 
 if t.TYPE_CHECKING:
@@ -36,6 +36,12 @@ DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 EVENT_KEYS = frozenset({"event", "properties", "time", "insert_id"})
 PROFILE_KEYS = frozenset({"profile_set"})
 MAX_LIST_ITEMS = 100
+#: What a CORS preflight from an allowed origin is told (10 minutes, POST with JSON and token).
+PREFLIGHT = {
+    "Access-Control-Allow-Methods": "POST",
+    "Access-Control-Allow-Headers": "Content-Type, X-CSRF-Token",
+    "Access-Control-Max-Age": "600",
+}
 # A clock a few seconds ahead of ours is normal; an event "from the future" is not.
 MAX_CLOCK_SKEW = 60.0
 
@@ -84,8 +90,24 @@ class RelayView:
         self.settings = state.settings
 
     def __call__(self, request: Request) -> Response:
-        """Answer one call."""
+        """Answer one call (and CORS preflights from ``mixpanel.relay.allowed_origins``)."""
         runtime: Runtime = request.registry[RUNTIME_KEY]
+        origin = request.headers.get("Origin")
+        cross = origin is not None and origin_of(origin) in self.settings.allowed_origins
+        if request.method == "OPTIONS" and cross:
+            response = Response(status=204)
+            response.headers.update(PREFLIGHT)
+        else:
+            response = self._answer_call(request, runtime)
+        if cross:
+            # Another origin of the site, allowed by the settings: let its pages read the
+            # answer and send the visitor's cookies (identity, device id).
+            response.headers["Access-Control-Allow-Origin"] = t.cast(str, origin)
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.vary = (*(response.vary or ()), "Origin")
+        return response
+
+    def _answer_call(self, request: Request, runtime: Runtime) -> Response:
         try:
             if request.method != "POST":
                 raise RelayRefusedError(405, "method", f"use POST, not {request.method}")

@@ -38,8 +38,12 @@
     // outlives the page) carries it instead.
     if (unloading && !csrfToken && navigator.sendBeacon) {
       var blob = new Blob([body], { type: "application/json" });
-      if (navigator.sendBeacon(endpoint, blob)) {
-        return;
+      try {
+        if (navigator.sendBeacon(endpoint, blob)) {
+          return;
+        }
+      } catch (error) {
+        // Some browsers refuse a JSON beacon to another origin: the keepalive fetch goes.
       }
     }
     var headers = { "Content-Type": "application/json" };
@@ -50,7 +54,7 @@
       method: "POST",
       headers: headers,
       body: body,
-      credentials: "same-origin",
+      credentials: "include",  // the relay may be another origin of the site
       keepalive: true
     }).catch(function () { /* analytics must never break the page */ });
   }
