@@ -103,3 +103,16 @@ def test_structlog_log_redacts() -> None:
         "log_level": "warning",
     }
     assert logs[1]["log_level"] == "error"
+
+
+def test_header_properties_are_found_among_any_environ_keys() -> None:
+    runtime = Runtime(parse_settings({"mixpanel.token": "false"}))
+    assert runtime.header_props({"PATH_INFO": "/", "HTTP_HOST": "x"}) == {}
+    found = runtime.header_props({"HTTP_X_MIXPANEL_TITLE": "Hi", "HTTP_HOST": "x"})
+    assert {prop.name: value for prop, value in found.items()} == {"Title": "Hi"}
+    # Not a header of ours, although the prefix appears inside the key.
+    assert runtime.header_props({"XHTTP_X_MIXPANEL_TITLE": "no"}) == {}
+    # A non-string key is not WSGI; the lookup still works instead of failing the request.
+    odd: dict[object, object] = {1: "one", "HTTP_X_MIXPANEL_PATH": "/p"}
+    found = runtime.header_props(odd)  # type: ignore[arg-type]  # the mistake under test
+    assert {prop.name: value for prop, value in found.items()} == {"Path": "/p"}
