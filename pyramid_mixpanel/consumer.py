@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import typing as t
+import weakref
 
 import mixpanel
 import requests
@@ -195,11 +196,14 @@ class RequestBuffer:
     ``mixpanel.api._consumer.flush()`` by hand, as with the original package, keep working.
     """
 
-    def __init__(self, release: t.Callable[[], None]) -> None:
+    def __init__(self, owner: t.Any) -> None:
         self.messages: list[tuple[str, str]] = []
         #: Every message ever held, also after release (for the debug toolbar panel).
         self.history: list[tuple[str, str]] = []
-        self._release = release
+        # A weak reference: the owner holds this buffer (through its client), and a strong
+        # one back would make a reference cycle per request, left for the cyclic garbage
+        # collector to find instead of being freed when the request ends.
+        self._owner = weakref.ref(owner)
 
     def send(
         self,
@@ -215,4 +219,6 @@ class RequestBuffer:
 
     def flush(self) -> None:
         """Release the held messages to delivery now."""
-        self._release()
+        owner = self._owner()
+        if owner is not None:
+            owner.flush()

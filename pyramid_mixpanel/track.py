@@ -71,7 +71,7 @@ class MixpanelTrack:
         if self.testing:
             consumer = MockedConsumer()
         else:
-            consumer = self._buffer = RequestBuffer(self.flush)
+            consumer = self._buffer = RequestBuffer(self)
         #: The official client; its ``_consumer`` holds this instance's messages.
         self.api = mixpanel.Mixpanel(runtime.settings.token or "testing-mode", consumer=consumer)
         #: ``None`` while pending; ``True``/``False`` once the request was judged a success or not.

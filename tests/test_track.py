@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import gc
 import json
 import logging
 import time
 import typing as t
+import weakref
 
 import mixpanel
 import pytest
@@ -396,6 +398,23 @@ def test_buffer_flush_by_hand_releases(monkeypatch: pytest.MonkeyPatch) -> None:
     mp.track(Events.page_viewed)
     mp.api._consumer.flush()
     assert len(delivered) == 1
+    # The buffer does not keep its MixpanelTrack alive (no reference cycle per request):
+    # once the request's helper is gone, flushing its buffer has nothing left to release.
+    buffer = mp.api._consumer
+    del mp
+    buffer.flush()
+    assert len(delivered) == 1
+
+
+def test_a_request_helper_is_freed_without_the_cycle_collector() -> None:
+    gc.disable()
+    try:
+        mp = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
+        alive = weakref.ref(mp)
+        del mp
+        assert alive() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
 
 
 def test_customerio_calls_are_recorded_in_testing_mode() -> None:
