@@ -283,6 +283,8 @@ def test_reads(store: MetricsStore) -> None:
     )
     store.replace_profiles([ProfileAggregate("zeta", 1, {})])
     assert store.accounts() == ["acme", "globex", "zeta"]
+    assert store.has_account("acme") and store.has_account("zeta")  # metrics; profiles only
+    assert not store.has_account("nobody")
     assert [m.date for m in store.daily("acme", day(0), day(1))] == [day(0), day(1)]
     assert store.daily("nobody", day(0), day(9)) == []
     assert store.top_events("acme", day(0), day(1)) == [("C", 5), ("A", 3), ("B", 2)]

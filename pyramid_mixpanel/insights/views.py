@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pyramid.httpexceptions import HTTPBadRequest, HTTPNotFound
 from pyramid.response import Response
 
-from ..metrics.config import MetricsSettings, parse_metrics_settings
+from ..metrics.config import parse_metrics_settings
 from ..metrics.model import DailyMetrics, FunnelMetrics
-from ..metrics.store import MetricsStore
+from ..metrics.store import MetricsStore, rank_events
 from ..settings import MixpanelConfigurationError, _positive_int, as_secret, parse_prefixed
 from . import INSIGHTS_KEY
 from .render import account_page
@@ -65,7 +65,6 @@ class InsightsState:
     """What the views share: settings, the metrics store and the background sync."""
 
     settings: InsightsSettings
-    metrics: MetricsSettings
     app_settings: t.Mapping[str, object]
     store: MetricsStore
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -151,26 +150,24 @@ class InsightsViews:
             )
         return start, end
 
-    def _account(self, request: Request) -> str:
+    def _account(self, request: Request, page: bool = False) -> str:
         account = t.cast(str, request.matchdict["account"])
-        if account not in self.state.store.accounts():
-            raise HTTPNotFound(json_body={"error": f"no metrics for account {account!r}"})
+        if not self.state.store.has_account(account):
+            error = f"no metrics for account {account!r}"
+            raise HTTPNotFound(error) if page else HTTPNotFound(json_body={"error": error})
         return account
 
     def events(self, request: Request) -> dict[str, t.Any]:
         """Daily metrics and top events of one account."""
         account = self._account(request)
         start, end = self._range(request)
-        store = self.state.store
+        days = self.state.store.daily(account, start, end)
         return {
             "account": account,
             "from": start.isoformat(),
             "to": end.isoformat(),
-            "days": [_daily(day) for day in store.daily(account, start, end)],
-            "top_events": [
-                {"event": name, "count": count}
-                for name, count in store.top_events(account, start, end)
-            ],
+            "days": [_daily(day) for day in days],
+            "top_events": [{"event": name, "count": count} for name, count in rank_events(days)],
         }
 
     def funnels(self, request: Request) -> dict[str, t.Any]:
@@ -211,17 +208,16 @@ class InsightsViews:
 
     def page(self, request: Request) -> Response:
         """The account's HTML page."""
-        account = t.cast(str, request.matchdict["account"])
-        if account not in self.state.store.accounts():
-            raise HTTPNotFound(f"no metrics for account {account!r}")
+        account = self._account(request, page=True)
         start, end = self._range(request)
         store = self.state.store
+        days = store.daily(account, start, end)
         html = account_page(
             account,
             start,
             end,
-            store.daily(account, start, end),
-            store.top_events(account, start, end),
+            days,
+            rank_events(days),
             store.funnels(account, start, end),
             store.users(account),
         )
@@ -231,8 +227,9 @@ class InsightsViews:
 def register(config: Configurator, settings: InsightsSettings) -> None:
     """Add the routes and views of :mod:`pyramid_mixpanel.insights`."""
     app_settings = config.get_settings()
+    # Parsed here so a bad mixpanel.metrics.* setting stops the app at startup.
     metrics = parse_metrics_settings(app_settings)
-    state = InsightsState(settings, metrics, app_settings, MetricsStore(metrics.database_url))
+    state = InsightsState(settings, app_settings, MetricsStore(metrics.database_url))
     config.registry[INSIGHTS_KEY] = state
     views = InsightsViews(state)
     api, page = settings.api_prefix, settings.page_prefix

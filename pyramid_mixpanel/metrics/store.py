@@ -184,6 +184,15 @@ def _batches(items: t.Sequence[str]) -> t.Iterator[t.Sequence[str]]:
         yield items[start : start + BATCH]
 
 
+def rank_events(days: t.Iterable[DailyMetrics], limit: int = 10) -> list[tuple[str, int]]:
+    """The ``limit`` most frequent event names over ``days``, most frequent first."""
+    totals: dict[str, int] = defaultdict(int)
+    for day in days:
+        for name, count in day.event_counts.items():
+            totals[name] += count
+    return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+
 class MetricsStore:
     """Read and write per-account metrics in the database at ``url``.
 
@@ -393,6 +402,17 @@ class MetricsStore:
 
     # -- reading for dashboards -------------------------------------------------------------
 
+    def has_account(self, account: str) -> bool:
+        """True when the account has metrics or profiles (one indexed lookup, not a listing)."""
+        query = sa.select(
+            sa.or_(
+                sa.exists().where(metrics_table.c.account == account),
+                sa.exists().where(profiles_table.c.account == account),
+            )
+        )
+        with self.engine.connect() as connection:
+            return bool(connection.execute(query).scalar())
+
     def accounts(self) -> list[str]:
         """Every account with metrics or profiles, sorted."""
         with self.engine.connect() as connection:
@@ -439,11 +459,7 @@ class MetricsStore:
         self, account: str, from_date: dt.date, to_date: dt.date, limit: int = 10
     ) -> list[tuple[str, int]]:
         """The account's ``limit`` most frequent events over the days, most frequent first."""
-        totals: dict[str, int] = defaultdict(int)
-        for day in self.daily(account, from_date, to_date):
-            for name, count in day.event_counts.items():
-                totals[name] += count
-        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+        return rank_events(self.daily(account, from_date, to_date), limit)
 
     def funnels(self, account: str, from_date: dt.date, to_date: dt.date) -> list[FunnelMetrics]:
         """The account's funnel rows over the days, by funnel then day."""
