@@ -184,6 +184,17 @@ def _batches(items: t.Sequence[str]) -> t.Iterator[t.Sequence[str]]:
         yield items[start : start + BATCH]
 
 
+def _account_days(
+    table: sa.Table, account: str, from_date: dt.date, to_date: dt.date
+) -> sa.Select[t.Any]:
+    """Rows of ``table`` for one account from ``from_date`` to ``to_date`` (inclusive)."""
+    return sa.select(table).where(
+        table.c.account == account,
+        table.c.metric_date >= from_date,
+        table.c.metric_date <= to_date,
+    )
+
+
 def rank_events(days: t.Iterable[DailyMetrics], limit: int = 10) -> list[tuple[str, int]]:
     """The ``limit`` most frequent event names over ``days``, most frequent first."""
     totals: dict[str, int] = defaultdict(int)
@@ -429,15 +440,7 @@ class MetricsStore:
         Days without a row had no events (or were not synced: see :meth:`synced_days`).
         """
         table = metrics_table
-        query = (
-            sa.select(table)
-            .where(
-                table.c.account == account,
-                table.c.metric_date >= from_date,
-                table.c.metric_date <= to_date,
-            )
-            .order_by(table.c.metric_date)
-        )
+        query = _account_days(table, account, from_date, to_date).order_by(table.c.metric_date)
         with self.engine.connect() as connection:
             return [
                 DailyMetrics(
@@ -464,14 +467,8 @@ class MetricsStore:
     def funnels(self, account: str, from_date: dt.date, to_date: dt.date) -> list[FunnelMetrics]:
         """The account's funnel rows over the days, by funnel then day."""
         table = funnels_table
-        query = (
-            sa.select(table)
-            .where(
-                table.c.account == account,
-                table.c.metric_date >= from_date,
-                table.c.metric_date <= to_date,
-            )
-            .order_by(table.c.source, table.c.funnel_id, table.c.metric_date)
+        query = _account_days(table, account, from_date, to_date).order_by(
+            table.c.source, table.c.funnel_id, table.c.metric_date
         )
         with self.engine.connect() as connection:
             return [
