@@ -56,7 +56,7 @@ def _account() -> pwd.struct_passwd | None:
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
-    return None  # pragma: no cover - every Debian has nobody
+    return None  # every Debian has nobody
 
 
 class PostgresServer:
@@ -159,7 +159,7 @@ class PostgresServer:
             self.process.send_signal(2)  # SIGINT: PostgreSQL's fast shutdown
             try:
                 self.process.wait(30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a stuck server
+            except subprocess.TimeoutExpired:  # a stuck server
                 self.process.kill()
                 self.process.wait()
         shutil.rmtree(self.root, ignore_errors=True)
@@ -169,7 +169,7 @@ def start_server() -> PostgresServer:
     """Start a server, or fail/skip (see :func:`missing`) when none is installed."""
     try:
         import psycopg  # noqa: F401
-    except ImportError:  # pragma: no cover - psycopg is in the test extra
+    except ImportError:  # psycopg is in the test extra
         missing("psycopg is not installed")
     bindir = find_bin()
     if bindir is None:

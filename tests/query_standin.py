@@ -114,7 +114,12 @@ class QueryStandIn(ThreadingHTTPServer):
         start = dt.date.fromisoformat(params["from_date"])
         end = dt.date.fromisoformat(params["to_date"])
         on = params.get("on")
-        key = re.fullmatch(r'properties\["([^"]+)"\]', on).group(1) if on else None  # type: ignore[union-attr]
+        key = None
+        if on:
+            found = re.fullmatch(r'properties\["([^"]+)"\]', on)
+            if found is None:
+                raise ValueError(f"unsupported on: {on}")
+            key = found.group(1)
         # Per (segment, user): how far the user got, steps in order, over the whole range.
         progress: dict[tuple[str, str], int] = {}
         ordered = sorted(
