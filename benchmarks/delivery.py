@@ -24,20 +24,26 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import requests
 import webtest
 from pyramid.config import Configurator
 from pyramid.request import Request
 
-from pyramid_mixpanel import EventProperties, Events, ProfileProperties
-from pyramid_mixpanel.delivery import BackgroundEngine, build_engine
+from pyramid_mixpanel import EventProperties, Events, ProfileProperties, get_runtime
+from pyramid_mixpanel.delivery import BackgroundEngine, MixpanelTransport
 from pyramid_mixpanel.log import Log
-from pyramid_mixpanel.settings import parse_settings
+from pyramid_mixpanel.settings import MixpanelSettings, parse_settings
 from tests.loopback import MixpanelStandIn
 
 TOKEN = "bench-token"
+
+
+def build_engine(settings: MixpanelSettings) -> BackgroundEngine:
+    """The Mixpanel lane's engine, as an app's runtime builds it."""
+    return BackgroundEngine.from_settings(
+        MixpanelTransport.from_settings(settings), settings, Log()
+    )
 
 
 def view(request: Request) -> dict[str, str]:
@@ -84,14 +90,11 @@ def bench_latency(api: MixpanelStandIn) -> None:
                 "mixpanel.delivery": delivery,
                 "mixpanel.read_timeout": "1",
                 "mixpanel.connect_timeout": "1",
-                # unique per run so each gets its own engine
-                "mixpanel.flush_interval": f"0.{uuid.uuid4().int % 10**6:06d}1",
             }
             test_app = app(settings)
             measured = latencies(test_app, count)
-            engine = test_app.app.registry["pyramid_mixpanel.runtime"].engine
-            if engine is not None:
-                engine.close(0.1)  # do not let hung posts hold the benchmark's exit
+            # Do not let hung posts hold the benchmark's exit.
+            get_runtime(test_app.app.registry).close(0.1)
             print(
                 f"   {mode:8}{delivery:12}{count:>9}{p(measured, 50) - base50:>11.2f}"
                 f"{p(measured, 99) - base99:>11.2f}"
@@ -119,7 +122,7 @@ def bench_throughput(api: MixpanelStandIn) -> None:
     settings = parse_settings(
         {"mixpanel.token": TOKEN, "mixpanel.api_host": api.base_url, "mixpanel.read_timeout": "30"}
     )
-    engine: BackgroundEngine = build_engine(settings, Log())
+    engine: BackgroundEngine = build_engine(settings)
     engine.store.put([("events", body)] * total)  # queued before the clock starts, like bare
     started = time.perf_counter()
     engine.start()
@@ -151,7 +154,7 @@ def bench_spool_cost() -> None:
                     **extra,
                 }
             )
-            engine = build_engine(settings, Log())
+            engine = build_engine(settings)
             engine._closed = True  # measure the hand-over only: no sender thread
             runs = []
             for _ in range(5):
@@ -169,8 +172,7 @@ def bench_spool_cost() -> None:
 
 RSS_CHILD = """
 import sys
-from pyramid_mixpanel.delivery import build_engine
-from pyramid_mixpanel.log import Log
+from benchmarks.delivery import build_engine
 from pyramid_mixpanel.settings import parse_settings
 
 def rss(field):
@@ -184,7 +186,7 @@ settings = parse_settings({
     "mixpanel.queue_max_messages": "100000",
     "mixpanel.queue_max_bytes": str(32 * 1024 * 1024),
 })
-engine = build_engine(settings, Log())
+engine = build_engine(settings)
 engine._closed = True  # no sender: everything waits, as during an outage
 body = '{"event":"Page Viewed","properties":{"distinct_id":"u","Path":"/%07d"}}'
 before = rss("VmRSS:")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import typing as t
 
+from pyramid.interfaces import PHASE1_CONFIG
+
 from .catalog import (
     Event,
     EventProperties,
@@ -20,23 +22,32 @@ from .catalog import (
     Property,
 )
 from .consumer import MockedConsumer, PoliteBufferedConsumer
-from .lifecycle import RUNTIME_KEY, request_mixpanel
+from .delivery import Delivery
+from .exceptions import (
+    MixpanelConfigurationError,
+    MixpanelError,
+    MixpanelQueryError,
+    MultipleProfilesFoundException,
+)
+from .lifecycle import request_mixpanel
 from .plan import lint
-from .query import MixpanelQuery, MixpanelQueryError, MultipleProfilesFoundException
-from .runtime import Runtime, runtime_for
-from .settings import MixpanelConfigurationError, MixpanelSettings, parse_settings
+from .query import MixpanelQuery
+from .runtime import RUNTIME_KEY, Runtime, build_runtime, get_runtime
+from .settings import MixpanelSettings, parse_settings
 from .track import MixpanelTrack
 
 if t.TYPE_CHECKING:
     from pyramid.config import Configurator
 
 __all__ = [
+    "Delivery",
     "Event",
     "EventProperties",
     "Events",
     "GroupKeys",
     "GroupProperties",
     "MixpanelConfigurationError",
+    "MixpanelError",
     "MixpanelQuery",
     "MixpanelQueryError",
     "MixpanelSettings",
@@ -47,6 +58,8 @@ __all__ = [
     "ProfileMetaProperties",
     "ProfileProperties",
     "Property",
+    "Runtime",
+    "get_runtime",
     "includeme",
     "parse_settings",
 ]
@@ -55,20 +68,23 @@ __all__ = [
 def includeme(config: Configurator) -> None:
     """Set up ``request.mixpanel``.
 
-    Registers the reified request method ``request.mixpanel`` and, as a configuration action (so
-    settings added later by other includes still count), parses and validates the
-    ``mixpanel.*`` / ``customerio.tracking.*`` settings once, logging one "configured" line.
+    Registers the reified request method ``request.mixpanel`` and a configuration action that,
+    when the configuration is committed (so settings added later by other includes still
+    count), parses and validates the ``mixpanel.*`` / ``customerio.tracking.*`` settings once,
+    builds the app's :class:`~pyramid_mixpanel.runtime.Runtime` (catalogue, logger, one delivery
+    per lane) into the registry, and logs one "configured" line. Reach the runtime with
+    :func:`get_runtime`; close it with ``get_runtime(registry).close()`` when an app is torn
+    down before the process ends (at exit, background engines drain on their own).
     """
     config.add_request_method(request_mixpanel, "mixpanel", reify=True)
 
     def register() -> None:
-        runtime: Runtime = runtime_for(config.get_settings())
+        runtime = build_runtime(config.get_settings())
         config.registry[RUNTIME_KEY] = runtime
         runtime.log_configured()
         for issue in lint(runtime.catalog):
             runtime.log.warning("mixpanel.naming", issue=str(issue))
-        if runtime.engine is not None and runtime.engine.store.pending():
-            # Send what an earlier run left in the spool without waiting for new traffic.
-            runtime.engine.start()
+        runtime.open()
 
-    config.action(RUNTIME_KEY, register)
+    # PHASE1: before the includes' own actions (relay, insights), which read the runtime.
+    config.action(RUNTIME_KEY, register, order=PHASE1_CONFIG)

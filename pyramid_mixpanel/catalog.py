@@ -19,7 +19,28 @@ import re
 import typing as t
 from dataclasses import dataclass, field
 
-from pyramid.exceptions import ConfigurationError
+from .exceptions import MixpanelConfigurationError
+
+__all__ = [
+    "RESERVED_EVENT_PROPERTIES",
+    "RESERVED_META_PROPERTIES",
+    "RESERVED_PROFILE_PROPERTIES",
+    "Catalog",
+    "Event",
+    "EventProperties",
+    "Events",
+    "GroupKeys",
+    "GroupProperties",
+    "Name",
+    "ProfileMetaProperties",
+    "ProfileProperties",
+    "Property",
+    "Section",
+    "closest",
+    "closest_match",
+    "members",
+    "normalise",
+]
 
 
 @dataclass(frozen=True)
@@ -183,7 +204,7 @@ class Section(t.Generic[M]):
         self.by_name: dict[str, M] = {}
         for attr, member in self.by_attr.items():
             if member.name.startswith("$") and member.name not in reserved:
-                raise ConfigurationError(
+                raise MixpanelConfigurationError(
                     f"{cls.__qualname__}.{attr} = {member.name!r}: names starting with '$' are"
                     f" reserved by Mixpanel and {member.name!r} is not one of its {label}."
                     f"{closest(member.name, reserved)}"

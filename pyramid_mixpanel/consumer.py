@@ -14,17 +14,15 @@ import typing as t
 import weakref
 
 import mixpanel
-import requests
 
+from .delivery.sync import post_all
+from .delivery.transport import ENDPOINTS, MAX_RECORDS, MixpanelTransport
 from .log import Log
 
 if t.TYPE_CHECKING:
     from .settings import MixpanelSettings
 
-ENDPOINTS = ("events", "people", "groups", "imports")
-# Mixpanel accepts at most 2000 records and 10 MB (uncompressed) per ingestion request.
-MAX_BATCH_RECORDS = 2000
-MAX_BATCH_BYTES = 10 * 1024 * 1024
+__all__ = ["MockedConsumer", "PoliteBufferedConsumer", "RequestBuffer"]
 
 SYSTEM_EVENT_PROPERTIES = ("token", "time", "$insert_id", "mp_lib", "$lib_version")
 SYSTEM_PROFILE_KEYS = ("$token", "$time")
@@ -73,12 +71,16 @@ class MockedConsumer:
 class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  # untyped base
     """A :class:`mixpanel.BufferedConsumer` that never raises and never waits for long.
 
-    * Bounded connect/read timeouts on every HTTP call; no blocking retries.
-    * Batches up to Mixpanel's limits (2000 records, 10 MB) per endpoint.
-    * When Mixpanel cannot be reached, the remaining endpoints are not tried in the same flush,
-      so a hung Mixpanel costs one timeout, not one per endpoint.
-    * Every failure is logged with the endpoint and the number of messages, never with a
-      message body or a secret.
+    It posts through the same :class:`~pyramid_mixpanel.delivery.transport.MixpanelTransport`
+    as every delivery mode:
+
+    * bounded connect/read timeouts on every HTTP call; no blocking retries;
+    * batches up to Mixpanel's limits (2000 records, 10 MB) per endpoint, gzip'd only where
+      Mixpanel accepts it (``/track``, ``/import``);
+    * when Mixpanel cannot be reached, the remaining endpoints are not tried in the same flush,
+      so a hung Mixpanel costs one timeout, not one per endpoint;
+    * every failure is logged with the endpoint and the number of messages, never with a
+      message body or a secret; :attr:`failed` counts the messages it could not deliver.
 
     Built by :meth:`from_settings` when configured through ``mixpanel.consumer``; it can also be
     used on its own with the same keyword arguments as :class:`mixpanel.BufferedConsumer`.
@@ -86,7 +88,7 @@ class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  
 
     def __init__(
         self,
-        max_size: int = MAX_BATCH_RECORDS,
+        max_size: int = MAX_RECORDS,
         *,
         api_host: str = "https://api.mixpanel.com",
         request_timeout: float | tuple[float, float] = (2.0, 5.0),
@@ -96,39 +98,36 @@ class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  
     ) -> None:
         # BufferedConsumer.__init__ is not called on purpose: it caps batches at 50 records and
         # would build a second HTTP client. Everything it would set up is set up here.
-        base = api_host if "://" in api_host else f"https://{api_host}"
-        self._consumer = mixpanel.Consumer(
-            events_url=f"{base}/track",
-            people_url=f"{base}/engage",
-            groups_url=f"{base}/groups",
-            import_url=f"{base}/import",
-            request_timeout=request_timeout,
-            retry_limit=0,
-            credentials=credentials,
+        timeout = (
+            request_timeout
+            if isinstance(request_timeout, tuple)
+            else (request_timeout, request_timeout)
+        )
+        if credentials is not None:
+            auth = (credentials.username, credentials.secret)
+            project_id: str | None = credentials.project_id
+        else:
+            auth, project_id = (import_api_secret or "", ""), None
+        secrets = (import_api_secret, credentials.secret if credentials is not None else None)
+        self._transport = MixpanelTransport(
+            api_host,
+            timeout=timeout,
+            import_auth=auth,
+            project_id=project_id,
+            secrets=[secret for secret in secrets if secret],
+            max_records=max_size,
         )
         self._buffers: dict[str, list[str]] = {endpoint: [] for endpoint in ENDPOINTS}
-        self._max_size = max(1, min(max_size, MAX_BATCH_RECORDS))
-        self._import_api_secret = import_api_secret
-        self._log = log or Log()
+        self._log = log or Log(self._transport.secrets)
+        #: How many messages could not be delivered (unknown endpoint, refused, unreachable).
+        self.failed = 0
 
     @classmethod
     def from_settings(cls, settings: MixpanelSettings, log: Log) -> PoliteBufferedConsumer:
         """Build a consumer for the configured host, timeouts and import credentials."""
-        credentials = None
-        if settings.has_service_account:
-            credentials = mixpanel.ServiceAccountCredentials(
-                username=t.cast(str, settings.service_account_username),
-                secret=t.cast(str, settings.service_account_secret),
-                project_id=t.cast(str, settings.service_account_project_id),
-            )
-        return cls(
-            api_host=settings.api_host,
-            request_timeout=(settings.connect_timeout, settings.read_timeout),
-            credentials=credentials,
-            # /import takes the project token as basic-auth user when there is no secret.
-            import_api_secret=settings.api_secret or settings.token,
-            log=log,
-        )
+        consumer = cls(log=log)
+        consumer._transport = MixpanelTransport.from_settings(settings)
+        return consumer
 
     def send(
         self,
@@ -140,53 +139,18 @@ class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  
         """Buffer one message; nothing is sent before :meth:`flush`."""
         if endpoint not in self._buffers:
             self._log.error("mixpanel.unknown_endpoint", endpoint=endpoint)
+            self.failed += 1
             return
         self._buffers[endpoint].append(json_message)
 
     def flush(self) -> None:
         """Send every buffered message; log (never raise) what could not be sent."""
-        pending = [
-            (endpoint, batch)
-            for endpoint in ENDPOINTS
-            for batch in batches(self._buffers[endpoint], self._max_size)
+        messages = [
+            (endpoint, body) for endpoint, bodies in self._buffers.items() for body in bodies
         ]
         self._buffers = {endpoint: [] for endpoint in ENDPOINTS}
-        for position, (endpoint, batch) in enumerate(pending):
-            try:
-                self._post(endpoint, batch)
-            except mixpanel.MixpanelException as exc:
-                self._log.error(
-                    "mixpanel.delivery_failed",
-                    endpoint=endpoint,
-                    messages=len(batch),
-                    error=str(exc)[:300],
-                )
-                if isinstance(exc.__cause__, requests.RequestException):
-                    # Mixpanel could not be reached: one timeout is enough to know, do not make
-                    # the caller wait for another one per remaining batch.
-                    skipped = sum(len(rest) for _, rest in pending[position + 1 :])
-                    if skipped:
-                        self._log.error("mixpanel.unreachable_skipped", messages=skipped)
-                    return
-
-    def _post(self, endpoint: str, batch: list[str]) -> None:
-        secret = self._import_api_secret if endpoint == "imports" else None
-        self._consumer.send(endpoint, "[" + ",".join(batch) + "]", None, secret)
-
-
-def batches(messages: list[str], max_records: int) -> t.Iterator[list[str]]:
-    """Split JSON messages into batches within Mixpanel's record and size limits."""
-    batch: list[str] = []
-    size = 2
-    for message in messages:
-        cost = len(message.encode()) + 1
-        if batch and (len(batch) >= max_records or size + cost > MAX_BATCH_BYTES):
-            yield batch
-            batch, size = [], 2
-        batch.append(message)
-        size += cost
-    if batch:
-        yield batch
+        _, failed = post_all(self._transport, messages, self._log) if messages else (0, 0)
+        self.failed += failed
 
 
 class RequestBuffer:

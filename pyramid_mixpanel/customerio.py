@@ -1,4 +1,9 @@
-"""Replication of ``track`` and ``profile_set`` to Customer.io.
+"""Replication of ``track`` and ``profile_set`` to Customer.io: a lane of its own.
+
+:class:`CustomerIOCall` is what ``request.mixpanel`` records; released calls travel as messages
+``(method, JSON of the call)`` of the ``customerio`` lane, with their own queue (or spool
+tables), batch size (one call per request: the track API has no batch endpoint), retries and
+counters, through :class:`CustomerIOTransport`. Mixpanel's transport knows nothing of them.
 
 Customer.io wants epoch seconds where Mixpanel wants ISO dates, plain attribute names where
 Mixpanel uses ``$`` names, and ``created_at`` for Mixpanel's ``$created``. Properties are passed
@@ -13,10 +18,22 @@ import json
 import typing as t
 from dataclasses import asdict, dataclass
 
-from .log import Log
+from .delivery.base import Outcome
+from .delivery.policy import is_retryable
+from .log import redact
 
 if t.TYPE_CHECKING:
     from .settings import MixpanelSettings
+
+__all__ = [
+    "CustomerIOCall",
+    "CustomerIOTransport",
+    "cio_attributes",
+    "cio_name",
+    "cio_value",
+    "describe_error",
+    "epoch_seconds",
+]
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -72,55 +89,75 @@ class CustomerIOCall:
         return cls(**json.loads(text))
 
 
-class CustomerIOReplicator:
-    """Sends :class:`CustomerIOCall` objects with a shared, timeout-bounded client."""
+class CustomerIOTransport:
+    """Sends the ``customerio`` lane's calls with one shared, timeout-bounded client.
 
-    def __init__(self, settings: MixpanelSettings, log: Log) -> None:
+    Endpoints are the call methods: ``identify`` (sent first, so a profile exists before its
+    events) and ``track``; a batch holds one call.
+    """
+
+    name: str = "customerio"
+    endpoints: tuple[str, ...] = ("identify", "track")
+    max_records: int = 1
+    max_bytes: int = 1_000_000
+
+    def __init__(
+        self,
+        site_id: str,
+        api_key: str,
+        *,
+        region: str = "us",
+        url: str | None = None,
+        timeout: tuple[float, float] = (2.0, 5.0),
+    ) -> None:
         from customerio import CustomerIO, Regions
 
-        region = Regions.EU if settings.customerio_region == "eu" else Regions.US
-        self.log = log
+        self.secrets = (site_id, api_key)
         self.client = CustomerIO(
-            site_id=settings.customerio_site_id,
-            api_key=settings.customerio_api_key,
-            region=region,
-            # Delivery must not hold a request: one bounded attempt, failures are logged.
+            site_id=site_id,
+            api_key=api_key,
+            region=Regions.EU if region == "eu" else Regions.US,
+            # One bounded attempt per post: retries belong to the delivery mode.
             retries=0,
-            timeout=(settings.connect_timeout, settings.read_timeout),
+            timeout=timeout,
         )
-        if settings.customerio_url:
+        if url:
             # The client always builds an https URL from a host; a proxy or a test stand-in
             # needs the scheme and port kept, so the base URL is set after construction.
-            self.client.base_url = f"{settings.customerio_url}/api/v1"
+            self.client.base_url = f"{url}/api/v1"
 
-    def send(self, call: CustomerIOCall) -> tuple[str, str]:
-        """Send one call; return ``("sent", "")``, ``("retry", error)`` or ``("dead", error)``.
+    @classmethod
+    def from_settings(cls, settings: MixpanelSettings) -> CustomerIOTransport:
+        """The transport for ``customerio.tracking.*`` (timeouts from ``mixpanel.*``)."""
+        return cls(
+            t.cast(str, settings.customerio_site_id),
+            t.cast(str, settings.customerio_api_key),
+            region=settings.customerio_region or "us",
+            url=settings.customerio_url,
+            timeout=(settings.connect_timeout, settings.read_timeout),
+        )
 
-        Connection problems, 408, 429 and 5xx are worth retrying; other refusals are not.
-        """
+    def post(self, endpoint: str, bodies: t.Sequence[str] | t.Sequence[bytes]) -> Outcome:
+        """Send one call; connection problems, 408, 429 and 5xx are worth retrying."""
+        (body,) = bodies
+        call = CustomerIOCall.from_json(body if isinstance(body, str) else body.decode())
         try:
-            if call.method == "identify":
+            if endpoint == "identify":
                 url = self.client.get_customer_query_string(call.customer_id)
                 self.client.send_request("PUT", url, call.data)
             else:
                 self.client.track(customer_id=call.customer_id, name=call.name, data=call.data)
         except Exception as exc:
-            error = describe_error(exc)
+            error = redact(describe_error(exc), self.secrets)
             status = error.removeprefix("HTTP ")
-            if status.isdigit() and not (int(status) in (408, 429) or int(status) >= 500):
-                return "dead", error
-            return "retry", error
-        return "sent", ""
+            if status.isdigit():
+                return Outcome("retry" if is_retryable(int(status)) else "dead", error)
+            return Outcome("retry", error, unreachable=True)
+        return Outcome("sent")
 
-    def deliver(self, calls: t.Sequence[CustomerIOCall]) -> int:
-        """Send every call; return how many failed (each failure is logged, never raised)."""
-        failed = 0
-        for call in calls:
-            kind, error = self.send(call)
-            if kind != "sent":
-                failed += 1
-                self.log.error("customerio.delivery_failed", method=call.method, error=error)
-        return failed
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
 
 
 def describe_error(exc: Exception) -> str:

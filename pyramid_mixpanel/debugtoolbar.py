@@ -19,6 +19,8 @@ if t.TYPE_CHECKING:
 
     from .track import MixpanelTrack
 
+__all__ = ["MixpanelDebugPanel", "describe"]
+
 
 def describe(track: MixpanelTrack | None) -> dict[str, t.Any]:
     """The panel's data for one request's ``request.mixpanel`` (``None``: never used)."""

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import typing as t
 
-from .runtime import Runtime
+from .runtime import RUNTIME_KEY, Runtime
 from .track import MixpanelTrack
 
 if t.TYPE_CHECKING:
     from pyramid.request import Request
     from pyramid.response import Response
 
-RUNTIME_KEY = "pyramid_mixpanel.runtime"
+__all__ = ["LISTENERS", "distinct_id_of", "request_mixpanel"]
 #: Called with every ``request.mixpanel`` when it is built (the pytest plugin's recorder).
 LISTENERS: list[t.Callable[[MixpanelTrack], None]] = []
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import typing as t
 
+__all__ = ["REDACTED", "Log", "redact"]
+
+
 STDLIB_LOGGER = logging.getLogger("pyramid_mixpanel")
 REDACTED = "***"
 
@@ -18,7 +21,7 @@ def redact(text: str, secrets: t.Iterable[str]) -> str:
 
 
 class Log:
-    """A tiny key-value logger: structlog when ``pyramid_heroku.structlog`` is on, else stdlib.
+    """A tiny key-value logger: structlog when ``mixpanel.structlog`` is on, else stdlib.
 
     Every string value passes through :func:`redact` with the app's secrets, so a token that
     sneaks into an exception text from a third-party library never reaches a log line.

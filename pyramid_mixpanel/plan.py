@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 from .catalog import Catalog, Section
 
+__all__ = ["LintIssue", "lint", "lint_section", "plan_rows", "render_plan"]
+
+
 # Past tenses that do not end in -ed.
 IRREGULAR_PAST = frozenset(
     [

@@ -22,11 +22,21 @@ from dataclasses import dataclass
 
 import requests
 
-from .delivery.policy import RetryPolicy, parse_retry_after
+from .delivery.policy import RetryPolicy, is_retryable, parse_retry_after
+from .exceptions import MixpanelQueryError, MultipleProfilesFoundException
 from .log import redact
 from .query_limits import QueryLimits, limits_for
-from .runtime import runtime_for
-from .settings import MixpanelSettings
+from .settings import MixpanelSettings, QuerySettings, parse_query_settings
+
+__all__ = [
+    "PROFILE_BY_EMAIL",
+    "DateLike",
+    "ExportChunk",
+    "MixpanelQuery",
+    "MixpanelQueryError",
+    "MultipleProfilesFoundException",
+    "where_equals",
+]
 
 PROFILE_BY_EMAIL = """\
 function main() {
@@ -35,32 +45,7 @@ function main() {
   });
 }
 """
-RETRYABLE = frozenset({429}) | frozenset(range(500, 600))
 DateLike = dt.date | str
-
-
-class MixpanelQueryError(Exception):
-    """Mixpanel refused a query; carries its status code, its own error text and the request.
-
-    ``request`` is the method, path and parameters (never credentials); ``status`` is 0 when
-    Mixpanel could not be reached or an export stream broke off.
-    """
-
-    def __init__(self, status: int, error: str, endpoint: str, request: str = "") -> None:
-        super().__init__(f"Mixpanel answered {status} to {endpoint}: {error}")
-        self.status = status
-        self.error = error
-        self.endpoint = endpoint
-        self.request = request
-
-
-class MultipleProfilesFoundException(ValueError):  # noqa: N818  # name kept from the original
-    """More than one profile has the email; ``email`` and ``profiles`` say which."""
-
-    def __init__(self, email: str, profiles: list[dict[str, t.Any]]) -> None:
-        super().__init__(f"{len(profiles)} Mixpanel profiles have the email {email!r}")
-        self.email = email
-        self.profiles = profiles
 
 
 @dataclass(frozen=True)
@@ -112,8 +97,10 @@ def where_equals(prop: str, value: str | int | float | bool) -> str:
 class MixpanelQuery:
     """Query client authenticated with a service account or the legacy API secret.
 
-    :param settings: the app's settings mapping or a parsed
-        :class:`~pyramid_mixpanel.settings.MixpanelSettings`.
+    :param settings: the app's settings mapping, or parsed
+        :class:`~pyramid_mixpanel.settings.QuerySettings` /
+        :class:`~pyramid_mixpanel.settings.MixpanelSettings`. Only the query settings (hosts,
+        credentials, timeouts) are read: building a client never touches delivery.
     :param session: a :class:`requests.Session` to reuse.
     :param limits: client-side rate limits; by default shared by every client of the project.
     :param retry: backoff for 429 and 5xx answers (2 s doubling to 60 s, with jitter).
@@ -122,7 +109,7 @@ class MixpanelQuery:
 
     def __init__(
         self,
-        settings: t.Mapping[str, object] | MixpanelSettings,
+        settings: t.Mapping[str, object] | QuerySettings | MixpanelSettings,
         session: requests.Session | None = None,
         *,
         limits: QueryLimits | None = None,
@@ -130,7 +117,11 @@ class MixpanelQuery:
         max_retries: int = 5,
         sleep: t.Callable[[float], None] = time.sleep,
     ) -> None:
-        self.settings = runtime_for(settings).settings
+        if isinstance(settings, MixpanelSettings):
+            settings = settings.query
+        self.settings = (
+            settings if isinstance(settings, QuerySettings) else parse_query_settings(settings)
+        )
         if not (self.settings.has_service_account or self.settings.api_secret):
             raise ValueError(
                 "MixpanelQuery needs mixpanel.service_account.username/.secret/.project_id"
@@ -418,7 +409,7 @@ class MixpanelQuery:
                 status, error = response.status_code, _error_text(response)
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 response.close()
-            if (status and status not in RETRYABLE) or attempt > self.max_retries:
+            if (status and not is_retryable(status)) or attempt > self.max_retries:
                 raise MixpanelQueryError(
                     status, self._clean(error), endpoint, self._describe(method, endpoint, params)
                 )

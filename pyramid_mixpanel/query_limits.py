@@ -14,6 +14,9 @@ import time
 import typing as t
 from dataclasses import dataclass, field
 
+__all__ = ["QueryLimits", "SlidingWindow", "limits_for"]
+
+
 Clock = t.Callable[[], float]
 Sleep = t.Callable[[float], None]
 

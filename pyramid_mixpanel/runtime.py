@@ -1,45 +1,79 @@
-"""The per-configuration runtime: parsed settings, catalogue, logger and delivery, built once.
+"""The app's runtime: parsed settings, catalogue, logger and one delivery per lane.
 
+Built once per app, in the configuration action of ``config.include("pyramid_mixpanel")``, and
+kept in the app's registry: two apps in one process (even with equal settings) have two
+runtimes, each with its own engines, queues and counters. Reach it with :func:`get_runtime`.
 Everything a request needs that does not depend on the request lives here, so reifying
 ``request.mixpanel`` only creates the request's own buffer.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
 import typing as t
+import weakref
 
 from .catalog import Property, normalise
-from .consumer import PoliteBufferedConsumer
-from .customerio import CustomerIOCall, CustomerIOReplicator
-from .delivery import BackgroundEngine, build_engine
-from .delivery.celery import CeleryHandOver
+from .counters import Counters
+from .customerio import CustomerIOTransport
+from .delivery import Delivery, build_delivery
+from .delivery.sync import ConsumerDelivery, SyncDelivery
+from .delivery.transport import MixpanelTransport
+from .exceptions import MixpanelConfigurationError
 from .log import Log
 from .settings import MixpanelSettings, parse_settings
 
+if t.TYPE_CHECKING:
+    from pyramid.registry import Registry
+
+    from .customerio import CustomerIOCall
+    from .delivery import Message
+
+__all__ = ["RUNTIME_KEY", "Runtime", "get_runtime", "runtime_for"]
+
+#: The registry key of the app's :class:`Runtime` (use :func:`get_runtime`).
+RUNTIME_KEY = "pyramid_mixpanel.runtime"
 HEADER_PREFIX = "HTTP_X_MIXPANEL_"
+COUNTERS = ("released", "discarded", "failed", "customerio_failed")
+
+# The runtime built for a registry's settings mapping, by the mapping's id, so that
+# ``MixpanelTrack(request.registry.settings)`` finds its app's runtime. Weak: an index, not an
+# owner — the registry owns its runtime, and an entry goes away with it.
+_BY_SETTINGS: weakref.WeakValueDictionary[int, Runtime] = weakref.WeakValueDictionary()
 
 
 class Runtime:
-    """Settings plus what is derived from them once: catalogue, logging, delivery."""
+    """Settings plus what is derived from them once: catalogue, logging, delivery.
 
-    def __init__(self, settings: MixpanelSettings) -> None:
+    :param settings: the parsed settings.
+    :param source: the settings mapping they were parsed from (the registry's), if any.
+    :param standalone: built outside an app (``MixpanelTrack(settings)`` with settings that no
+        registry owns): nothing would ever close a background engine, so ``background``
+        delivery becomes ``sync`` — messages are posted by ``flush()``.
+    """
+
+    def __init__(
+        self,
+        settings: MixpanelSettings,
+        *,
+        source: t.Mapping[str, object] | None = None,
+        standalone: bool = False,
+    ) -> None:
         self.settings = settings
+        self.source = source
         self.catalog = settings.build_catalog()
         self.log = Log(settings.secrets, settings.structlog)
         #: Counts of what happened to messages: released, discarded, failed deliveries.
-        self.stats: collections.Counter[str] = collections.Counter()
-        self.customerio: CustomerIOReplicator | None = None
-        if settings.customerio_enabled and not settings.testing:
-            self.customerio = CustomerIOReplicator(settings, self.log)
-        #: The process-wide background engine (``mixpanel.delivery = background``), else None.
-        self.engine: BackgroundEngine | None = None
-        self.celery: CeleryHandOver | None = None
-        if settings.delivery == "background" and not settings.testing:
-            self.engine = build_engine(settings, self.log, self.customerio)
-        elif settings.delivery == "celery" and not settings.testing:
-            self.celery = CeleryHandOver(settings.celery_app, settings, self.log)
+        self.stats = Counters(COUNTERS)
+        #: The Mixpanel lane's delivery (``None`` in testing mode).
+        self.mixpanel: Delivery | None = None
+        #: The Customer.io lane's delivery (``None`` unless ``customerio.tracking.*`` is set).
+        self.customerio: Delivery | None = None
+        if not settings.testing:
+            self.mixpanel = self._build(MixpanelTransport.from_settings(settings), standalone)
+            if settings.customerio_enabled:
+                self.customerio = self._build(
+                    CustomerIOTransport.from_settings(settings), standalone
+                )
         # X-Mixpanel-<Name> headers: matched on folded names, so "X-Mixpanel-Dark-Mode" finds
         # both Property("Dark Mode") and an attribute called dark_mode.
         self.header_properties: dict[str, Property] = {}
@@ -47,6 +81,22 @@ class Runtime:
         for attr, prop in section.by_attr.items():
             self.header_properties.setdefault(normalise(attr.removeprefix("dollar_")), prop)
             self.header_properties.setdefault(normalise(prop.name), prop)
+
+    def _build(
+        self, transport: MixpanelTransport | CustomerIOTransport, standalone: bool
+    ) -> Delivery:
+        settings = self.settings
+        if transport.name == "mixpanel" and settings.consumer is not None:
+            return ConsumerDelivery(settings.consumer, settings, self.log)
+        if standalone and settings.delivery == "background":
+            return SyncDelivery(transport, settings, self.log)
+        return build_delivery(transport, settings, self.log)
+
+    @property
+    def lanes(self) -> dict[str, Delivery]:
+        """The configured deliveries by lane name (``mixpanel``, ``customerio``)."""
+        lanes = {"mixpanel": self.mixpanel, "customerio": self.customerio}
+        return {name: delivery for name, delivery in lanes.items() if delivery is not None}
 
     def header_props(self, environ: t.Mapping[str, object]) -> dict[Property, object]:
         """Global event properties set by ``X-Mixpanel-<Name>`` request headers."""
@@ -68,55 +118,56 @@ class Runtime:
             found[prop] = value
         return found
 
-    def make_consumer(self) -> t.Any:
-        """Build a fresh consumer of the configured class for one delivery.
-
-        Classes with a ``from_settings(settings, log)`` classmethod (such as
-        :class:`PoliteBufferedConsumer`) are built with it; others are called without arguments.
-        """
-        cls = self.settings.consumer or PoliteBufferedConsumer
-        factory = getattr(cls, "from_settings", None)
-        return factory(self.settings, self.log) if factory is not None else cls()
-
     def deliver(
-        self, messages: t.Sequence[tuple[str, str]], calls: t.Sequence[CustomerIOCall] = ()
+        self, messages: t.Sequence[Message], calls: t.Sequence[CustomerIOCall] = ()
     ) -> None:
-        """Hand released messages to delivery (background engine or consumer); never raises."""
-        self.stats["released"] += len(messages)
-        handover = self.engine or self.celery
-        if handover is not None:
-            if self.customerio is not None:
-                messages = [*messages, *(("customerio", call.to_json()) for call in calls)]
-            self.stats["failed"] += handover.submit(messages)
-            return
-        if messages:
-            try:
-                consumer = self.make_consumer()
-                for endpoint, json_message in messages:
-                    consumer.send(endpoint, json_message)
-                flush = getattr(consumer, "flush", None)
-                if flush is not None:
-                    flush()
-            except Exception as exc:
-                # A custom consumer may raise anything; the request must not see it.
-                self.stats["failed"] += len(messages)
-                self.log.error(
-                    "mixpanel.consumer_failed",
-                    consumer=type(exc).__name__,
-                    messages=len(messages),
-                    error=str(exc)[:300],
-                )
+        """Hand released messages to each lane's delivery; never raises."""
+        if messages and self.mixpanel is not None:  # no delivery at all in testing mode
+            self.stats.add("released", len(messages))
+            failed = self._submit(self.mixpanel, messages)
+            if failed:
+                self.stats.add("failed", failed)
         if calls and self.customerio is not None:
-            self.stats["customerio_failed"] += self.customerio.deliver(calls)
+            lane = [(call.method, call.to_json()) for call in calls]
+            failed = self._submit(self.customerio, lane)
+            if failed:
+                self.stats.add("customerio_failed", failed)
+
+    def _submit(self, delivery: Delivery, messages: t.Sequence[Message]) -> int:
+        try:
+            return delivery.submit(messages)
+        except Exception as exc:
+            # Built-in deliveries never raise; a custom backend might, and the request that
+            # released these messages must not see it.
+            self.log.error(
+                "mixpanel.delivery_error",
+                delivery=type(delivery).__qualname__,
+                messages=len(messages),
+                error=f"{type(exc).__name__}: {str(exc)[:300]}",
+            )
+            return len(messages)
+
+    def open(self) -> None:
+        """Called when the app's configuration is committed: let each delivery start up."""
+        for delivery in self.lanes.values():
+            delivery.open()
+
+    def close(self, timeout: float | None = None) -> int:
+        """Close every delivery (draining for at most ``timeout`` seconds each).
+
+        Returns how many messages were left undelivered (in the spool, or lost and logged).
+        """
+        return sum(delivery.close(timeout) for delivery in self.lanes.values())
 
     def log_configured(self) -> None:
         """Log the one line that says how tracking is set up."""
         settings = self.settings
-        consumer = settings.consumer or PoliteBufferedConsumer
         self.log.info(
             "mixpanel.configured",
             mode="testing" if settings.testing else "live",
-            consumer="MockedConsumer" if settings.testing else consumer.__qualname__,
+            delivery="none (testing mode)" if settings.testing else settings.delivery,
+            consumer=_qualname(settings.consumer) if settings.consumer else None,
+            spool_path=settings.spool_path,
             api_host=settings.api_host,
             events=_qualname(settings.events),
             event_properties=_qualname(settings.event_properties),
@@ -135,34 +186,40 @@ def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-@functools.lru_cache(maxsize=64)
-def _runtime_for_settings(settings: MixpanelSettings) -> Runtime:
-    return Runtime(settings)
+def build_runtime(settings: t.Mapping[str, object]) -> Runtime:
+    """Parse an app's settings mapping into a new runtime, findable by that mapping."""
+    runtime = Runtime(parse_settings(settings), source=settings)
+    _BY_SETTINGS[id(settings)] = runtime
+    return runtime
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_items(items: tuple[tuple[str, object], ...]) -> MixpanelSettings:
-    return parse_settings(dict(items))
+def get_runtime(registry: Registry) -> Runtime:
+    """The runtime of the app whose registry this is.
 
-
-def runtime_for(settings: t.Mapping[str, object] | MixpanelSettings) -> Runtime:
-    """Return the (cached) runtime for a settings mapping or a parsed :class:`MixpanelSettings`.
-
-    Identical configurations share one runtime, so ``MixpanelTrack(request.registry.settings)``
-    in a view costs no parsing and delivers through the same machinery as ``request.mixpanel``.
+    :raises MixpanelConfigurationError: ``pyramid_mixpanel`` is not included, or the
+        configuration is not committed yet.
     """
-    if isinstance(settings, MixpanelSettings):
-        return _runtime_for_settings(settings)
-    items = tuple(
-        sorted(
-            (key, value)
-            for key, value in settings.items()
-            if key.startswith(("mixpanel.", "customerio.", "pyramid_heroku."))
+    runtime = registry.get(RUNTIME_KEY)
+    if runtime is None:
+        raise MixpanelConfigurationError(
+            "pyramid_mixpanel is not configured in this registry: config.include("
+            '"pyramid_mixpanel") and commit the configuration (make_wsgi_app) first'
         )
-    )
-    try:
-        parsed = _parse_items(items)
-    except TypeError:
-        # An unhashable value (e.g. a list set from Python) cannot be a cache key.
-        parsed = parse_settings(settings)
-    return _runtime_for_settings(parsed)
+    return t.cast(Runtime, runtime)
+
+
+def runtime_for(settings: t.Mapping[str, object] | MixpanelSettings | Runtime) -> Runtime:
+    """The runtime to use for ``settings``.
+
+    The app's own runtime when ``settings`` is an app registry's settings mapping (e.g.
+    ``request.registry.settings``); otherwise a new, standalone runtime that posts on
+    ``flush()`` (see :class:`Runtime`).
+    """
+    if isinstance(settings, Runtime):
+        return settings
+    if isinstance(settings, MixpanelSettings):
+        return Runtime(settings, standalone=True)
+    found = _BY_SETTINGS.get(id(settings))
+    if found is not None and found.source is settings:
+        return found
+    return Runtime(parse_settings(settings), source=settings, standalone=True)

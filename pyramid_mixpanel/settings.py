@@ -1,18 +1,16 @@
-"""Settings: one table of ``(key, parser, default)`` rows parsed once into a frozen object.
+"""Settings: the core's table of :class:`~pyramid_mixpanel.converters.Setting` rows, parsed once.
 
-Every mistake is a :class:`MixpanelConfigurationError` at startup naming the setting; an unknown
-``mixpanel.*`` key is logged with the closest known key. Secrets are kept out of ``repr``.
+:func:`parse_settings` turns the ``mixpanel.*`` / ``customerio.tracking.*`` keys into one frozen
+:class:`MixpanelSettings`; :func:`parse_query_settings` reads only what the query side needs into a
+:class:`QuerySettings`. Every mistake is a :class:`MixpanelConfigurationError` naming the
+setting; an unknown ``mixpanel.*`` key is logged with the closest known key. Secrets are kept out
+of ``repr``.
 """
 
 from __future__ import annotations
 
-import logging
 import typing as t
-from dataclasses import dataclass, field
-from urllib.parse import urlsplit
-
-from pyramid.exceptions import ConfigurationError
-from pyramid.path import DottedNameResolver
+from dataclasses import dataclass, field, fields
 
 from .catalog import (
     Catalog,
@@ -22,14 +20,31 @@ from .catalog import (
     GroupProperties,
     ProfileMetaProperties,
     ProfileProperties,
-    closest,
-    closest_match,
 )
+from .converters import (
+    Setting,
+    as_base_url,
+    as_bool,
+    as_dotted_object,
+    as_positive_float,
+    as_secret,
+    one_of,
+    parse_table,
+    positive_int,
+    subclass_of,
+)
+from .exceptions import MixpanelConfigurationError
 
-logger = logging.getLogger("pyramid_mixpanel")
+__all__ = [
+    "DELIVERY_MODES",
+    "SETTINGS",
+    "MixpanelConfigurationError",
+    "MixpanelSettings",
+    "QuerySettings",
+    "parse_query_settings",
+    "parse_settings",
+]
 
-FALSE_WORDS = frozenset({"", "false", "f", "no", "n", "off", "0", "none", "null"})
-TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
 RELEASE_POLICIES = ("commit", "success", "always")
 DELIVERY_MODES = ("background", "sync", "celery")
 
@@ -48,130 +63,27 @@ EXPORT_HOSTS = {
 CUSTOMERIO_REGIONS = ("us", "eu")
 
 
-class MixpanelConfigurationError(ConfigurationError, ValueError):  # type: ignore[misc]  # untyped base
-    """A ``mixpanel.*`` / ``customerio.*`` setting is invalid; the message names the setting."""
-
-
-def _text(key: str, value: object) -> str:
-    if not isinstance(value, str):
-        raise MixpanelConfigurationError(f"{key} must be a string, got {type(value).__name__}")
-    return value.strip()
-
-
-def as_secret(key: str, value: object) -> str | None:
-    """Parse a token or secret: ``false``/``off``/``no``/empty mean "not set"."""
-    if value is None or value is False:
+def as_delivery(key: str, value: object) -> object:
+    """A delivery mode name, or the dotted name of a delivery backend factory."""
+    if isinstance(value, str) and value.strip().lower() in DELIVERY_MODES:
+        return value.strip().lower()
+    if isinstance(value, str) and not value.strip():
         return None
-    text = _text(key, value)
-    return None if text.lower() in FALSE_WORDS else text
-
-
-def as_bool(key: str, value: object) -> bool:
-    """Parse a boolean strictly: a typo such as ``ture`` is an error, not ``False``."""
-    if isinstance(value, bool):
-        return value
-    text = _text(key, value).lower()
-    if text in TRUE_WORDS:
-        return True
-    if text in FALSE_WORDS:
-        return False
-    raise MixpanelConfigurationError(f"{key} must be a boolean (true/false), got {value!r}")
-
-
-def as_positive_float(key: str, value: object) -> float:
-    """Parse a number of seconds greater than zero."""
-    try:
-        number = float(value)  # type: ignore[arg-type]  # validated right here
-    except (TypeError, ValueError):
-        raise MixpanelConfigurationError(f"{key} must be a number, got {value!r}") from None
-    if not number > 0:
-        raise MixpanelConfigurationError(f"{key} must be greater than 0, got {value!r}")
-    return number
-
-
-def _positive_int(maximum: int) -> t.Callable[[str, object], int]:
-    def parse(key: str, value: object) -> int:
-        try:
-            number = int(str(value).strip())
-        except ValueError:
-            raise MixpanelConfigurationError(
-                f"{key} must be a whole number, got {value!r}"
-            ) from None
-        if not 0 < number <= maximum:
-            raise MixpanelConfigurationError(
-                f"{key} must be between 1 and {maximum}, got {value!r}"
-            )
-        return number
-
-    return parse
-
-
-def as_base_url(key: str, value: object) -> str | None:
-    """Parse a host (``api-eu.mixpanel.com``) or a base URL (``http://127.0.0.1:8080``)."""
-    text = as_secret(key, value)
-    if text is None:
-        return None
-    if "://" not in text:
-        text = f"https://{text}"
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    found = as_dotted_object(key, value)
+    if not callable(found):
         raise MixpanelConfigurationError(
-            f"{key} must be a host name or an http(s) base URL, got {value!r}"
+            f"{key} must be one of {', '.join(DELIVERY_MODES)} or the dotted name of a delivery"
+            f" backend factory, got {value!r}"
         )
-    return text.rstrip("/")
+    return found
 
 
-def _choice(choices: t.Sequence[str]) -> t.Callable[[str, object], str | None]:
-    def parse(key: str, value: object) -> str | None:
-        text = as_secret(key, value)
-        if text is None:
-            return None
-        if text.lower() not in choices:
-            raise MixpanelConfigurationError(
-                f"{key} must be one of {', '.join(choices)}, got {value!r}"
-            )
-        return text.lower()
-
-    return parse
-
-
-def _subclass(base: type | tuple[type, ...]) -> t.Callable[[str, object], type | None]:
-    bases = base if isinstance(base, tuple) else (base,)
-    wanted = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
-
-    def parse(key: str, value: object) -> type | None:
-        if isinstance(value, str):
-            if not value.strip():
-                return None
-            try:
-                value = DottedNameResolver().resolve(value.strip())
-            except (ImportError, ValueError) as exc:
-                raise MixpanelConfigurationError(
-                    f"{key} = {value!r} cannot be imported: {exc}"
-                ) from None
-        if not (isinstance(value, type) and issubclass(value, bases)):
-            raise MixpanelConfigurationError(f"{key} must name a subclass of {wanted}: {value!r}")
-        return value
-
-    return parse
-
-
-def as_dotted_object(key: str, value: object) -> object:
-    """Resolve a dotted name (``myapp.celery:app`` or ``myapp.celery.app``) to an object."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return DottedNameResolver().resolve(value.strip())
-    except (ImportError, ValueError) as exc:
-        raise MixpanelConfigurationError(f"{key} = {value!r} cannot be imported: {exc}") from None
-
-
-def _consumer_bases() -> tuple[type, ...]:
+def _consumer(key: str, value: object) -> object:
     import mixpanel
 
     from .consumer import MockedConsumer
 
-    return (mixpanel.Consumer, mixpanel.BufferedConsumer, MockedConsumer)
+    return subclass_of(mixpanel.Consumer, mixpanel.BufferedConsumer, MockedConsumer)(key, value)
 
 
 @dataclass(frozen=True)
@@ -199,7 +111,10 @@ class MixpanelSettings:
     read_timeout: float = 5.0
     query_timeout: float = 60.0
     release_policy: str = "commit"
+    #: ``background``, ``sync``, ``celery``, or the dotted name of a custom backend factory.
     delivery: str = "background"
+    #: The custom backend factory named by ``mixpanel.delivery`` (``None`` for built-in modes).
+    delivery_factory: t.Callable[..., t.Any] | None = None
     spool_path: str | None = None
     celery_app: object = None
     queue_max_messages: int = 100_000
@@ -207,7 +122,8 @@ class MixpanelSettings:
     flush_interval: float = 1.0
     shutdown_timeout: float = 5.0
     batch_max_records: int = 2000
-    batch_max_bytes: int = 10 * 1024 * 1024
+    #: Mixpanel's limit is 10 MB, decimal, of uncompressed JSON per request.
+    batch_max_bytes: int = 10_000_000
     structlog: bool = False
     customerio_site_id: str | None = field(default=None, repr=False)
     customerio_api_key: str | None = field(default=None, repr=False)
@@ -252,111 +168,112 @@ class MixpanelSettings:
             group_properties=self.group_properties,
         )
 
+    @property
+    def query(self) -> QuerySettings:
+        """The part of these settings the query side uses."""
+        return QuerySettings(**{f.name: getattr(self, f.name) for f in fields(QuerySettings)})
 
-Parser = t.Callable[[str, object], object]
 
-# (setting key, MixpanelSettings field, parser). Defaults live on the dataclass.
-SETTINGS: tuple[tuple[str, str, Parser], ...] = (
-    ("mixpanel.token", "token", as_secret),
-    ("mixpanel.api_secret", "api_secret", as_secret),
-    ("mixpanel.events", "events", _subclass(Events)),
-    ("mixpanel.event_properties", "event_properties", _subclass(EventProperties)),
-    ("mixpanel.profile_properties", "profile_properties", _subclass(ProfileProperties)),
-    (
+@dataclass(frozen=True)
+class QuerySettings:
+    """What :class:`~pyramid_mixpanel.query.MixpanelQuery` needs: hosts, credentials, timeouts.
+
+    Build it with :func:`parse_query_settings`; it parses no catalogue, delivery or Customer.io
+    setting, so constructing a query client never imports or opens anything else.
+    """
+
+    api_secret: str | None = field(default=None, repr=False)
+    region: str = "us"
+    query_api_host: str = "https://mixpanel.com"
+    export_api_host: str = "https://data.mixpanel.com"
+    service_account_username: str | None = None
+    service_account_secret: str | None = field(default=None, repr=False)
+    service_account_project_id: str | None = None
+    service_account_workspace_id: str | None = None
+    connect_timeout: float = 2.0
+    query_timeout: float = 60.0
+    structlog: bool = False
+
+    @property
+    def has_service_account(self) -> bool:
+        """True when service-account credentials are configured."""
+        return self.service_account_username is not None
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret, for scrubbing log lines and error messages."""
+        return tuple(v for v in (self.api_secret, self.service_account_secret) if v)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("mixpanel.token", "token", as_secret),
+    Setting("mixpanel.api_secret", "api_secret", as_secret),
+    Setting("mixpanel.events", "events", subclass_of(Events)),
+    Setting("mixpanel.event_properties", "event_properties", subclass_of(EventProperties)),
+    Setting("mixpanel.profile_properties", "profile_properties", subclass_of(ProfileProperties)),
+    Setting(
         "mixpanel.profile_meta_properties",
         "profile_meta_properties",
-        _subclass(ProfileMetaProperties),
+        subclass_of(ProfileMetaProperties),
     ),
-    ("mixpanel.group_keys", "group_keys", _subclass(GroupKeys)),
-    ("mixpanel.group_properties", "group_properties", _subclass(GroupProperties)),
-    ("mixpanel.consumer", "consumer", lambda k, v: _subclass(_consumer_bases())(k, v)),
-    ("mixpanel.region", "region", _choice(tuple(INGESTION_HOSTS))),
-    ("mixpanel.api_host", "api_host", as_base_url),
-    ("mixpanel.query_api_host", "query_api_host", as_base_url),
-    ("mixpanel.export_api_host", "export_api_host", as_base_url),
-    ("mixpanel.service_account.username", "service_account_username", as_secret),
-    ("mixpanel.service_account.secret", "service_account_secret", as_secret),
-    ("mixpanel.service_account.project_id", "service_account_project_id", as_secret),
-    ("mixpanel.service_account.workspace_id", "service_account_workspace_id", as_secret),
-    ("mixpanel.connect_timeout", "connect_timeout", as_positive_float),
-    ("mixpanel.read_timeout", "read_timeout", as_positive_float),
-    ("mixpanel.query_timeout", "query_timeout", as_positive_float),
-    ("mixpanel.release_policy", "release_policy", _choice(RELEASE_POLICIES)),
-    ("mixpanel.delivery", "delivery", _choice(DELIVERY_MODES)),
-    ("mixpanel.spool_path", "spool_path", as_secret),
-    ("mixpanel.celery_app", "celery_app", as_dotted_object),
-    ("mixpanel.queue_max_messages", "queue_max_messages", _positive_int(10**9)),
-    ("mixpanel.queue_max_bytes", "queue_max_bytes", _positive_int(2**40)),
-    ("mixpanel.flush_interval", "flush_interval", as_positive_float),
-    ("mixpanel.shutdown_timeout", "shutdown_timeout", as_positive_float),
-    ("mixpanel.batch_max_records", "batch_max_records", _positive_int(2000)),
-    ("mixpanel.batch_max_bytes", "batch_max_bytes", _positive_int(10 * 1024 * 1024)),
-    ("pyramid_heroku.structlog", "structlog", as_bool),
-    ("customerio.tracking.site_id", "customerio_site_id", as_secret),
-    ("customerio.tracking.api_key", "customerio_api_key", as_secret),
-    ("customerio.tracking.region", "customerio_region", _choice(CUSTOMERIO_REGIONS)),
-    ("customerio.tracking.url", "customerio_url", as_base_url),
+    Setting("mixpanel.group_keys", "group_keys", subclass_of(GroupKeys)),
+    Setting("mixpanel.group_properties", "group_properties", subclass_of(GroupProperties)),
+    Setting("mixpanel.consumer", "consumer", _consumer),
+    Setting("mixpanel.region", "region", one_of(tuple(INGESTION_HOSTS))),
+    Setting("mixpanel.api_host", "api_host", as_base_url),
+    Setting("mixpanel.query_api_host", "query_api_host", as_base_url),
+    Setting("mixpanel.export_api_host", "export_api_host", as_base_url),
+    Setting("mixpanel.service_account.username", "service_account_username", as_secret),
+    Setting("mixpanel.service_account.secret", "service_account_secret", as_secret),
+    Setting("mixpanel.service_account.project_id", "service_account_project_id", as_secret),
+    Setting("mixpanel.service_account.workspace_id", "service_account_workspace_id", as_secret),
+    Setting("mixpanel.connect_timeout", "connect_timeout", as_positive_float),
+    Setting("mixpanel.read_timeout", "read_timeout", as_positive_float),
+    Setting("mixpanel.query_timeout", "query_timeout", as_positive_float),
+    Setting("mixpanel.release_policy", "release_policy", one_of(RELEASE_POLICIES)),
+    Setting("mixpanel.delivery", "delivery", as_delivery),
+    Setting("mixpanel.spool_path", "spool_path", as_secret),
+    Setting("mixpanel.celery_app", "celery_app", as_dotted_object),
+    Setting("mixpanel.queue_max_messages", "queue_max_messages", positive_int(10**9)),
+    Setting("mixpanel.queue_max_bytes", "queue_max_bytes", positive_int(2**40)),
+    Setting("mixpanel.flush_interval", "flush_interval", as_positive_float),
+    Setting("mixpanel.shutdown_timeout", "shutdown_timeout", as_positive_float),
+    Setting("mixpanel.batch_max_records", "batch_max_records", positive_int(2000)),
+    Setting("mixpanel.batch_max_bytes", "batch_max_bytes", positive_int(10 * 1000 * 1000)),
+    # pyramid_heroku's key, which the original package read, still works.
+    Setting("mixpanel.structlog", "structlog", as_bool, fallback="pyramid_heroku.structlog"),
+    Setting("customerio.tracking.site_id", "customerio_site_id", as_secret),
+    Setting("customerio.tracking.api_key", "customerio_api_key", as_secret),
+    Setting("customerio.tracking.region", "customerio_region", one_of(CUSTOMERIO_REGIONS)),
+    Setting("customerio.tracking.url", "customerio_url", as_base_url),
 )
-KNOWN_KEYS = tuple(key for key, _, _ in SETTINGS)
-WATCHED_PREFIXES = ("mixpanel.", "customerio.tracking.")
-#: Keys parsed (and checked for typos) by optional includes, e.g. ``pyramid_mixpanel.relay``.
-DELEGATED_PREFIXES = ("mixpanel.relay.", "mixpanel.metrics.", "mixpanel.insights.")
-
-
-def parse_prefixed(
-    settings: t.Mapping[str, object],
-    prefix: str,
-    parsers: t.Iterable[tuple[str, Parser]],
-    also_known: t.Iterable[str] = (),
-) -> dict[str, object]:
-    """Parse the ``prefix + name`` keys of an include's settings table (``(name, parser)`` rows).
-
-    Returns ``{name: value}`` for the keys given, leaving out values that mean "not set". A key
-    under ``prefix`` that is neither in the table nor in ``also_known`` (names parsed elsewhere)
-    is logged with the closest known key, compared without the shared prefix.
-    """
-    values: dict[str, object] = {}
-    names = list(also_known)
-    for name, parser in parsers:
-        names.append(name)
-        raw = settings.get(prefix + name)
-        if raw is not None:
-            parsed = parser(prefix + name, raw)
-            if parsed is not None:
-                values[name] = parsed
-    for key in settings:
-        if key.startswith(prefix) and key[len(prefix) :] not in names:
-            match = closest_match(key[len(prefix) :], names)
-            hint = f" Did you mean {prefix + match!r}?" if match else ""
-            logger.warning("Unknown setting %s is ignored.%s", key, hint)
-    return values
+#: Where the core looks for typos.
+NAMESPACES = ("mixpanel.", "customerio.tracking.")
+#: Keys parsed (and checked for typos) by the optional includes.
+ELSEWHERE = ("mixpanel.relay.", "mixpanel.metrics.", "mixpanel.insights.")
+QUERY_FIELDS = frozenset(f.name for f in fields(QuerySettings))
 
 
 def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
     """Parse and validate the ``mixpanel.*`` / ``customerio.tracking.*`` keys of ``settings``."""
-    values: dict[str, object] = {}
-    for key, attr, parser in SETTINGS:
-        raw = settings.get(key)
-        if raw is None:
-            continue
-        parsed = parser(key, raw)
-        if parsed is not None:
-            values[attr] = parsed
+    values = parse_table(settings, SETTINGS, namespaces=NAMESPACES, elsewhere=ELSEWHERE)
 
-    for key in settings:
-        if (
-            key.startswith(WATCHED_PREFIXES)
-            and not key.startswith(DELEGATED_PREFIXES)
-            and key not in KNOWN_KEYS
-        ):
-            logger.warning("Unknown setting %s is ignored.%s", key, closest(key, KNOWN_KEYS))
-
+    delivery = values.get("delivery")
+    if callable(delivery):
+        raw = settings.get("mixpanel.delivery")
+        values["delivery_factory"] = delivery
+        values["delivery"] = (
+            raw.strip()
+            if isinstance(raw, str)
+            else f"{delivery.__module__}.{getattr(delivery, '__qualname__', delivery)}"
+        )
+        delivery = "custom"
     if "consumer" in values:
         # A custom consumer is called at the end of the request, like the original package did.
-        if values.get("delivery") == "background":
+        if delivery not in (None, "sync"):
             raise MixpanelConfigurationError(
                 "mixpanel.consumer sends at the end of the request: it cannot be combined with"
-                " mixpanel.delivery = background (drop one of them)"
+                f" mixpanel.delivery = {values['delivery']} (drop one of them)"
             )
         values["delivery"] = "sync"
     if "spool_path" in values and values.get("delivery", "background") != "background":
@@ -366,12 +283,7 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
             "mixpanel.delivery = celery and mixpanel.celery_app (the dotted name of your Celery"
             " app) go together"
         )
-
-    region = t.cast(str, values.get("region", "us"))
-    values.setdefault("api_host", f"https://{INGESTION_HOSTS[region]}")
-    values.setdefault("query_api_host", f"https://{QUERY_HOSTS[region]}")
-    values.setdefault("export_api_host", f"https://{EXPORT_HOSTS[region]}")
-
+    _hosts(values)
     _all_or_none(
         values,
         {
@@ -400,6 +312,34 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
     # Build the catalogue once here so a bad class ('$' misuse…) fails at startup.
     parsed.build_catalog()
     return parsed
+
+
+def parse_query_settings(settings: t.Mapping[str, object]) -> QuerySettings:
+    """Parse only what the query side needs (hosts, credentials, timeouts).
+
+    Unknown keys are not reported here: :func:`parse_settings` does that once for the app.
+    """
+    table = [row for row in SETTINGS if row.field in QUERY_FIELDS]
+    values = parse_table(settings, table)
+    _hosts(values)
+    _all_or_none(
+        values,
+        {
+            "mixpanel.service_account.username": "service_account_username",
+            "mixpanel.service_account.secret": "service_account_secret",
+            "mixpanel.service_account.project_id": "service_account_project_id",
+        },
+    )
+    values.pop("api_host", None)
+    return QuerySettings(**values)  # type: ignore[arg-type]  # keys come from the table
+
+
+def _hosts(values: dict[str, object]) -> None:
+    """Fill in the residency hosts of ``mixpanel.region`` that were not set explicitly."""
+    region = t.cast(str, values.get("region", "us"))
+    values.setdefault("api_host", f"https://{INGESTION_HOSTS[region]}")
+    values.setdefault("query_api_host", f"https://{QUERY_HOSTS[region]}")
+    values.setdefault("export_api_host", f"https://{EXPORT_HOSTS[region]}")
 
 
 def _all_or_none(values: dict[str, object], group: dict[str, str]) -> None:

@@ -36,14 +36,26 @@ import pytest
 
 from . import lifecycle
 from .catalog import Event, Property
-from .track import MixpanelTrack, _json_value
+from .track import MixpanelTrack, json_value
+
+__all__ = [
+    "Messages",
+    "MixpanelRecorder",
+    "assert_nothing_tracked",
+    "assert_profile_set",
+    "assert_tracked",
+    "mixpanel_recorder",
+    "mixpanel_settings",
+    "mixpanel_track",
+]
+
 
 Messages = t.Sequence[t.Mapping[str, t.Any]]
 
 
 def _expected(props: t.Mapping[Property, t.Any] | None) -> dict[str, t.Any]:
     # Compare as Mixpanel stores values: datetimes as ISO strings, tuples as lists, ...
-    return {prop.name: _json_value(prop.name, value) for prop, value in (props or {}).items()}
+    return {prop.name: json_value(prop.name, value) for prop, value in (props or {}).items()}
 
 
 def _closest_diff(expected: dict[str, t.Any], candidates: list[dict[str, t.Any]]) -> str:

@@ -19,8 +19,13 @@ import mixpanel
 from .catalog import Event, Property, Section
 from .consumer import MockedConsumer, RequestBuffer
 from .customerio import CustomerIOCall, cio_attributes
-from .runtime import Runtime, runtime_for
+from .runtime import Runtime, get_runtime, runtime_for
 from .settings import MixpanelSettings
+
+if t.TYPE_CHECKING:
+    from pyramid.registry import Registry
+
+__all__ = ["DEVICE_PROPERTIES", "IMPORT_AGE", "INSERT_ID", "MixpanelTrack", "PropsType"]
 
 PropsType = t.Mapping[Property, t.Any]
 # Mixpanel rejects events with more than 255 properties and truncates longer strings.
@@ -41,8 +46,11 @@ DEVICE_PROPERTIES = frozenset(
 class MixpanelTrack:
     """Typed helper around :class:`mixpanel.Mixpanel`, available as ``request.mixpanel``.
 
-    :param settings: the app's settings mapping (``request.registry.settings``), or a
-        :class:`~pyramid_mixpanel.settings.MixpanelSettings`.
+    :param settings: the app's settings mapping (``request.registry.settings``: its messages go
+        through the app's own delivery), another settings mapping or a
+        :class:`~pyramid_mixpanel.settings.MixpanelSettings` (a standalone instance that posts
+        on :meth:`flush`), or a :class:`~pyramid_mixpanel.runtime.Runtime`. Outside a request,
+        :meth:`from_registry` is the clearest way to use the app's delivery.
     :param distinct_id: whom the messages are about; settable later as :attr:`distinct_id`.
     :param global_event_props: properties added to every event tracked through this instance.
 
@@ -76,6 +84,22 @@ class MixpanelTrack:
         self.api = mixpanel.Mixpanel(runtime.settings.token or "testing-mode", consumer=consumer)
         #: ``None`` while pending; ``True``/``False`` once the request was judged a success or not.
         self.outcome: bool | None = None
+
+    @classmethod
+    def from_registry(
+        cls,
+        registry: Registry,
+        distinct_id: str | None = None,
+        global_event_props: PropsType | None = None,
+    ) -> MixpanelTrack:
+        """An instance that delivers through the app's runtime, e.g. in a script or a thread.
+
+        ::
+
+            with MixpanelTrack.from_registry(env["registry"], distinct_id="42") as mixpanel:
+                mixpanel.track(Events.user_logged_in)
+        """
+        return cls(get_runtime(registry), distinct_id, global_event_props)
 
     # -- the catalogue, as the configured classes ---------------------------------------------
 
@@ -361,7 +385,7 @@ class MixpanelTrack:
         self._buffer.messages = []
         self._customerio_calls = []
         if dropped:
-            self._runtime.stats["discarded"] += dropped
+            self._runtime.stats.add("discarded", dropped)
             self._runtime.log.info("mixpanel.messages_discarded", messages=dropped, reason=reason)
 
     def settle(self, success: bool, reason: str = "") -> None:
@@ -420,7 +444,7 @@ class MixpanelTrack:
             if prop not in allowed:
                 raise self._not_member(prop, Property, section)
             if type(value) not in _PLAIN:
-                value = _json_value(prop.name, value)
+                value = json_value(prop.name, value)
             elif self.testing and type(value) is str and len(value) > MAX_STRING_LENGTH:
                 self._runtime.log.warning(
                     "mixpanel.long_string",
@@ -491,7 +515,7 @@ def _epoch(value: dt.datetime | float) -> float:
     return float(value)
 
 
-def _json_value(name: str, value: object) -> object:
+def json_value(name: str, value: object) -> object:
     """Convert a value to what Mixpanel stores, or raise naming the property."""
     if value is None:
         return value
@@ -508,9 +532,9 @@ def _json_value(name: str, value: object) -> object:
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_value(name, item) for item in value]
+        return [json_value(name, item) for item in value]
     if isinstance(value, dict):
-        return {str(key): _json_value(name, item) for key, item in value.items()}
+        return {str(key): json_value(name, item) for key, item in value.items()}
     raise TypeError(
         f"{name!r} is a {type(value).__name__}; Mixpanel properties take str, int, float,"
         " bool, None, datetime, date, lists and dicts of those"

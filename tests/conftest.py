@@ -21,7 +21,7 @@ def close_engines_before_exit() -> Iterator[None]:
     streams its logging handlers write to.
     """
     yield
-    for engine in list(engine_module._ENGINES):
+    for engine in list(engine_module._STARTED):
         engine.close(0.5)
 
 

@@ -20,8 +20,10 @@ from pyramid.config import Configurator
 from pyramid.request import Request
 
 from pyramid_mixpanel import EventProperties, Events
-from pyramid_mixpanel.delivery.celery import CeleryHandOver, register
-from pyramid_mixpanel.delivery.transport import Outcome
+from pyramid_mixpanel.customerio import CustomerIOTransport
+from pyramid_mixpanel.delivery.base import Outcome
+from pyramid_mixpanel.delivery.celery import CeleryDelivery, register
+from pyramid_mixpanel.delivery.transport import MixpanelTransport
 from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.settings import MixpanelConfigurationError, parse_settings
 
@@ -169,15 +171,18 @@ def test_the_task_settles_like_the_engine(
     api.set_mode("bad_request")
     with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
         assert deliver(FakeTask(0), "events", [body]) == 0
+        # A lane this worker's settings do not configure is refused loudly, not posted.
+        assert deliver(FakeTask(0), "track", ["{}"], lane="customerio") == 0
     assert "mixpanel.delivery_refused" in caplog.text
+    assert "mixpanel.celery_unknown_lane lane='customerio'" in caplog.text
 
 
-def test_handover_batches_per_endpoint() -> None:
-    sent: list[tuple[str, int]] = []
+def test_handover_batches_per_endpoint_within_each_lane() -> None:
+    sent: list[tuple[str, str, int]] = []
 
     class App:
-        def send_task(self, name: str, args: tuple[str, list[str]]) -> None:
-            sent.append((args[0], len(args[1])))
+        def send_task(self, name: str, args: tuple[str, list[str]], kwargs: dict[str, str]) -> None:
+            sent.append((kwargs["lane"], args[0], len(args[1])))
 
     settings = parse_settings(
         {
@@ -185,12 +190,22 @@ def test_handover_batches_per_endpoint() -> None:
             "mixpanel.delivery": "celery",
             "mixpanel.celery_app": App(),
             "mixpanel.batch_max_records": "2",
+            "customerio.tracking.site_id": "s",
+            "customerio.tracking.api_key": "k",
+            "customerio.tracking.region": "us",
         }
     )
-    handover = CeleryHandOver(settings.celery_app, settings, Log())
-    lost = handover.submit([("events", "{}")] * 3 + [("customerio", "{}")] * 2)
-    assert lost == 0
-    assert sent == [("events", 2), ("events", 1), ("customerio", 1), ("customerio", 1)]
+    mixpanel = CeleryDelivery(MixpanelTransport.from_settings(settings), settings, Log())
+    assert mixpanel.submit([("events", "{}")] * 3) == 0
+    customerio = CeleryDelivery(CustomerIOTransport.from_settings(settings), settings, Log())
+    assert customerio.submit([("track", "{}")] * 2) == 0
+    assert sent == [
+        ("mixpanel", "events", 2),
+        ("mixpanel", "events", 1),
+        ("customerio", "track", 1),
+        ("customerio", "track", 1),
+    ]
+    assert mixpanel.stats.snapshot() == {"handed_over": 3}
     assert Outcome("sent").sent
 
 
@@ -199,3 +214,26 @@ def test_celery_settings_go_together() -> None:
         parse_settings({"mixpanel.delivery": "celery"})
     with pytest.raises(MixpanelConfigurationError, match="cannot be imported"):
         parse_settings({"mixpanel.delivery": "celery", "mixpanel.celery_app": "nowhere:app"})
+
+
+def test_workers_deliver_the_customerio_lane_when_they_configure_it() -> None:
+    from .loopback import CustomerIOStandIn
+
+    class App:
+        def task(self, **options: t.Any) -> t.Callable[[t.Callable[..., int]], t.Any]:
+            return lambda func: func
+
+    with CustomerIOStandIn() as server:
+        deliver = register(
+            App(),
+            {
+                "mixpanel.token": "celery-token",
+                "customerio.tracking.site_id": "s",
+                "customerio.tracking.api_key": "k",
+                "customerio.tracking.region": "us",
+                "customerio.tracking.url": server.base_url,
+            },
+        )
+        call = '{"method":"track","customer_id":"u","data":{},"name":"E"}'
+        assert deliver(FakeTask(0), "track", [call], lane="customerio") == 1
+        assert [method for method, *_ in server.requests] == ["POST"]

@@ -8,14 +8,13 @@ from customerio import CustomerIOException
 
 from pyramid_mixpanel.customerio import (
     CustomerIOCall,
-    CustomerIOReplicator,
+    CustomerIOTransport,
     cio_attributes,
     cio_name,
     cio_value,
     describe_error,
     epoch_seconds,
 )
-from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.settings import parse_settings
 
 from .loopback import CustomerIOStandIn
@@ -67,15 +66,16 @@ def test_regions_and_successful_delivery() -> None:
             values["customerio.tracking.url"] = url
         return values
 
-    eu = CustomerIOReplicator(parse_settings(settings("eu")), Log())
+    eu = CustomerIOTransport.from_settings(parse_settings(settings("eu")))
     assert eu.client.base_url == "https://track-eu.customer.io/api/v1"
-    us = CustomerIOReplicator(parse_settings(settings("us")), Log())
+    us = CustomerIOTransport.from_settings(parse_settings(settings("us")))
     assert us.client.base_url == "https://track.customer.io/api/v1"
     with CustomerIOStandIn() as server:
-        local = CustomerIOReplicator(parse_settings(settings("us", server.base_url)), Log())
+        local = CustomerIOTransport.from_settings(parse_settings(settings("us", server.base_url)))
         calls = [
             CustomerIOCall("track", "u", {"Path": "/"}, "Page Viewed"),
             CustomerIOCall("identify", "u", {"email": "a@b"}),
         ]
-        assert local.deliver(calls) == 0
+        for call in calls:
+            assert local.post(call.method, [call.to_json()]).sent
         assert [method for method, *_ in server.requests] == ["POST", "PUT"]

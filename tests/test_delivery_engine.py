@@ -7,6 +7,7 @@ be checked exactly.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
@@ -16,26 +17,35 @@ import typing as t
 
 import pytest
 
+from pyramid_mixpanel.counters import Counters
 from pyramid_mixpanel.delivery import engine as engine_module
-from pyramid_mixpanel.delivery.engine import BackgroundEngine, Stats
+from pyramid_mixpanel.delivery.base import Outcome
+from pyramid_mixpanel.delivery.engine import BackgroundEngine
 from pyramid_mixpanel.delivery.policy import RetryPolicy, parse_retry_after
 from pyramid_mixpanel.delivery.store import MemoryStore
-from pyramid_mixpanel.delivery.transport import Outcome
 from pyramid_mixpanel.log import Log
 
 
 class ScriptedTransport:
     """Answers each post with the next scripted outcome (default: sent)."""
 
+    name = "mixpanel"
+    endpoints: tuple[str, ...] = ("events", "people", "groups", "imports")
+    max_records = 2000
+    max_bytes = 10_000_000
+
     def __init__(self, *script: Outcome) -> None:
         self.script: collections.deque[Outcome] = collections.deque(script)
         self.posts: list[tuple[str, tuple[str, ...]]] = []
         self.gate: threading.Event | None = None
 
-    def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
+    def close(self) -> None:
+        self.closed = True
+
+    def post(self, endpoint: str, bodies: t.Sequence[str] | t.Sequence[bytes]) -> Outcome:
         if self.gate is not None:
             self.gate.wait(5)
-        self.posts.append((endpoint, tuple(bodies)))
+        self.posts.append((endpoint, tuple(t.cast("t.Sequence[str]", bodies))))
         return self.script.popleft() if self.script else Outcome("sent")
 
 
@@ -103,7 +113,7 @@ def test_unreachable_pauses_every_endpoint() -> None:
     assert engine.send_due() is True
     # One post only: the people batch was not tried after Mixpanel proved unreachable.
     assert len(transport.posts) == 1
-    assert set(engine._pauses) == {"events", "people", "groups", "imports", "customerio"}
+    assert set(engine._pauses) == {"events", "people", "groups", "imports"}
     assert engine.send_due() is False
     assert 0 < engine._idle_wait() <= engine.flush_interval
 
@@ -266,11 +276,27 @@ def test_pid_check_rebuilds_state_without_the_fork_hook(monkeypatch: pytest.Monk
     engine.close(1)
 
 
-def test_at_exit_every_engine_is_closed() -> None:
+def test_at_exit_every_started_engine_is_closed() -> None:
     engine = make_engine(ScriptedTransport())
-    engine.store.put([("events", "{}")])
+    engine.submit([("events", "{}")])
     engine_module._close_all()
     assert engine._closed
+
+
+def test_exit_and_fork_hooks_are_installed_by_the_first_sender_not_at_import(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    installed: list[str] = []
+    monkeypatch.setattr(engine_module, "_hooks_installed", False)
+    monkeypatch.setattr(atexit, "register", lambda f: installed.append("atexit"))
+    monkeypatch.setattr(os, "register_at_fork", lambda **kw: installed.append("fork"))
+    first, second = make_engine(ScriptedTransport()), make_engine(ScriptedTransport())
+    assert installed == []  # building engines installs nothing
+    first.submit([("events", "{}")])
+    second.submit([("events", "{}")])
+    assert installed == ["atexit", "fork"]  # once, when the first sender started
+    first.close(1)
+    second.close(1)
 
 
 def test_retry_policy() -> None:
@@ -290,7 +316,7 @@ def test_parse_retry_after(header: str | None, expected: float | None) -> None:
 
 
 def test_stats_snapshot_is_a_copy() -> None:
-    stats = Stats()
+    stats = Counters(["sent"])
     stats.add("sent", 3)
     snap = stats.snapshot()
     snap["sent"] = 0
@@ -313,7 +339,7 @@ def test_fork_hooks_reset_process_state(monkeypatch: pytest.MonkeyPatch) -> None
     wait_for(lambda: engine.stats.snapshot()["sent"] == 1)
     engine.store.put([("events", "{}")])
     # What os.register_at_fork runs in a child, called here so it is measured.
-    monkeypatch.setattr(engine_module, "_ENGINES", {engine})
+    monkeypatch.setattr(engine_module, "_STARTED", {engine})
     old_thread = engine._thread
     engine_module._after_fork()
     assert engine._thread is None

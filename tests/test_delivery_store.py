@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import sqlite3
+import time
 import typing as t
 
 import pytest
@@ -201,3 +202,23 @@ def test_spool_write_after_a_fork_reconnects(tmp_path: pathlib.Path) -> None:
     spool.put([("events", body(1))])
     assert spool._db is not old
     assert spool.pending() == 1
+
+
+def test_each_lane_has_its_own_tables_in_one_spool_file(tmp_path: pathlib.Path) -> None:
+    path = str(tmp_path / "spool.db")
+    mixpanel = SqliteSpool(path, 10, 10**6)
+    customerio = SqliteSpool(path, 1, 10**6, endpoints=("identify", "track"), lane="customerio")
+    assert mixpanel.put([("events", "{}")]) == 0
+    assert customerio.put([("track", "{}"), ("track", "{}")]) == 1  # its own cap of 1
+    assert (mixpanel.pending(), customerio.pending()) == (1, 1)
+    batch = customerio.claim("track", time.time(), 10, 10**6)
+    assert batch is not None
+    customerio.bury(batch, "HTTP 400")
+    assert [letter.endpoint for letter in customerio.dead()] == ["track"]
+    assert mixpanel.dead() == []
+    assert customerio.next_due() is None
+    assert mixpanel.next_due() == 0
+    with pytest.raises(ValueError, match="must be an identifier"):
+        SqliteSpool(path, 1, 1, lane="customer io; DROP TABLE messages")
+    mixpanel.close()
+    customerio.close()

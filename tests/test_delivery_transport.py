@@ -1,21 +1,24 @@
-"""HttpTransport against the loopback Mixpanel, and how odd answers are classified."""
+"""MixpanelTransport against the loopback Mixpanel, and how odd answers are classified."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import typing as t
 from collections.abc import Iterator
 
 import pytest
 import requests
 
-from pyramid_mixpanel.customerio import CustomerIOCall, CustomerIOReplicator
-from pyramid_mixpanel.delivery.transport import HttpTransport, Outcome, Router
+from pyramid_mixpanel.customerio import CustomerIOCall, CustomerIOTransport
+from pyramid_mixpanel.delivery import SyncDelivery
+from pyramid_mixpanel.delivery.base import Outcome
+from pyramid_mixpanel.delivery.transport import MixpanelTransport
 from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.settings import parse_settings
 
-from .loopback import CustomerIOStandIn, MixpanelStandIn
+from .loopback import CustomerIOStandIn, MixpanelStandIn, free_port
 
 EVENT = '{"event":"Page Viewed","properties":{"time":1,"distinct_id":"u","$insert_id":"i1"}}'
 
@@ -26,8 +29,8 @@ def api() -> Iterator[MixpanelStandIn]:
         yield server
 
 
-def transport(api: MixpanelStandIn, **settings: str) -> HttpTransport:
-    return HttpTransport(
+def transport(api: MixpanelStandIn, **settings: str) -> MixpanelTransport:
+    return MixpanelTransport.from_settings(
         parse_settings(
             {
                 "mixpanel.token": "tok",
@@ -47,7 +50,7 @@ def response(status: int, body: object, headers: dict[str, str] | None = None) -
     return made
 
 
-def test_posts_gzip_json_to_each_endpoint(api: MixpanelStandIn) -> None:
+def test_posts_json_to_each_endpoint(api: MixpanelStandIn) -> None:
     sender = transport(api)
     for endpoint, path in (("events", "/track"), ("people", "/engage"), ("groups", "/groups")):
         assert sender.post(endpoint, ['{"x":1}']).sent
@@ -132,12 +135,12 @@ def test_body_is_a_gzip_json_array(api: MixpanelStandIn) -> None:
     ],
 )
 def test_classify(status: int, body: object, expected: Outcome) -> None:
-    sender = HttpTransport(parse_settings({"mixpanel.token": "tok-abcdef"}))
+    sender = MixpanelTransport.from_settings(parse_settings({"mixpanel.token": "tok-abcdef"}))
     assert sender._classify(response(status, body), 1, is_import=False) == expected
 
 
 def test_classify_import_failed_records_forms() -> None:
-    sender = HttpTransport(parse_settings({"mixpanel.token": "tok"}))
+    sender = MixpanelTransport.from_settings(parse_settings({"mixpanel.token": "tok"}))
     answer = {"failed_records": [{"index": 0}, 2, {"index": 99}, "x", {"no": 1}]}
     outcome = sender._classify(response(400, answer), 3, is_import=True)
     assert outcome.failed == frozenset({0, 2})
@@ -145,12 +148,12 @@ def test_classify_import_failed_records_forms() -> None:
 
 
 def test_errors_are_scrubbed_of_secrets() -> None:
-    sender = HttpTransport(parse_settings({"mixpanel.token": "tok-123"}))
+    sender = MixpanelTransport.from_settings(parse_settings({"mixpanel.token": "tok-123"}))
     outcome = sender._classify(response(400, {"error": "bad token tok-123"}), 1, False)
     assert outcome.error == "HTTP 400: bad token ***"
 
 
-def test_router_sends_customerio_calls_one_by_one() -> None:
+def test_customerio_transport_sends_calls_one_by_one() -> None:
     with CustomerIOStandIn() as server:
         settings = parse_settings(
             {
@@ -161,13 +164,18 @@ def test_router_sends_customerio_calls_one_by_one() -> None:
                 "customerio.tracking.url": server.base_url,
             }
         )
-        router = Router(HttpTransport(settings), CustomerIOReplicator(settings, Log()))
+        lane = CustomerIOTransport.from_settings(settings)
+        assert (lane.name, lane.endpoints, lane.max_records) == (
+            "customerio",
+            ("identify", "track"),
+            1,
+        )
         call = CustomerIOCall("identify", "u1", {"email": "a@b"})
-        assert router.post("customerio", [call.to_json()]) == Outcome("sent")
+        assert lane.post("identify", [call.to_json()]) == Outcome("sent")
         server.mode = "bad_request"
-        assert router.post("customerio", [call.to_json()]).kind == "dead"
+        assert lane.post("identify", [call.to_json()]).kind == "dead"
         server.mode = "error500"
-        assert router.post("customerio", [call.to_json()]).kind == "retry"
+        assert lane.post("identify", [call.to_json().encode()]).kind == "retry"
         (method, path, auth, body) = server.requests[0]
         assert (method, path, auth, body) == (
             "PUT",
@@ -175,21 +183,45 @@ def test_router_sends_customerio_calls_one_by_one() -> None:
             ("s", "k"),
             {"email": "a@b"},
         )
-    unconfigured = Router(HttpTransport(settings), None)
-    assert unconfigured.post("customerio", [call.to_json()]).kind == "dead"
+        lane.close()
+    nowhere = CustomerIOTransport("s", "k", url=f"http://127.0.0.1:{free_port()}")
+    unreachable = nowhere.post("track", [CustomerIOCall("track", "u1", {}, "E").to_json()])
+    assert (unreachable.kind, unreachable.unreachable) == ("retry", True)
 
 
-def test_gzip_is_what_goes_on_the_wire(
+def test_gzip_only_where_mixpanel_accepts_it(
     api: MixpanelStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """/track and /import take gzip; /engage does not (reference/profile-set), nor /groups."""
     sender = transport(api)
-    sent: list[bytes] = []
+    sent: list[tuple[str, dict[str, str], bytes]] = []
     real = sender.session.post
 
     def spy(*args: t.Any, **kwargs: t.Any) -> requests.Response:
-        sent.append(kwargs["data"])
+        sent.append((args[0], kwargs["headers"], kwargs["data"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sender.session, "post", spy)
-    sender.post("events", [EVENT])
-    assert json.loads(gzip.decompress(sent[0])) == [json.loads(EVENT)]
+    for endpoint in ("events", "imports", "people", "groups"):
+        sender.post(endpoint, [EVENT])
+    for url, headers, data in sent:
+        assert headers["Content-Type"] == "application/json"
+        if url.endswith(("/track", "/import")):
+            assert headers["Content-Encoding"] == "gzip"
+            assert json.loads(gzip.decompress(data)) == [json.loads(EVENT)]
+        else:
+            assert "Content-Encoding" not in headers
+            assert json.loads(data) == [json.loads(EVENT)]
+    assert len(sent) == 4
+
+
+def test_sync_delivery_refuses_endpoints_its_lane_does_not_have(
+    api: MixpanelStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    delivery = SyncDelivery(transport(api), parse_settings({}), Log())
+    assert delivery.submit([]) == 0
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        assert delivery.submit([("track", "{}"), ("events", EVENT)]) == 1
+    assert "mixpanel.unknown_endpoint endpoint='track' messages=1" in caplog.text
+    assert delivery.stats.snapshot() == {"sent": 1, "failed": 1}
+    assert delivery.close() == 0

@@ -19,11 +19,12 @@ import webtest
 from pyramid.config import Configurator
 from pyramid.request import Request
 
-from pyramid_mixpanel import EventProperties, Events, ProfileProperties
+from pyramid_mixpanel import Delivery, EventProperties, Events, ProfileProperties, get_runtime
 from pyramid_mixpanel.consumer import PoliteBufferedConsumer
-from pyramid_mixpanel.delivery import BackgroundEngine
-from pyramid_mixpanel.lifecycle import RUNTIME_KEY
+from pyramid_mixpanel.delivery import BackgroundEngine, Message, Transport
+from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.runtime import Runtime
+from pyramid_mixpanel.settings import MixpanelSettings
 
 from .loopback import CustomerIOStandIn, MixpanelStandIn, wait_until
 
@@ -62,20 +63,20 @@ def make_app(server: MixpanelStandIn, **settings: str) -> tuple[webtest.TestApp,
         "mixpanel.api_host": server.base_url,
         "mixpanel.connect_timeout": "0.5",
         "mixpanel.read_timeout": "0.5",
-        # A setting unique to the test keeps the cached runtime (and its engine) its own.
-        "mixpanel.flush_interval": f"0.0{time.perf_counter_ns() % 10**6 + 1:06d}",
+        "mixpanel.flush_interval": "0.05",
     }
     base.update(settings)
     with Configurator(settings=base) as config:
         config.include("pyramid_mixpanel")
         config.add_route("page", "/page")
         config.add_view(view, route_name="page", renderer="json")
-    return webtest.TestApp(config.make_wsgi_app()), config.registry[RUNTIME_KEY]
+    return webtest.TestApp(config.make_wsgi_app()), get_runtime(config.registry)
 
 
-def engine(runtime: Runtime) -> BackgroundEngine:
-    assert runtime.engine is not None
-    return runtime.engine
+def engine(runtime: Runtime, lane: str = "mixpanel") -> BackgroundEngine:
+    delivery = runtime.lanes[lane]
+    assert isinstance(delivery, BackgroundEngine)
+    return delivery
 
 
 def no_secrets(text: str) -> None:
@@ -163,6 +164,43 @@ def test_polite_consumer_used_directly(mixpanel_api: MixpanelStandIn) -> None:
     consumer.send("nonsense", "{}")  # logged, not raised
     consumer.flush()
     assert [len(r.records) for r in mixpanel_api.requests] == [2, 1]
+    assert consumer.failed == 1  # the message for an endpoint that does not exist
+
+
+def test_polite_consumer_with_a_service_account(mixpanel_api: MixpanelStandIn) -> None:
+    credentials = mixpanel.ServiceAccountCredentials("sa.user", "sa-secret-value", "4242")
+    consumer = PoliteBufferedConsumer(
+        api_host=mixpanel_api.base_url, credentials=credentials, request_timeout=1.0
+    )
+    api = mixpanel.Mixpanel(TOKEN, consumer=consumer)
+    api.import_data(None, "u", "Old Event", 1_600_000_000, {})
+    api.people_set("u", {"$name": "U"})
+    consumer.flush()
+    engaged, imported = mixpanel_api.requests  # endpoint by endpoint: /engage, then /import
+    assert (imported.path, imported.auth, imported.query["project_id"]) == (
+        "/import",
+        ("sa.user", "sa-secret-value"),
+        "4242",
+    )
+    # Profiles go to /engage as plain JSON: Mixpanel does not take gzip there.
+    assert engaged.path == "/engage"
+    assert "content-encoding" not in engaged.headers
+
+
+def test_the_polite_consumer_setting_counts_what_it_lost(
+    mixpanel_api: MixpanelStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, runtime = make_app(
+        mixpanel_api, **{"mixpanel.consumer": "pyramid_mixpanel.PoliteBufferedConsumer"}
+    )
+    app.get("/page", status=200)
+    assert len(mixpanel_api.requests) == 2
+    mixpanel_api.set_mode("bad_request")
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        app.get("/page", status=200)
+    assert runtime.stats["failed"] == 2
+    assert runtime.lanes["mixpanel"].stats.snapshot() == {"consumed": 2, "failed": 2}
+    no_secrets(caplog.text)
 
 
 class ExplodingConsumer(mixpanel.Consumer):  # type: ignore[misc]  # untyped base
@@ -197,15 +235,17 @@ def test_structlog_logs_are_clean_too(mixpanel_api: MixpanelStandIn) -> None:
 # -- background delivery ------------------------------------------------------------------
 
 
-def test_background_delivery_gzips_json_batches(mixpanel_api: MixpanelStandIn) -> None:
+def test_background_delivery_gzips_only_track_and_import(mixpanel_api: MixpanelStandIn) -> None:
     app, runtime = make_app(mixpanel_api, **{"mixpanel.delivery": "background"})
     for _ in range(3):
         app.get("/page", status=200)
     mixpanel_api.wait_for_events(3)
     wait_until(lambda: len(mixpanel_api.received["people"]) == 3, 5, lambda: None)
-    request = mixpanel_api.requests[0]
-    assert request.headers["content-encoding"] == "gzip"
-    assert request.headers["content-type"] == "application/json"
+    for request in mixpanel_api.requests:
+        assert request.headers["content-type"] == "application/json"
+        # Mixpanel documents gzip on /track and /import only (reference/profile-set).
+        expected = "gzip" if request.path in ("/track", "/import") else None
+        assert request.headers.get("content-encoding") == expected, request.path
     stats = engine(runtime).stats.snapshot()
     wait_until(lambda: engine(runtime).stats.snapshot()["sent"] == 6, 5, lambda: stats)
     engine(runtime).close(1)
@@ -272,8 +312,8 @@ def test_spool_keeps_messages_across_processes(
     engine(later).close(1)
 
 
-def test_customerio_rides_the_background_engine(
-    mixpanel_api: MixpanelStandIn, customerio_api: CustomerIOStandIn
+def test_customerio_has_a_background_lane_of_its_own(
+    mixpanel_api: MixpanelStandIn, customerio_api: CustomerIOStandIn, tmp_path: t.Any
 ) -> None:
     app, runtime = make_app(
         mixpanel_api,
@@ -283,22 +323,30 @@ def test_customerio_rides_the_background_engine(
             "customerio.tracking.api_key": "cio-api-key",
             "customerio.tracking.region": "eu",
             "customerio.tracking.url": customerio_api.base_url,
+            "mixpanel.spool_path": str(tmp_path / "spool.db"),
         },
     )
     customerio_api.mode = "error500"
-    engine(runtime).policy = type(engine(runtime).policy)(base=0.05, cap=0.1)
+    lane = engine(runtime, "customerio")
+    lane.policy = type(lane.policy)(base=0.05, cap=0.1)
     app.get("/page", status=200)
     wait_until(lambda: len(customerio_api.requests) >= 2, 5, lambda: customerio_api.requests)
-    customerio_api.mode = "up"
+    # Customer.io failing holds back only its own lane: Mixpanel's messages went out.
     wait_until(
-        lambda: engine(runtime).stats.snapshot()["sent"] == 4,
-        5,
-        engine(runtime).stats.snapshot,
+        lambda: engine(runtime).stats.snapshot()["sent"] == 2, 5, engine(runtime).stats.snapshot
     )
+    assert engine(runtime).stats.snapshot()["retried"] == 0
+    wait_until(lambda: lane.stats.snapshot()["retried"] >= 2, 5, lane.stats.snapshot)
+    assert lane.store.pending() == 2  # both calls wait in the Customer.io lane's tables
+    customerio_api.mode = "up"
+    wait_until(lambda: lane.stats.snapshot()["sent"] == 2, 5, lane.stats.snapshot)
     methods = {(method, path) for method, path, _, _ in customerio_api.requests}
     assert ("POST", "/api/v1/customers/user-1/events") in methods
     assert ("PUT", "/api/v1/customers/user-1") in methods
-    engine(runtime).close(1)
+    # Each lane keeps its own tables in the shared spool file.
+    assert getattr(lane.store, "lane", None) == "customerio"
+    assert engine(runtime).store.pending() == lane.store.pending() == 0
+    runtime.close(1)
 
 
 # -- Customer.io (sync) ---------------------------------------------------------------------
@@ -342,7 +390,8 @@ def test_customerio_replication_with_the_current_client(
         config.add_view(signup, route_name="signup", renderer="json")
     webtest.TestApp(config.make_wsgi_app()).get("/signup", status=200)
 
-    track, identify = customerio_api.requests
+    # The profile first (the identify endpoint), so Customer.io knows the person of the event.
+    identify, track = customerio_api.requests
     assert track[0:2] == ("POST", "/api/v1/customers/user/7/events")
     assert track[2] == ("cio-site-id", "cio-api-key")
     assert track[3] == {"name": "User Signed Up", "data": {"Path": "/signup"}}
@@ -421,3 +470,41 @@ def test_sync_consumer_without_flush(mixpanel_api: MixpanelStandIn) -> None:
     )
     app.get("/page", status=200)
     assert FlushlessConsumer.sent == ["events", "people"]
+
+
+class RecordingDelivery(Delivery):
+    """A delivery backend of an app's own, named by ``mixpanel.delivery``."""
+
+    released: t.ClassVar[list[tuple[str, list[Message]]]] = []
+
+    def __init__(self, transport: Transport, settings: MixpanelSettings, log: Log) -> None:
+        super().__init__()
+        self.lane = transport.name
+
+    def submit(self, messages: t.Sequence[Message]) -> int:
+        self.released.append((self.lane, list(messages)))
+        return 0
+
+
+def test_a_custom_delivery_backend_named_by_dotted_name_receives_released_messages(
+    mixpanel_api: MixpanelStandIn, customerio_api: CustomerIOStandIn
+) -> None:
+    app, runtime = make_app(
+        mixpanel_api,
+        **{
+            "mixpanel.delivery": "tests.test_functional_delivery.RecordingDelivery",
+            **{
+                k: v
+                for k, v in customerio_settings(customerio_api).items()
+                if k != "mixpanel.delivery"
+            },
+        },
+    )
+    assert isinstance(runtime.mixpanel, RecordingDelivery)
+    app.get("/page", status=200)
+    lanes = {
+        lane: [endpoint for endpoint, _ in messages]
+        for lane, messages in RecordingDelivery.released
+    }
+    assert lanes == {"mixpanel": ["events", "people"], "customerio": ["track", "identify"]}
+    assert mixpanel_api.requests == [] and customerio_api.requests == []  # the backend decides

@@ -14,7 +14,7 @@ import pytest
 
 from pyramid_mixpanel.catalog import Catalog
 from pyramid_mixpanel.delivery.policy import RetryPolicy
-from pyramid_mixpanel.delivery.transport import HttpTransport
+from pyramid_mixpanel.delivery.transport import MixpanelTransport
 from pyramid_mixpanel.importer import (
     ImportReport,
     ImportSetupError,
@@ -757,10 +757,10 @@ def test_no_secret_in_the_output_or_the_report(
 def test_an_unexpected_error_costs_the_batch_not_the_import(
     tmp_path: pathlib.Path, api: ScriptedStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def explode(self: HttpTransport, endpoint: str, bodies: t.Sequence[str]) -> t.NoReturn:
+    def explode(self: MixpanelTransport, endpoint: str, bodies: t.Sequence[str]) -> t.NoReturn:
         raise RuntimeError(f"boom {SECRET}")
 
-    monkeypatch.setattr(HttpTransport, "post", explode)
+    monkeypatch.setattr(MixpanelTransport, "post", explode)
     data = write_jsonl(tmp_path / "events.jsonl", rows(3))
     settings = settings_for(api, **{"mixpanel.api_secret": SECRET})
     report = import_file(data, settings, progress=False)

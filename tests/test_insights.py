@@ -16,6 +16,7 @@ import typing as t
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 import webtest
 from pyramid.authorization import ACLHelper, Allow, Authenticated
 from pyramid.config import Configurator
@@ -25,7 +26,7 @@ from pyramid_mixpanel import query_limits
 from pyramid_mixpanel.insights import INSIGHTS_KEY
 from pyramid_mixpanel.insights.render import account_page, merge_funnels, volume_chart
 from pyramid_mixpanel.insights.views import InsightsState, parse_insights_settings
-from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, sync
+from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, MetricsStore, sync
 from pyramid_mixpanel.query import MixpanelQuery
 from pyramid_mixpanel.query_limits import QueryLimits
 from pyramid_mixpanel.settings import MixpanelConfigurationError
@@ -378,3 +379,44 @@ def test_the_page_in_chromium_shows_the_charts(
     assert len(rows) == 4  # header + three events
     empty = browser.get_screenshot_as_png()
     assert colored_pixels(empty, (0x25, 0x63, 0xEB)) >= blue
+
+
+def test_the_include_opens_no_database_until_a_view_needs_it(tmp_path: pathlib.Path) -> None:
+    connections: list[object] = []
+
+    def count(dbapi_connection: object, record: object) -> None:
+        connections.append(dbapi_connection)
+
+    sa.event.listen(sa.pool.Pool, "connect", count)
+    try:
+        database = tmp_path / "fresh.db"
+        settings = {
+            "mixpanel.token": "false",
+            "mixpanel.metrics.database_url": f"sqlite:///{database}",
+            "mixpanel.metrics.account_property": "company_id",
+        }
+        app = make_app(settings)
+        assert connections == []  # include and commit: no connection, no migration
+        assert not database.exists()
+        # Before any migration the views say what to run instead of failing with SQL errors.
+        answer = app.get("/api/mixpanel/events/acme", status=503).json
+        assert "pmixpanel migrate" in answer["error"]
+        app.get("/mixpanel/accounts/acme", status=503)
+        assert app.get("/api/mixpanel/sync").json["last_synced_day"] is None
+        assert connections  # the first view opened the store
+        MetricsStore(settings["mixpanel.metrics.database_url"]).close()  # pmixpanel migrate
+        app.get("/api/mixpanel/events/acme", status=404)  # migrated, no data for acme yet
+    finally:
+        sa.event.remove(sa.pool.Pool, "connect", count)
+    state: InsightsState = app.app.registry[INSIGHTS_KEY]
+    state.close()
+    InsightsState(state.settings, {}, state.metrics).close()  # never opened: nothing to close
+
+
+def test_settings_added_after_the_include_count(settings: dict[str, str]) -> None:
+    with Configurator(settings=settings, root_factory=Root) as config:
+        config.include("pyramid_mixpanel.insights")
+        config.add_settings({"mixpanel.insights.api_prefix": "/later"})
+    app = webtest.TestApp(config.make_wsgi_app())
+    app.get("/later/events/acme", RANGE, status=200)
+    app.get("/api/mixpanel/events/acme", RANGE, status=404)

@@ -141,7 +141,11 @@ def test_account_errors(values: dict[str, object], message: str) -> None:
         ("signals", "A = x\nA = y", "mixpanel.metrics.signals: the event 'A' is mapped twice"),
         ("weights", "reporting", "mixpanel.metrics.weights: 'reporting' is not 'name = value'"),
         ("anomaly_days", "400", "mixpanel.metrics.anomaly_days must be between 1 and 366"),
-        ("anomaly_threshold", "-1", "mixpanel.metrics.anomaly_threshold must be greater than 0"),
+        (
+            "anomaly_threshold",
+            "-1",
+            "metrics.anomaly_threshold must be a finite number greater than 0",
+        ),
         ("anomaly_min_days", "1", "mixpanel.metrics.anomaly_min_days must be at least 2"),
         ("anomaly_min_days", "30", "anomaly_min_days \\(30\\) cannot exceed .*anomaly_days \\(28"),
         ("alert", "tests.metrics_helpers:NOT_CALLABLE", "mixpanel.metrics.alert must name a"),

@@ -114,8 +114,8 @@ def test_default_alert_is_a_logged_warning(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
         assert send_alert(anomaly, settings()) is True
     assert caplog.messages == [
-        "Mixpanel activity drop for account acme on 2026-01-11: 0 events, usual 100.0 +/- 10.0"
-        " (z = -10.0)"
+        "mixpanel.metrics_anomaly kind='drop' account='acme' date='2026-01-11' events=0"
+        " usual=100.0 stddev=10.0 z=-10.0"
     ]
     assert log_anomaly.__doc__
 
@@ -126,5 +126,7 @@ def test_a_failing_hook_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -
     assert anomaly is not None
     with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
         assert send_alert(anomaly, config) is False
-    assert caplog.messages == ["mixpanel.metrics.alert failed for account acme on 2026-01-11"]
-    assert "pager is down" in caplog.text
+    assert caplog.messages == [
+        "mixpanel.metrics_alert_failed account='acme' date='2026-01-11'"
+        " error='RuntimeError: pager is down'"
+    ]

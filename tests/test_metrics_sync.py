@@ -550,7 +550,8 @@ def test_pmixpanel_sync_errors(api: QueryStandIn, tmp_path: pathlib.Path) -> Non
     ini = write_ini(tmp_path, app_settings(api, database, anomaly_threshold="-3"))
     assert run(ini) == (
         2,
-        "pmixpanel sync: mixpanel.metrics.anomaly_threshold must be greater than 0, got '-3'\n",
+        "pmixpanel sync: mixpanel.metrics.anomaly_threshold must be a finite number greater"
+        " than 0, got '-3'\n",
     )
     ini = write_ini(tmp_path, app_settings(api, database))
     assert run(ini, "--to", "2999-01-01")[0] == 2
@@ -596,3 +597,29 @@ def test_pmixpanel_sync_without_the_metrics_extra(
     code, output = run(ini)
     assert code == 2
     assert "pip install 'pyramid_mixpanel[metrics]'" in output
+
+
+def test_pmixpanel_migrate_creates_then_keeps_the_schema(
+    api: QueryStandIn, tmp_path: pathlib.Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'migrated.db'}"
+    ini = write_ini(tmp_path, app_settings(api, database))
+    out = io.StringIO()
+    assert main(["pmixpanel", "migrate", ini], out=out) == 0
+    head = MetricsStore.head()
+    assert out.getvalue() == f"metrics store: migrated from empty to {head}\n"
+    out = io.StringIO()
+    assert main(["pmixpanel", "migrate", ini], out=out) == 0
+    assert out.getvalue() == f"metrics store: already at {head}\n"
+    with MetricsStore(database, migrate=False) as store:
+        assert store.is_current()
+
+
+def test_pmixpanel_migrate_without_the_metrics_extra(
+    api: QueryStandIn, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = write_ini(tmp_path, app_settings(api, f"sqlite:///{tmp_path / 'x.db'}"))
+    monkeypatch.setitem(sys.modules, "pyramid_mixpanel.metrics.store", None)
+    out = io.StringIO()
+    assert main(["pmixpanel", "migrate", ini], out=out) == 2
+    assert "pmixpanel migrate needs the metrics extra" in out.getvalue()

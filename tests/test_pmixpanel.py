@@ -11,8 +11,7 @@ import typing as t
 import pytest
 
 from pyramid_mixpanel.delivery.store import SqliteSpool
-from pyramid_mixpanel.lifecycle import RUNTIME_KEY
-from pyramid_mixpanel.runtime import Runtime
+from pyramid_mixpanel.runtime import RUNTIME_KEY, Runtime
 from pyramid_mixpanel.scripts import pmixpanel
 from pyramid_mixpanel.scripts.pmixpanel import PMixpanelCommand, _describe, main
 
@@ -194,3 +193,10 @@ def test_status_of_messages_due_now(tmp_path: pathlib.Path, api: MixpanelStandIn
     assert code == 0
     assert "pending: 0" in out
     assert "next attempt" not in out
+
+
+def test_dead_letters_of_a_lane_the_app_does_not_have(
+    tmp_path: pathlib.Path, api: MixpanelStandIn
+) -> None:
+    code, out, _ = run(["dead", write_ini(tmp_path, api), "--lane", "customerio"])
+    assert (code, out) == (1, "customerio is not configured in this app.\n")

@@ -19,6 +19,7 @@ import pytest
 import webtest
 from pyramid.config import Configurator
 from pyramid.csrf import get_csrf_token
+from pyramid.exceptions import ConfigurationError
 from pyramid.request import Request
 from pyramid.session import SignedCookieSessionFactory
 
@@ -571,18 +572,18 @@ def test_settings_from_python_values() -> None:
     [
         ({"events": "Page Veiwed"}, "Did you mean AppEvents.page_viewed ('Page Viewed')?"),
         ({"event_properties": "Path, Titel"}, "'Titel' is not declared in AppEventProperties"),
-        ({"profile_properties": 3}, "expected a list of names"),
+        ({"profile_properties": 3}, "expected a list"),
         ({"trusted_proxies": "10.0.0.300"}, "not an IP address or network"),
         ({"allowed_origins": "www.example.com"}, "not an origin"),
         ({"allowed_origins": "https://x.example/path"}, "not an origin"),
         ({"allowed_origins": "https://x.example:99999"}, "not an origin"),
-        ({"path": "mixpanel/track"}, "must be a URL path starting with '/'"),
-        ({"path": "false"}, "must be a URL path starting with '/'"),
+        ({"path": "mixpanel/track"}, "must be a plain URL path starting with '/'"),
+        ({"path": "false"}, "must be a plain URL path starting with '/'"),
         ({"device_cookie": "my cookie"}, "must be a cookie name"),
         ({"distinct_id": "json.__doc__"}, "must name a callable"),
         ({"burst": "10", "max_batch": "50"}, "a full batch could never pass"),
         ({"csrf": "maybe"}, "must be one of origin, pyramid, off"),
-        ({"rate": "0"}, "must be greater than 0"),
+        ({"rate": "0"}, "must be a finite number greater than 0"),
     ],
 )
 def test_bad_settings_fail_at_startup(settings: dict[str, object], error: str) -> None:
@@ -685,3 +686,21 @@ def test_cors_for_allowed_origins_of_the_site() -> None:
     assert "Access-Control-Allow-Origin" not in post(app, {"event": "Page Viewed"}, 200).headers
     other = app.options("/mixpanel/track", headers={"Origin": "https://evil.example"}, status=405)
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_settings_added_after_the_include_count(tracks: list[MixpanelTrack]) -> None:
+    with Configurator(settings={"mixpanel.token": "false"}) as config:
+        config.add_request_method(user_from_header, "user", reify=True)
+        config.include("pyramid_mixpanel.relay")
+        # Another include (or main()) adds settings after the relay was included.
+        config.add_settings({"mixpanel.relay.path": "/_e/collect"})
+    app = webtest.TestApp(config.make_wsgi_app(), extra_environ={"HTTP_HOST": "localhost:80"})
+    post(app, {"event": "Page Viewed"}, status=200, path="/_e/collect")
+    post(app, {"event": "Page Viewed"}, status=404)  # the default path is not registered
+    assert state_of(app).settings.path == "/_e/collect"
+
+
+def test_a_path_pattern_that_would_capture_app_routes_is_refused() -> None:
+    # Parsed in a configuration action: Pyramid wraps the error, whose text names the key.
+    with pytest.raises(ConfigurationError, match="mixpanel.relay.path must be a plain URL"):
+        make_app(path="/{anything}")

@@ -1,65 +1,152 @@
-"""The runtime built once per configuration, and logging that never leaks a secret."""
+"""The runtime: built once per app, owned by its registry, closed with it; secret-free logs."""
 
 from __future__ import annotations
 
 import logging
+import os
+import pathlib
+import threading
+import typing as t
 
 import pytest
 import structlog
 from pyramid.config import Configurator
 
-from pyramid_mixpanel.consumer import MockedConsumer, PoliteBufferedConsumer
-from pyramid_mixpanel.lifecycle import RUNTIME_KEY
+from pyramid_mixpanel import Delivery, Events, MixpanelQuery, MixpanelTrack, get_runtime
+from pyramid_mixpanel.consumer import MockedConsumer
+from pyramid_mixpanel.counters import Counters
+from pyramid_mixpanel.delivery import BackgroundEngine, SyncDelivery
+from pyramid_mixpanel.delivery.sync import ConsumerDelivery
+from pyramid_mixpanel.exceptions import MixpanelConfigurationError
 from pyramid_mixpanel.log import Log, redact
-from pyramid_mixpanel.runtime import Runtime, runtime_for
+from pyramid_mixpanel.runtime import RUNTIME_KEY, Runtime, runtime_for
 from pyramid_mixpanel.settings import parse_settings
 
 
-def test_identical_settings_share_one_runtime() -> None:
-    first = runtime_for({"mixpanel.token": "tok-share", "unrelated": "1"})
-    second = runtime_for({"mixpanel.token": "tok-share", "unrelated": "2"})
-    assert first is second
-    assert runtime_for(first.settings) is first
-    assert runtime_for({"mixpanel.token": "tok-other"}) is not first
+def configure(settings: dict[str, object]) -> Configurator:
+    config = Configurator(settings=settings)
+    config.include("pyramid_mixpanel")
+    config.commit()
+    return config
 
 
-def test_unhashable_setting_values_are_parsed_without_the_cache() -> None:
-    settings: dict[str, object] = {"mixpanel.token": "tok", "mixpanel.extra_list": ["a"]}
-    assert runtime_for(settings).settings.token == "tok"
+def test_two_apps_with_equal_settings_get_their_own_runtime_and_engine() -> None:
+    settings = {"mixpanel.token": "tok-two-apps"}
+    first, second = configure(dict(settings)), configure(dict(settings))
+    one, two = get_runtime(first.registry), get_runtime(second.registry)
+    assert one is not two
+    assert isinstance(one.mixpanel, BackgroundEngine)
+    assert isinstance(two.mixpanel, BackgroundEngine)
+    assert one.mixpanel is not two.mixpanel
+    assert one.mixpanel.store is not two.mixpanel.store
+    one.close()
+    two.close()
+
+
+def test_registry_settings_find_the_registry_runtime_without_a_cache() -> None:
+    config = configure({"mixpanel.token": "tok-registry"})
+    runtime = get_runtime(config.registry)
+    # A view that builds MixpanelTrack(request.registry.settings) uses the app's delivery.
+    assert runtime_for(config.registry.settings) is runtime
+    assert MixpanelTrack(config.registry.settings)._runtime is runtime
+    assert MixpanelTrack.from_registry(config.registry, "u")._runtime is runtime
+    # Equal settings in another mapping are not the app's: a standalone runtime, never cached.
+    other = runtime_for(dict(config.registry.settings))
+    assert other is not runtime
+    assert runtime_for(dict(config.registry.settings)) is not other
+    assert runtime_for(runtime) is runtime
+    runtime.close()
+
+
+def test_standalone_runtimes_post_on_flush_and_start_no_thread() -> None:
+    before = threading.active_count()
+    runtime = runtime_for({"mixpanel.token": "tok-standalone"})
+    assert isinstance(runtime.mixpanel, SyncDelivery)
+    assert isinstance(runtime_for(parse_settings({"mixpanel.token": "t"})).mixpanel, SyncDelivery)
+    celery = runtime_for(
+        {
+            "mixpanel.token": "t",
+            "mixpanel.delivery": "celery",
+            "mixpanel.celery_app": "tests.celery_app:app",
+        }
+    )
+    assert type(celery.mixpanel).__name__ == "CeleryDelivery"
+    assert threading.active_count() == before
+
+
+def test_get_runtime_says_what_is_missing() -> None:
+    config = Configurator(settings={"mixpanel.token": "false"})
+    with pytest.raises(MixpanelConfigurationError, match="not configured in this registry"):
+        get_runtime(config.registry)
+    config.include("pyramid_mixpanel")
+    with pytest.raises(MixpanelConfigurationError, match="commit the configuration"):
+        get_runtime(config.registry)  # the runtime is built when the configuration commits
+    config.commit()
+    assert get_runtime(config.registry).settings.testing
+    assert config.registry[RUNTIME_KEY] is get_runtime(config.registry)
+
+
+def test_the_query_client_never_builds_delivery(tmp_path: pathlib.Path) -> None:
+    spool = tmp_path / "spool.db"
+    threads = threading.active_count()
+    query = MixpanelQuery(
+        {
+            "mixpanel.token": "tok",
+            "mixpanel.spool_path": str(spool),
+            "mixpanel.events": "nowhere.Events",  # not even the catalogue is resolved
+            "mixpanel.service_account.username": "sa",
+            "mixpanel.service_account.secret": "sa-secret",
+            "mixpanel.service_account.project_id": "1",
+        }
+    )
+    assert query.settings.service_account_project_id == "1"
+    assert not spool.exists()
+    assert os.listdir(tmp_path) == []
+    assert threading.active_count() == threads
 
 
 def test_includeme_stores_the_runtime_and_logs_one_configured_line(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: pathlib.Path
 ) -> None:
+    spool = str(tmp_path / "spool.db")
     with caplog.at_level(logging.INFO, logger="pyramid_mixpanel"):
-        with Configurator(
-            settings={"mixpanel.token": "tok-configured", "mixpanel.api_secret": "sec"}
-        ) as config:
-            config.include("pyramid_mixpanel")
-        runtime = config.registry[RUNTIME_KEY]
+        config = configure(
+            {
+                "mixpanel.token": "tok-configured",
+                "mixpanel.api_secret": "sec",
+                "mixpanel.spool_path": spool,
+            }
+        )
+    runtime = get_runtime(config.registry)
     assert isinstance(runtime, Runtime)
     (line,) = [r.getMessage() for r in caplog.records if "mixpanel.configured" in r.getMessage()]
     assert "mode='live'" in line
-    assert "consumer='PoliteBufferedConsumer'" in line
+    assert "delivery='background'" in line
+    assert f"spool_path={spool!r}" in line
+    assert "consumer=None" in line
     assert "events='pyramid_mixpanel.catalog.Events'" in line
     assert "customerio='off'" in line
     assert "tok-configured" not in caplog.text
     assert "sec'" not in caplog.text
+    runtime.close()
 
 
 def test_testing_mode_is_announced(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="pyramid_mixpanel"):
         Runtime(parse_settings({"mixpanel.token": "false"})).log_configured()
     assert "mode='testing'" in caplog.text
-    assert "consumer='MockedConsumer'" in caplog.text
+    assert "delivery='none (testing mode)'" in caplog.text
     assert "mixpanel.testing_mode" in caplog.text
 
 
-def test_make_consumer_uses_from_settings_or_no_arguments() -> None:
-    runtime = Runtime(parse_settings({"mixpanel.token": "tok"}))
-    assert isinstance(runtime.make_consumer(), PoliteBufferedConsumer)
-    custom = Runtime(parse_settings({"mixpanel.token": "tok", "mixpanel.consumer": MockedConsumer}))
-    assert isinstance(custom.make_consumer(), MockedConsumer)
+def test_a_consumer_setting_gives_the_consumer_delivery() -> None:
+    runtime = Runtime(
+        parse_settings({"mixpanel.token": "tok", "mixpanel.consumer": MockedConsumer})
+    )
+    assert isinstance(runtime.mixpanel, ConsumerDelivery)
+    assert isinstance(runtime.mixpanel.make_consumer(), MockedConsumer)
+    assert runtime.mixpanel.submit([]) == 0
+    assert runtime.close() == 0
 
 
 @pytest.mark.parametrize("delivery", ["sync", "background"])
@@ -68,7 +155,38 @@ def test_deliver_with_nothing_to_send_does_nothing(delivery: str) -> None:
     runtime.deliver([])
     assert runtime.stats["released"] == 0
     assert runtime.stats["failed"] == 0
-    assert (runtime.engine is None) == (delivery == "sync")
+    assert isinstance(runtime.mixpanel, BackgroundEngine) == (delivery == "background")
+    assert list(runtime.lanes) == ["mixpanel"]
+    runtime.close()
+
+
+class Exploding(Delivery):
+    """A custom backend with a bug."""
+
+    def __init__(self, transport: t.Any, settings: t.Any, log: Log) -> None:
+        super().__init__()
+
+    def submit(self, messages: t.Sequence[tuple[str, str]]) -> int:
+        raise RuntimeError("backend bug")
+
+
+def test_a_custom_backend_that_raises_never_reaches_the_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runtime = Runtime(parse_settings({"mixpanel.token": "tok", "mixpanel.delivery": Exploding}))
+    assert runtime.settings.delivery == "tests.test_runtime.Exploding"
+    track = MixpanelTrack(runtime, distinct_id="u")
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        track.track(Events.page_viewed)
+        track.flush()
+    assert runtime.stats["failed"] == 1
+    assert "mixpanel.delivery_error delivery='Exploding' messages=1" in caplog.text
+    assert runtime.close() == 0  # the base class's close: nothing left
+
+
+def test_a_factory_that_returns_something_else_is_a_startup_error() -> None:
+    with pytest.raises(MixpanelConfigurationError, match="not a pyramid_mixpanel.delivery"):
+        Runtime(parse_settings({"mixpanel.token": "tok", "mixpanel.delivery": lambda *a: 42}))
 
 
 def test_redact() -> None:
@@ -116,3 +234,25 @@ def test_header_properties_are_found_among_any_environ_keys() -> None:
     odd: dict[object, object] = {1: "one", "HTTP_X_MIXPANEL_PATH": "/p"}
     found = runtime.header_props(odd)  # type: ignore[arg-type]  # the mistake under test
     assert {prop.name: value for prop, value in found.items()} == {"Path": "/p"}
+
+
+def test_counters_show_themselves() -> None:
+    counters = Counters(["sent"])
+    counters.add("dead", 2)
+    assert repr(counters) == "Counters({'sent': 0, 'dead': 2})"
+    assert counters["nothing"] == 0
+
+
+def test_query_settings_come_from_app_settings_or_a_parsed_object() -> None:
+    settings = parse_settings(
+        {
+            "mixpanel.token": "tok",
+            "mixpanel.region": "eu",
+            "mixpanel.api_secret": "legacy",
+        }
+    )
+    query = MixpanelQuery(settings)
+    assert query.settings.query_api_host == "https://eu.mixpanel.com"
+    assert query.settings.secrets == ("legacy",)
+    assert not query.settings.has_service_account
+    assert MixpanelQuery(query.settings).settings is query.settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import sys
 
@@ -13,7 +14,15 @@ from pyramid.exceptions import ConfigurationExecutionError
 
 from pyramid_mixpanel import EventProperties, Events, MixpanelConfigurationError, parse_settings
 from pyramid_mixpanel.consumer import MockedConsumer, PoliteBufferedConsumer
-from pyramid_mixpanel.settings import as_base_url, as_bool, as_positive_float, as_secret
+from pyramid_mixpanel.converters import (
+    as_base_url,
+    as_bool,
+    as_callable,
+    as_lines,
+    as_positive_float,
+    as_secret,
+)
+from pyramid_mixpanel.delivery import SyncDelivery
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +111,9 @@ def test_regions_pick_residency_hosts_and_api_host_wins() -> None:
     assert proxied.export_api_host == "http://127.0.0.1:9"
 
 
+NOT_CALLABLE = 42
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -113,7 +125,18 @@ def test_regions_pick_residency_hosts_and_api_host_wins() -> None:
         ({"mixpanel.api_host": "ftp://x"}, "mixpanel.api_host must be a host name"),
         ({"mixpanel.api_host": "http://"}, "mixpanel.api_host must be a host name"),
         ({"mixpanel.read_timeout": "soon"}, "mixpanel.read_timeout must be a number"),
-        ({"mixpanel.read_timeout": "-1"}, "mixpanel.read_timeout must be greater than 0"),
+        ({"mixpanel.read_timeout": "-1"}, "read_timeout must be a finite number greater than 0"),
+        ({"mixpanel.read_timeout": "inf"}, "read_timeout must be a finite number greater than 0"),
+        ({"mixpanel.read_timeout": True}, "mixpanel.read_timeout must be a number"),
+        ({"mixpanel.batch_max_records": True}, "batch_max_records must be a whole number"),
+        ({"mixpanel.api_host": "http://u:pw@:x"}, "got 'http://***@:x'"),
+        ({"mixpanel.delivery": "nowhere.backend"}, "mixpanel.delivery = 'nowhere.backend'"),
+        ({"mixpanel.delivery": "tests.test_settings.NOT_CALLABLE"}, "delivery backend factory"),
+        (
+            {"mixpanel.consumer": "pyramid_mixpanel.MockedConsumer", "mixpanel.delivery": "celery"},
+            "cannot be combined with mixpanel.delivery = celery",
+        ),
+        ({"mixpanel.structlog": "ture"}, "mixpanel.structlog must be a boolean"),
         ({"mixpanel.release_policy": "never"}, "mixpanel.release_policy must be one of"),
         ({"pyramid_heroku.structlog": "ture"}, "pyramid_heroku.structlog must be a boolean"),
         ({"mixpanel.token": 123}, "mixpanel.token must be a string"),
@@ -177,6 +200,27 @@ def test_small_parsers() -> None:
     assert as_base_url("k", "false") is None
     with pytest.raises(MixpanelConfigurationError, match="k must be a number"):
         as_positive_float("k", None)
+    assert as_callable("k", " ") is None
+    assert as_callable("k", "json.dumps") is json.dumps
+    with pytest.raises(MixpanelConfigurationError, match="k must name a callable"):
+        as_callable("k", "json.__doc__")
+    assert as_lines("k", "a, b\nc") == ["a", "b", "c"]
+    assert as_lines("k", ("a", " ", 3)) == ["a", "3"]
+
+
+def test_the_structlog_setting_and_the_original_key() -> None:
+    assert parse_settings({"mixpanel.structlog": "true"}).structlog is True
+    assert parse_settings({"pyramid_heroku.structlog": "true"}).structlog is True
+    both = {"mixpanel.structlog": "false", "pyramid_heroku.structlog": "true"}
+    assert parse_settings(both).structlog is False  # our own key wins
+
+
+def test_delivery_names_a_mode_or_a_backend() -> None:
+    assert parse_settings({"mixpanel.delivery": " Sync "}).delivery == "sync"
+    assert parse_settings({"mixpanel.delivery": ""}).delivery == "background"
+    custom = parse_settings({"mixpanel.delivery": "pyramid_mixpanel.delivery.SyncDelivery"})
+    assert custom.delivery == "pyramid_mixpanel.delivery.SyncDelivery"
+    assert custom.delivery_factory is SyncDelivery
 
 
 def test_includeme_validates_at_startup_through_a_config_action() -> None:
@@ -191,7 +235,7 @@ def test_settings_added_after_the_include_still_count() -> None:
     config.include("pyramid_mixpanel")
     config.add_settings({"mixpanel.token": "added-later"})
     config.commit()
-    from pyramid_mixpanel.lifecycle import RUNTIME_KEY
+    from pyramid_mixpanel.runtime import RUNTIME_KEY
 
     assert config.registry[RUNTIME_KEY].settings.token == "added-later"
 

@@ -28,7 +28,8 @@ from pyramid_mixpanel import (
 )
 from pyramid_mixpanel.consumer import MockedConsumer, RequestBuffer
 from pyramid_mixpanel.customerio import CustomerIOCall
-from pyramid_mixpanel.runtime import runtime_for
+from pyramid_mixpanel.runtime import Runtime
+from pyramid_mixpanel.settings import parse_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,9 +338,9 @@ def test_testing_mode_flush_marks_flushed_and_keeps_messages(mp: MixpanelTrack) 
 
 
 def test_settle_releases_once_and_later_messages_follow_the_outcome() -> None:
-    mp = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
+    runtime = Runtime(parse_settings({"mixpanel.token": "tok"}))
+    mp = MixpanelTrack(runtime, distinct_id="u")
     delivered: list[tuple[str, str]] = []
-    runtime = runtime_for({"mixpanel.token": "tok"})
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "deliver", lambda msgs, calls=(): delivered.extend(msgs))
         mp.track(Events.page_viewed)
@@ -373,15 +374,14 @@ def test_mocked_messages_only_exist_in_testing_mode() -> None:
 
 
 def test_context_manager_flushes_or_discards() -> None:
-    settings = {"mixpanel.token": "tok"}
-    runtime = runtime_for(settings)
+    runtime = Runtime(parse_settings({"mixpanel.token": "tok"}))
     delivered: list[tuple[str, str]] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(runtime, "deliver", lambda msgs, calls=(): delivered.extend(msgs))
-        with MixpanelTrack(settings, distinct_id="u") as mp:
+        with MixpanelTrack(runtime, distinct_id="u") as mp:
             mp.track(Events.page_viewed)
         assert len(delivered) == 1
-        with pytest.raises(RuntimeError), MixpanelTrack(settings, distinct_id="u") as mp:
+        with pytest.raises(RuntimeError), MixpanelTrack(runtime, distinct_id="u") as mp:
             mp.track(Events.page_viewed)
             raise RuntimeError("boom")
         assert len(delivered) == 1
@@ -389,12 +389,10 @@ def test_context_manager_flushes_or_discards() -> None:
 
 def test_buffer_flush_by_hand_releases(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scripts written for the original package call ``api._consumer.flush()``."""
-    settings = {"mixpanel.token": "tok"}
+    runtime = Runtime(parse_settings({"mixpanel.token": "tok"}))
     delivered: list[tuple[str, str]] = []
-    monkeypatch.setattr(
-        runtime_for(settings), "deliver", lambda msgs, calls=(): delivered.extend(msgs)
-    )
-    mp = MixpanelTrack(settings, distinct_id="u")
+    monkeypatch.setattr(runtime, "deliver", lambda msgs, calls=(): delivered.extend(msgs))
+    mp = MixpanelTrack(runtime, distinct_id="u")
     mp.track(Events.page_viewed)
     mp.api._consumer.flush()
     assert len(delivered) == 1

@@ -1,50 +1,64 @@
-"""Delivery of released messages: ``mixpanel.delivery = background`` (default) or ``sync``.
+"""Delivery of released messages, one lane (destination) at a time.
 
-``background`` hands messages to a process-wide :class:`~.engine.BackgroundEngine` (memory
-queue, or the durable SQLite spool when ``mixpanel.spool_path`` is set) and returns at once;
-``sync`` sends them through the configured consumer at the end of the request.
+``mixpanel.delivery`` picks how: ``background`` (default, :class:`~.engine.BackgroundEngine`),
+``sync`` (:class:`~.sync.SyncDelivery`), ``celery`` (:class:`~.celery.CeleryDelivery`) or the
+dotted name of a factory of your own (see :class:`~.base.Delivery`). Whatever the mode, batches
+reach Mixpanel through :class:`~.transport.MixpanelTransport` and Customer.io through
+:class:`~pyramid_mixpanel.customerio.CustomerIOTransport`.
 """
 
 from __future__ import annotations
 
 import typing as t
 
-from ..customerio import CustomerIOReplicator
-from ..log import Log
-from .engine import BackgroundEngine, Stats
-from .policy import RetryPolicy
-from .store import MemoryStore, SqliteSpool, Store
-from .transport import HttpTransport, Router
+from ..exceptions import MixpanelConfigurationError
+from .base import Delivery, DeliveryFactory, Message, Outcome, Transport, batches
+from .engine import BackgroundEngine
+from .policy import RetryPolicy, is_retryable
+from .sync import ConsumerDelivery, SyncDelivery
+from .transport import MixpanelTransport
 
 if t.TYPE_CHECKING:
+    from ..log import Log
     from ..settings import MixpanelSettings
 
-__all__ = ["BackgroundEngine", "RetryPolicy", "Stats", "build_engine", "build_store"]
+__all__ = [
+    "BackgroundEngine",
+    "ConsumerDelivery",
+    "Delivery",
+    "DeliveryFactory",
+    "Message",
+    "MixpanelTransport",
+    "Outcome",
+    "RetryPolicy",
+    "SyncDelivery",
+    "Transport",
+    "batches",
+    "build_delivery",
+    "is_retryable",
+]
 
 
-def build_store(settings: MixpanelSettings) -> Store:
-    """The configured store: the SQLite spool when ``mixpanel.spool_path`` is set."""
-    if settings.spool_path:
-        # A claimed batch is leased for a few times the longest a post may take: long enough
-        # that a live sender keeps it, short enough that a crashed sender's rows soon come back.
-        lease = 4 * (settings.connect_timeout + settings.read_timeout) + 5
-        return SqliteSpool(
-            settings.spool_path, settings.queue_max_messages, settings.queue_max_bytes, lease
+def factory_for(settings: MixpanelSettings) -> DeliveryFactory:
+    """The factory of the configured delivery mode."""
+    if settings.delivery_factory is not None:
+        return t.cast(DeliveryFactory, settings.delivery_factory)
+    if settings.delivery == "background":
+        return BackgroundEngine.from_settings
+    if settings.delivery == "celery":
+        # Imported here: the Celery hand-over pulls in Customer.io's transport for workers.
+        from .celery import CeleryDelivery
+
+        return CeleryDelivery
+    return SyncDelivery
+
+
+def build_delivery(transport: Transport, settings: MixpanelSettings, log: Log) -> Delivery:
+    """Build the configured delivery of ``transport``'s lane; check what a custom factory gave."""
+    delivery = factory_for(settings)(transport, settings, log)
+    if not isinstance(delivery, Delivery):
+        raise MixpanelConfigurationError(
+            f"mixpanel.delivery = {settings.delivery} returned {type(delivery).__qualname__},"
+            " not a pyramid_mixpanel.delivery.Delivery"
         )
-    return MemoryStore(settings.queue_max_messages, settings.queue_max_bytes)
-
-
-def build_engine(
-    settings: MixpanelSettings, log: Log, customerio: CustomerIOReplicator | None = None
-) -> BackgroundEngine:
-    """A background engine for ``settings`` (its sender starts on the first hand-over)."""
-    return BackgroundEngine(
-        build_store(settings),
-        Router(HttpTransport(settings), customerio),
-        log,
-        spooled=bool(settings.spool_path),
-        flush_interval=settings.flush_interval,
-        shutdown_timeout=settings.shutdown_timeout,
-        max_batch_records=settings.batch_max_records,
-        max_batch_bytes=settings.batch_max_bytes,
-    )
+    return delivery

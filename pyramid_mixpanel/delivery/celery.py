@@ -1,9 +1,9 @@
 """``mixpanel.delivery = celery``: hand batches to your Celery workers.
 
 For apps that outgrow one process group. The web process groups a request's released messages
-into batches (Mixpanel's limits) and sends each as a ``pyramid_mixpanel.deliver`` task to the
+into batches (the lane's limits) and sends each as a ``pyramid_mixpanel.deliver`` task to the
 Celery app named by ``mixpanel.celery_app``; it never talks to Mixpanel itself. Workers post
-the batch with the same transport as the background engine and retry with the same policy
+the batch with the same transport as every other mode and retry with the same policy
 (capped exponential backoff with full jitter, ``Retry-After`` honoured). Tasks are
 ``acks_late``, so a worker that dies mid-post leaves the task to another worker, and a resend is
 harmless: ``$insert_id`` was fixed when the message was built and Mixpanel deduplicates on it.
@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import typing as t
 
-from ..consumer import batches
-from ..customerio import CustomerIOReplicator
+from ..customerio import CustomerIOTransport
 from ..log import Log
 from ..settings import MixpanelSettings, parse_settings
+from .base import Delivery, Message, Transport, batches
 from .policy import RetryPolicy
-from .transport import HttpTransport, Router
+from .transport import MixpanelTransport
+
+__all__ = ["MAX_RETRIES", "TASK_NAME", "CeleryDelivery", "register"]
 
 TASK_NAME = "pyramid_mixpanel.deliver"
 # With the 60 s cap this keeps a batch alive through about an hour of outage.
@@ -35,31 +37,46 @@ MAX_RETRIES = 60
 
 
 def register(celery_app: t.Any, settings: t.Mapping[str, object] | MixpanelSettings) -> t.Any:
-    """Register the ``pyramid_mixpanel.deliver`` task on ``celery_app``; return the task."""
+    """Register the ``pyramid_mixpanel.deliver`` task on ``celery_app``; return the task.
+
+    The task takes ``(endpoint, bodies)`` and the keyword ``lane`` (``mixpanel``, or
+    ``customerio`` when ``customerio.tracking.*`` is configured).
+    """
     parsed = settings if isinstance(settings, MixpanelSettings) else parse_settings(settings)
     log = Log(parsed.secrets, parsed.structlog)
-    customerio = CustomerIOReplicator(parsed, log) if parsed.customerio_enabled else None
-    router = Router(HttpTransport(parsed), customerio)
+    transports: dict[str, Transport] = {"mixpanel": MixpanelTransport.from_settings(parsed)}
+    if parsed.customerio_enabled:
+        transports["customerio"] = CustomerIOTransport.from_settings(parsed)
     policy = RetryPolicy()
 
     @celery_app.task(name=TASK_NAME, bind=True, acks_late=True, max_retries=MAX_RETRIES)  # type: ignore[untyped-decorator]  # Celery is untyped
-    def deliver(task: t.Any, endpoint: str, bodies: list[str]) -> int:
-        outcome = router.post(endpoint, bodies)
+    def deliver(task: t.Any, endpoint: str, bodies: list[str], lane: str = "mixpanel") -> int:
+        transport = transports.get(lane)
+        if transport is None or endpoint not in transport.endpoints:
+            log.error(
+                "mixpanel.celery_unknown_lane",
+                lane=lane,
+                endpoint=endpoint,
+                messages=len(bodies),
+                detail="this worker's settings do not configure that destination",
+            )
+            return 0
+        outcome = transport.post(endpoint, bodies)
         if outcome.sent:
             return len(bodies)
         if outcome.kind == "retry":
             delay = policy.delay(task.request.retries + 1, outcome.retry_after)
             log.warning(
-                "mixpanel.delivery_retry",
+                f"{lane}.delivery_retry",
                 endpoint=endpoint,
                 messages=len(bodies),
                 retry_in=round(delay, 2),
                 error=outcome.error,
             )
             raise task.retry(countdown=delay)
-        refused = len(outcome.failed) or len(bodies)
+        refused = outcome.refused_of(len(bodies))
         log.error(
-            "mixpanel.delivery_refused",
+            f"{lane}.delivery_refused",
             endpoint=endpoint,
             messages=refused,
             error=outcome.error,
@@ -69,31 +86,41 @@ def register(celery_app: t.Any, settings: t.Mapping[str, object] | MixpanelSetti
     return deliver
 
 
-class CeleryHandOver:
+class CeleryDelivery(Delivery):
     """The web side: send released messages as tasks, never raising into the request."""
 
-    def __init__(self, celery_app: t.Any, settings: MixpanelSettings, log: Log) -> None:
-        self.celery_app = celery_app
-        self.settings = settings
+    def __init__(self, transport: Transport, settings: MixpanelSettings, log: Log) -> None:
+        super().__init__()
+        self.celery_app: t.Any = settings.celery_app
+        self.lane = transport.name
+        self.endpoints = transport.endpoints
+        self.max_records = transport.max_records
+        self.max_bytes = transport.max_bytes
         self.log = log
 
-    def submit(self, messages: t.Sequence[tuple[str, str]]) -> int:
+    def submit(self, messages: t.Sequence[Message]) -> int:
         """Send one task per batch; return how many messages could not be handed over."""
         by_endpoint: dict[str, list[str]] = {}
         for endpoint, body in messages:
             by_endpoint.setdefault(endpoint, []).append(body)
         lost = 0
         for endpoint, bodies in by_endpoint.items():
-            size = 1 if endpoint == "customerio" else self.settings.batch_max_records
-            for batch in batches(bodies, size):
+            for batch in batches(bodies, self.max_records, self.max_bytes):
                 try:
-                    self.celery_app.send_task(TASK_NAME, args=(endpoint, batch))
+                    self.celery_app.send_task(
+                        TASK_NAME, args=(endpoint, batch), kwargs={"lane": self.lane}
+                    )
                 except Exception as exc:  # the broker is down: the request must not see it
                     lost += len(batch)
                     self.log.error(
                         "mixpanel.celery_send_failed",
+                        lane=self.lane,
                         endpoint=endpoint,
                         messages=len(batch),
                         error=f"{type(exc).__name__}: {str(exc)[:200]}",
                     )
+                else:
+                    self.stats.add("handed_over", len(batch))
+        if lost:
+            self.stats.add("failed", lost)
         return lost

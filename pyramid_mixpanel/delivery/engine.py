@@ -1,10 +1,11 @@
-"""The background delivery engine: requests hand messages over and return at once.
+"""``mixpanel.delivery = background``: requests hand messages over and return at once.
 
-One sender thread per process, started lazily on the first hand-over and again after a fork
-(``os.register_at_fork`` plus a pid check, so gunicorn/uwsgi pre-fork — ``--preload``
-included — works). Messages wait in a :mod:`~pyramid_mixpanel.delivery.store` (memory, or the
-durable SQLite spool); the sender claims due batches per endpoint, posts them through the
-:class:`~pyramid_mixpanel.delivery.transport.HttpTransport` and settles each batch:
+One engine per lane of an app, owned by the app's runtime; one sender thread per engine and
+process, started lazily on the first hand-over and again after a fork (``os.register_at_fork``
+plus a pid check, so gunicorn/uwsgi pre-fork — ``--preload`` included — works). Messages wait in
+a :mod:`~pyramid_mixpanel.delivery.store` (memory, or the durable SQLite spool); the sender
+claims due batches per endpoint of the lane, posts them through the lane's transport and settles
+each batch:
 
 * delivered → deleted;
 * connection error, timeout, 408, 429, 5xx → held back with capped exponential backoff and full
@@ -16,7 +17,8 @@ durable SQLite spool); the sender claims due batches per endpoint, posts them th
 
 At interpreter exit (and on :meth:`BackgroundEngine.close`) the engine drains for at most
 ``mixpanel.shutdown_timeout`` seconds and never joins without a timeout: what is left stays in
-the spool, or is counted and logged as lost when there is none.
+the spool, or is counted and logged as lost when there is none. The exit and fork hooks are
+installed when the first sender starts, not when this module is imported.
 """
 
 from __future__ import annotations
@@ -28,51 +30,45 @@ import time
 import typing as t
 import weakref
 
+from ..counters import Counters
 from ..log import Log
+from .base import Delivery, Message, Outcome, Transport
 from .policy import RetryPolicy
-from .store import ENDPOINTS, Batch, Store
-from .transport import Outcome
+from .store import Batch, MemoryStore, SqliteSpool, Store
+
+if t.TYPE_CHECKING:
+    from ..settings import MixpanelSettings
+
+__all__ = ["COUNTERS", "BackgroundEngine"]
 
 COUNTERS = ("queued", "sent", "retried", "spooled", "dead", "dropped")
 # While anything fails, counters are logged at most this often (seconds).
 FAILURE_LOG_INTERVAL = 30.0
 
-_ENGINES: weakref.WeakSet[BackgroundEngine] = weakref.WeakSet()
-# Customer.io has no batch endpoint in its track API: one call per batch.
-RECORDS_PER_BATCH = {"customerio": 1}
+# Engines whose sender started in this process: what the exit and fork hooks act on. Weak, so
+# an app that is gone takes its engine with it; the runtime, not this set, owns an engine.
+_STARTED: weakref.WeakSet[BackgroundEngine] = weakref.WeakSet()
+_HOOKS_LOCK = threading.Lock()
+_hooks_installed = False
 
 
-class Transport(t.Protocol):
-    """Anything that can post a batch and say what happened."""
-
-    def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
-        """Send ``bodies`` to ``endpoint``."""
-
-
-class Stats:
-    """Thread-safe counters: queued, sent, retried, spooled, dead, dropped."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values = dict.fromkeys(COUNTERS, 0)
-
-    def add(self, name: str, amount: int = 1) -> None:
-        """Increase counter ``name``."""
-        with self._lock:
-            self._values[name] += amount
-
-    def snapshot(self) -> dict[str, int]:
-        """A copy of every counter."""
-        with self._lock:
-            return dict(self._values)
+def _install_hooks() -> None:
+    """Register the exit and fork hooks, once, when the first sender starts."""
+    global _hooks_installed
+    with _HOOKS_LOCK:
+        if _hooks_installed:
+            return
+        _hooks_installed = True
+        atexit.register(_close_all)
+        os.register_at_fork(after_in_child=_after_fork)
 
 
-class BackgroundEngine:
-    """Deliver messages from a store on a sender thread; never block or fail the caller.
+class BackgroundEngine(Delivery):
+    """Deliver one lane's messages from a store on a sender thread; never block the caller.
 
     :param store: where messages wait (:class:`~.store.MemoryStore` or
         :class:`~.store.SqliteSpool`).
-    :param transport: posts batches.
+    :param transport: posts the lane's batches, within its own batch limits.
     :param spooled: whether the store survives the process (changes counters and shutdown logs).
     """
 
@@ -86,9 +82,8 @@ class BackgroundEngine:
         spooled: bool = False,
         flush_interval: float = 1.0,
         shutdown_timeout: float = 5.0,
-        max_batch_records: int = 2000,
-        max_batch_bytes: int = 10 * 1024 * 1024,
     ) -> None:
+        super().__init__()
         self.store = store
         self.transport = transport
         self.log = log
@@ -96,12 +91,40 @@ class BackgroundEngine:
         self.spooled = spooled
         self.flush_interval = flush_interval
         self.shutdown_timeout = shutdown_timeout
-        self.max_batch_records = max_batch_records
-        self.max_batch_bytes = max_batch_bytes
-        self.stats = Stats()
+        self.stats = Counters(COUNTERS)
+        self._event = f"{transport.name}."
         self._closed = False
         self._reset_process_state()
-        _ENGINES.add(self)
+
+    @classmethod
+    def from_settings(
+        cls, transport: Transport, settings: MixpanelSettings, log: Log
+    ) -> BackgroundEngine:
+        """The engine of one lane: the SQLite spool when ``mixpanel.spool_path`` is set."""
+        store: Store
+        if settings.spool_path:
+            # A claimed batch is leased for a few times the longest a post may take: long
+            # enough that a live sender keeps it, short enough that a crashed sender's rows
+            # soon come back.
+            lease = 4 * (settings.connect_timeout + settings.read_timeout) + 5
+            store = SqliteSpool(
+                settings.spool_path,
+                settings.queue_max_messages,
+                settings.queue_max_bytes,
+                lease,
+                endpoints=transport.endpoints,
+                lane=transport.name,
+            )
+        else:
+            store = MemoryStore(settings.queue_max_messages, settings.queue_max_bytes)
+        return cls(
+            store,
+            transport,
+            log,
+            spooled=bool(settings.spool_path),
+            flush_interval=settings.flush_interval,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
 
     def _reset_process_state(self) -> None:
         """State that belongs to one process; rebuilt in a forked child."""
@@ -117,7 +140,7 @@ class BackgroundEngine:
 
     # -- the request side -------------------------------------------------------------------
 
-    def submit(self, messages: t.Sequence[tuple[str, str]]) -> int:
+    def submit(self, messages: t.Sequence[Message]) -> int:
         """Accept a request's messages without any network I/O; return how many were refused.
 
         Never raises: refusals are counted as ``dropped`` and logged.
@@ -130,7 +153,7 @@ class BackgroundEngine:
             # The spool file may be unwritable (disk full, permissions): say so loudly, but the
             # request that produced the messages must still succeed.
             refused = len(messages)
-            self.log.error("mixpanel.spool_write_failed", error=str(exc)[:300])
+            self.log.error(self._event + "spool_write_failed", error=str(exc)[:300])
         accepted = len(messages) - refused
         self.stats.add("queued", accepted)
         if self.spooled:
@@ -138,7 +161,7 @@ class BackgroundEngine:
         if refused:
             self.stats.add("dropped", refused)
             self.log.error(
-                "mixpanel.queue_full_dropped",
+                self._event + "queue_full_dropped",
                 messages=refused,
                 detail="the queue cap (mixpanel.queue_max_messages / _bytes) is reached",
             )
@@ -152,8 +175,10 @@ class BackgroundEngine:
         with self._start_lock:
             if self._thread is not None or self._closed:
                 return
+            _install_hooks()
+            _STARTED.add(self)
             self._thread = threading.Thread(
-                target=self._run, name="pyramid_mixpanel-sender", daemon=True
+                target=self._run, name=f"pyramid_mixpanel-{self.transport.name}", daemon=True
             )
             self._thread.start()
 
@@ -162,6 +187,11 @@ class BackgroundEngine:
         self._ensure_sender()
         self._wake.set()
 
+    def open(self) -> None:
+        """When the app is configured: send what an earlier run left in the spool right away."""
+        if self.store.pending():
+            self.start()
+
     # -- the sender thread ------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -169,7 +199,7 @@ class BackgroundEngine:
             try:
                 worked = self.send_due()
             except Exception as exc:  # a bug or a broken spool must not kill delivery for good
-                self.log.error("mixpanel.sender_error", error=f"{type(exc).__name__}: {exc}")
+                self.log.error(self._event + "sender_error", error=f"{type(exc).__name__}: {exc}")
                 worked = False
             if not worked:
                 self._wake.wait(self._idle_wait())
@@ -187,13 +217,13 @@ class BackgroundEngine:
     def send_due(self) -> bool:
         """Send one due batch per endpoint that is not paused; return whether any was sent."""
         worked = False
-        for endpoint in ENDPOINTS:
+        transport = self.transport
+        for endpoint in transport.endpoints:
             now = time.time()
             paused_until, _ = self._pauses.get(endpoint, (0.0, 0))
             if paused_until > now:
                 continue
-            records = RECORDS_PER_BATCH.get(endpoint, self.max_batch_records)
-            batch = self.store.claim(endpoint, now, records, self.max_batch_bytes)
+            batch = self.store.claim(endpoint, now, transport.max_records, transport.max_bytes)
             if batch is None:
                 continue
             worked = True
@@ -216,12 +246,12 @@ class BackgroundEngine:
             until = time.time() + delay
             self.store.retry(batch, until)
             self.stats.add("retried", count)
-            paused = ENDPOINTS if outcome.unreachable else (batch.endpoint,)
+            paused = self.transport.endpoints if outcome.unreachable else (batch.endpoint,)
             for endpoint in paused:
                 self._pauses[endpoint] = (until, failures + 1)
             self._failing_since = self._failing_since or time.time()
             self.log.warning(
-                "mixpanel.delivery_retry",
+                self._event + "delivery_retry",
                 endpoint=batch.endpoint,
                 messages=count,
                 retry_in=round(delay, 2),
@@ -233,7 +263,7 @@ class BackgroundEngine:
         self.stats.add("dead", refused)
         self.stats.add("sent", count - refused)
         self.log.error(
-            "mixpanel.delivery_refused",
+            self._event + "delivery_refused",
             endpoint=batch.endpoint,
             messages=refused,
             error=outcome.error,
@@ -248,7 +278,7 @@ class BackgroundEngine:
             return
         self._last_failure_log = now
         self.log.warning(
-            "mixpanel.delivery_failing",
+            self._event + "delivery_failing",
             failing_for=round(now - self._failing_since, 1),
             pending=self.store.pending(),
             **self.stats.snapshot(),
@@ -278,16 +308,18 @@ class BackgroundEngine:
         if thread is None:
             # This process never sent anything: what a shared spool holds is not its to report.
             self.store.close()
+            self.transport.close()
             return 0
         left = self.store.pending()
         if left:
             self.log.warning(
-                "mixpanel.shutdown_left_messages",
+                self._event + "shutdown_left_messages",
                 messages=left,
                 kept="in the spool" if self.spooled else "nowhere: lost (set mixpanel.spool_path)",
             )
         if not thread.is_alive():
             self.store.close()
+            self.transport.close()
         return left
 
     def _drainable(self, deadline: float) -> bool:
@@ -299,20 +331,16 @@ class BackgroundEngine:
 
     def _after_fork_in_child(self) -> None:
         self._reset_process_state()
-        self.stats = Stats()
+        self.stats = Counters(COUNTERS)
         # The parent still owns (and will send) what it had queued in memory.
         self.store.after_fork()
 
 
 def _close_all() -> None:
-    for engine in list(_ENGINES):
+    for engine in list(_STARTED):
         engine.close()
 
 
 def _after_fork() -> None:
-    for engine in list(_ENGINES):
+    for engine in list(_STARTED):
         engine._after_fork_in_child()
-
-
-atexit.register(_close_all)
-os.register_at_fork(after_in_child=_after_fork)

@@ -1,8 +1,12 @@
-"""Retry policy: capped exponential backoff with full jitter, honouring ``Retry-After``.
+"""Retry policy: which answers are worth retrying, and how long to wait before the next try.
 
-Mixpanel asks clients to back off from 2 s, doubling up to 60 s, with jitter. Full jitter
-(a uniform draw between 0 and the ceiling) spreads the retries of many processes so they do not
-hit a recovering Mixpanel in lock-step; a ``Retry-After`` from the server is a floor.
+Mixpanel asks clients to back off from 2 s, doubling up to 60 s, with jitter
+(reference/import-events; troubleshooting/errors/429-rate-limit-exceeded). Full jitter (a
+uniform draw between 0 and the ceiling) spreads the retries of many processes so they do not hit
+a recovering Mixpanel in lock-step; a ``Retry-After`` from the server is a floor.
+
+:func:`is_retryable` is the one definition of a retryable HTTP status, shared by ingestion, the
+query client, ``pmixpanel import`` and Customer.io.
 """
 
 from __future__ import annotations
@@ -10,6 +14,16 @@ from __future__ import annotations
 import random
 import typing as t
 from dataclasses import dataclass
+
+__all__ = ["RETRYABLE_STATUS", "RetryPolicy", "is_retryable", "parse_retry_after"]
+
+#: Request timeout, rate limit and server errors: the same request may well succeed later.
+RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+
+
+def is_retryable(status: int) -> bool:
+    """Whether an answer with HTTP ``status`` is worth sending again later."""
+    return status in RETRYABLE_STATUS
 
 
 @dataclass(frozen=True)
@@ -21,7 +35,8 @@ class RetryPolicy:
 
     def ceiling(self, attempt: int) -> float:
         """The upper bound of the ``attempt``-th delay (1-based): 2, 4, 8, … capped at 60."""
-        return min(self.cap, self.base * 2.0 ** max(0, attempt - 1))
+        # The exponent is bounded: 2.0 ** 1024 would overflow after ~1000 failures in a row.
+        return min(self.cap, self.base * 2.0 ** min(max(0, attempt - 1), 64))
 
     def delay(
         self,

@@ -1,6 +1,7 @@
 """Where accepted messages wait for delivery: in memory, or in a durable SQLite spool.
 
-Both stores share one interface, so the engine does not care which it has:
+Both stores share one interface, so the engine does not care which it has, and neither knows
+what its endpoints mean: one store holds one lane (Mixpanel, or Customer.io).
 
 * :meth:`Store.put` accepts a request's messages (bounded by count and bytes; what does not fit
   is refused, counted and logged by the engine — never silently);
@@ -28,9 +29,7 @@ import time
 import typing as t
 from dataclasses import dataclass
 
-MAX_BATCH_RECORDS = 2000
-MAX_BATCH_BYTES = 10 * 1024 * 1024
-ENDPOINTS = ("events", "people", "groups", "imports", "customerio")
+__all__ = ["Batch", "DeadLetter", "MemoryStore", "SqliteSpool", "Store"]
 
 
 @dataclass(frozen=True)
@@ -102,12 +101,12 @@ class MemoryStore:
         self._ids = itertools.count(1)
         # Per endpoint: messages never tried, in order, and a heap of retries by due time, so a
         # batch waiting out its backoff does not hold back the messages behind it.
-        self._fresh: dict[str, collections.deque[tuple[int, str]]] = {
-            endpoint: collections.deque() for endpoint in ENDPOINTS
-        }
-        self._retries: dict[str, list[tuple[float, int, str, int]]] = {
-            endpoint: [] for endpoint in ENDPOINTS
-        }
+        self._fresh: collections.defaultdict[str, collections.deque[tuple[int, str]]] = (
+            collections.defaultdict(collections.deque)
+        )
+        self._retries: collections.defaultdict[str, list[tuple[float, int, str, int]]] = (
+            collections.defaultdict(list)
+        )
         self._dead: list[DeadLetter] = []
         self._count = 0
         self._bytes = 0
@@ -228,7 +227,7 @@ class MemoryStore:
 
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
+CREATE TABLE IF NOT EXISTS {p}messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     endpoint TEXT NOT NULL,
     body TEXT NOT NULL,
@@ -239,8 +238,8 @@ CREATE TABLE IF NOT EXISTS messages (
     -- the lease while a sender holds it
     due REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS messages_due ON messages (endpoint, due, id);
-CREATE TABLE IF NOT EXISTS dead (
+CREATE INDEX IF NOT EXISTS {p}messages_due ON {p}messages (endpoint, due, id);
+CREATE TABLE IF NOT EXISTS {p}dead (
     id INTEGER PRIMARY KEY,
     endpoint TEXT NOT NULL,
     body TEXT NOT NULL,
@@ -249,19 +248,44 @@ CREATE TABLE IF NOT EXISTS dead (
     attempts INTEGER NOT NULL
 );
 -- Running totals, so the cap check on the request path is O(1) even with a million rows.
-CREATE TABLE IF NOT EXISTS totals (
+CREATE TABLE IF NOT EXISTS {p}totals (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     messages INTEGER NOT NULL,
     bytes INTEGER NOT NULL
 );
-INSERT OR IGNORE INTO totals VALUES (1, 0, 0);
-CREATE TRIGGER IF NOT EXISTS messages_added AFTER INSERT ON messages BEGIN
-    UPDATE totals SET messages = messages + 1, bytes = bytes + NEW.size;
+INSERT OR IGNORE INTO {p}totals VALUES (1, 0, 0);
+CREATE TRIGGER IF NOT EXISTS {p}messages_added AFTER INSERT ON {p}messages BEGIN
+    UPDATE {p}totals SET messages = messages + 1, bytes = bytes + NEW.size;
 END;
-CREATE TRIGGER IF NOT EXISTS messages_removed AFTER DELETE ON messages BEGIN
-    UPDATE totals SET messages = messages - 1, bytes = bytes - OLD.size;
+CREATE TRIGGER IF NOT EXISTS {p}messages_removed AFTER DELETE ON {p}messages BEGIN
+    UPDATE {p}totals SET messages = messages - 1, bytes = bytes - OLD.size;
 END;
 """
+
+
+#: The spool's statements; ``{p}`` is the lane's table prefix (a checked identifier).
+STATEMENTS = {
+    "totals": "SELECT messages, bytes FROM {p}totals",
+    "insert": "INSERT INTO {p}messages (endpoint, body, size, created) VALUES (?, ?, ?, ?)",
+    "due": (
+        "SELECT id, body, attempts FROM {p}messages"
+        " WHERE endpoint = ? AND due <= ? ORDER BY due, id LIMIT ?"
+    ),
+    "lease": "UPDATE {p}messages SET due = ? WHERE id = ?",
+    "delete": "DELETE FROM {p}messages WHERE id = ?",
+    "retry": "UPDATE {p}messages SET due = ?, attempts = attempts + 1 WHERE id = ?",
+    "bury": (
+        "INSERT OR REPLACE INTO {p}dead (id, endpoint, body, error, failed_at, attempts)"
+        " VALUES (?, ?, ?, ?, ?, ?)"
+    ),
+    "next_due": "SELECT MIN(due) FROM {p}messages WHERE endpoint = ?",
+    "pending": "SELECT messages FROM {p}totals",
+    "dead": (
+        "SELECT id, endpoint, body, error, failed_at, attempts FROM {p}dead ORDER BY id LIMIT ?"
+    ),
+    "all_dead": "SELECT id, endpoint, body FROM {p}dead ORDER BY id",
+    "undead": "DELETE FROM {p}dead WHERE id = ?",
+}
 
 
 class SqliteSpool:
@@ -272,10 +296,30 @@ class SqliteSpool:
         are refused (the engine counts and logs them as dropped).
     :param lease: seconds a claimed batch is reserved for its sender; after that, a crashed
         sender's rows become due again.
+    :param endpoints: the lane's endpoints.
+    :param lane: the lane whose messages this spool holds. Each lane has its own tables in the
+        file (Mixpanel's keep the unprefixed names, ``customerio`` gets ``customerio_messages``
+        …), so lanes never see each other's rows, caps or dead letters.
     """
 
-    def __init__(self, path: str, max_messages: int, max_bytes: int, lease: float = 120.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        max_messages: int,
+        max_bytes: int,
+        lease: float = 120.0,
+        *,
+        endpoints: t.Sequence[str] = ("events", "people", "groups", "imports"),
+        lane: str = "mixpanel",
+    ) -> None:
+        if not lane.isidentifier():
+            raise ValueError(f"a lane name must be an identifier, got {lane!r}")
         self.path = path
+        self.endpoints = tuple(endpoints)
+        self.lane = lane
+        # Table names are code, never user input: the lane name was checked just above.
+        self._p = "" if lane == "mixpanel" else f"{lane}_"
+        self._sql = {name: sql.format(p=self._p) for name, sql in STATEMENTS.items()}
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.lease = lease
@@ -284,7 +328,7 @@ class SqliteSpool:
         self._db = self._connect()
         with self._lock:
             # One transaction, so processes opening a new file together see a whole schema.
-            self._db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} COMMIT;")
+            self._db.executescript(f"BEGIN IMMEDIATE; {SCHEMA.format(p=self._p)} COMMIT;")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -316,7 +360,7 @@ class SqliteSpool:
         now = time.time()
         rows = []
         with self._write() as db:
-            count, size = db.execute("SELECT messages, bytes FROM totals").fetchone()
+            count, size = db.execute(self._sql["totals"]).fetchone()
             for endpoint, body in messages:
                 if count + 1 > self.max_messages or size + len(body) > self.max_bytes:
                     continue
@@ -324,7 +368,8 @@ class SqliteSpool:
                 count += 1
                 size += len(body)
             db.executemany(
-                "INSERT INTO messages (endpoint, body, size, created) VALUES (?, ?, ?, ?)", rows
+                self._sql["insert"],
+                rows,
             )
         return len(messages) - len(rows)
 
@@ -333,8 +378,7 @@ class SqliteSpool:
         chosen: list[tuple[int, str, int]] = []
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, body, attempts FROM messages WHERE endpoint = ? AND due <= ?"
-                " ORDER BY due, id LIMIT ?",
+                self._sql["due"],
                 (endpoint, now, max_records),
             ).fetchall()
             size = 2
@@ -344,7 +388,7 @@ class SqliteSpool:
                 chosen.append(row)
                 size += len(row[1]) + 1
             db.executemany(
-                "UPDATE messages SET due = ? WHERE id = ?",
+                self._sql["lease"],
                 [(now + self.lease, row[0]) for row in chosen],
             )
         if not chosen:
@@ -359,13 +403,13 @@ class SqliteSpool:
     def ack(self, batch: Batch) -> None:
         """Delete delivered rows."""
         with self._write() as db:
-            db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in batch.ids])
+            db.executemany(self._sql["delete"], [(i,) for i in batch.ids])
 
     def retry(self, batch: Batch, not_before: float) -> None:
         """Release the lease and make the rows due again at ``not_before``."""
         with self._write() as db:
             db.executemany(
-                "UPDATE messages SET due = ?, attempts = attempts + 1 WHERE id = ?",
+                self._sql["retry"],
                 [(not_before, i) for i in batch.ids],
             )
 
@@ -376,24 +420,21 @@ class SqliteSpool:
         pairs = list(zip(batch.ids, batch.bodies, strict=True))
         with self._write() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO dead (id, endpoint, body, error, failed_at, attempts)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                self._sql["bury"],
                 [
                     (row_id, batch.endpoint, body, error, now, batch.attempts + 1)
                     for position, (row_id, body) in enumerate(pairs)
                     if position in chosen
                 ],
             )
-            db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in batch.ids])
+            db.executemany(self._sql["delete"], [(i,) for i in batch.ids])
 
     def next_due(self) -> float | None:
         """Earliest moment a waiting row may be claimed."""
         with self._write() as db:
             dues = [
-                db.execute(
-                    "SELECT MIN(due) FROM messages WHERE endpoint = ?", (endpoint,)
-                ).fetchone()[0]
-                for endpoint in ENDPOINTS
+                db.execute(self._sql["next_due"], (endpoint,)).fetchone()[0]
+                for endpoint in self.endpoints
             ]
         known = [due for due in dues if due is not None]
         return min(known) if known else None
@@ -401,14 +442,13 @@ class SqliteSpool:
     def pending(self) -> int:
         """Rows waiting or leased."""
         with self._write() as db:
-            return int(db.execute("SELECT messages FROM totals").fetchone()[0])
+            return int(db.execute(self._sql["pending"]).fetchone()[0])
 
     def dead(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest dead letters."""
         with self._write() as db:
             rows = db.execute(
-                "SELECT id, endpoint, body, error, failed_at, attempts FROM dead"
-                " ORDER BY id LIMIT ?",
+                self._sql["dead"],
                 (limit,),
             ).fetchall()
         return [DeadLetter(*row) for row in rows]
@@ -417,15 +457,15 @@ class SqliteSpool:
         """Move dead letters back to the queue (all, or those with ``ids``)."""
         now = time.time()
         with self._write() as db:
-            rows = db.execute("SELECT id, endpoint, body FROM dead ORDER BY id").fetchall()
+            rows = db.execute(self._sql["all_dead"]).fetchall()
             if ids is not None:
                 wanted = set(ids)
                 rows = [row for row in rows if row[0] in wanted]
             db.executemany(
-                "INSERT INTO messages (endpoint, body, size, created) VALUES (?, ?, ?, ?)",
+                self._sql["insert"],
                 [(endpoint, body, len(body), now) for _, endpoint, body in rows],
             )
-            db.executemany("DELETE FROM dead WHERE id = ?", [(row[0],) for row in rows])
+            db.executemany(self._sql["undead"], [(row[0],) for row in rows])
         return len(rows)
 
     def after_fork(self) -> None:

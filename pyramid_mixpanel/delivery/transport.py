@@ -1,8 +1,10 @@
-"""HTTP transport: post one batch to Mixpanel and classify the answer.
+"""The one way a batch reaches Mixpanel's ingestion API, and how its answer is read.
 
-A keep-alive :class:`requests.Session`, gzip bodies, bounded connect/read timeouts. The answer
-is turned into an :class:`Outcome` the engine acts on: delivered, retry later, or dead (a
-client error Mixpanel will keep refusing), with the indices of refused records for a strict
+Every delivery mode (``sync``, ``background``, ``celery``), :class:`PoliteBufferedConsumer` and
+``pmixpanel import`` post through :class:`MixpanelTransport`: a keep-alive
+:class:`requests.Session`, bounded connect/read timeouts, the endpoint's path, body encoding and
+authentication, and one reading of the answer into an :class:`~.base.Outcome` — delivered,
+retry later, or dead (a refusal Mixpanel will repeat), with the refused records of a strict
 ``/import``.
 """
 
@@ -10,84 +12,120 @@ from __future__ import annotations
 
 import gzip
 import typing as t
-from dataclasses import dataclass, field
 
 import requests
 
-from ..customerio import CustomerIOCall, CustomerIOReplicator
 from ..log import redact
-from .policy import parse_retry_after
+from .base import Outcome
+from .policy import is_retryable, parse_retry_after
 
 if t.TYPE_CHECKING:
     from ..settings import MixpanelSettings
 
+__all__ = ["ENDPOINTS", "GZIP_ENDPOINTS", "PATHS", "MixpanelTransport"]
+
+#: The client library's endpoint names and Mixpanel's paths.
 PATHS = {"events": "/track", "people": "/engage", "groups": "/groups", "imports": "/import"}
-RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+ENDPOINTS = tuple(PATHS)
+#: Mixpanel accepts gzip request bodies on /track and /import only (reference/track-event,
+#: "/track vs /import"); /engage does not support gzip (reference/profile-set) and no official
+#: client gzips /groups, so those get plain JSON.
+GZIP_ENDPOINTS = frozenset({"events", "imports"})
+#: Mixpanel's limits per ingestion request: 2000 records, 10 MB (decimal) of uncompressed JSON.
+MAX_RECORDS = 2000
+MAX_BYTES = 10_000_000
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What happened to one batch."""
+class MixpanelTransport:
+    """Posts batches to Mixpanel's ingestion API (the ``mixpanel`` lane).
 
-    kind: str  # "sent", "retry" or "dead"
-    error: str = ""
-    retry_after: float | None = None
-    #: For a partly refused strict import: positions (in the batch) of the refused records.
-    failed: frozenset[int] = field(default_factory=frozenset)
-    #: For a refused strict import: Mixpanel's reason for each refused record (the ``message``
-    #: of its ``failed_records`` entry), by position; also set when every record was refused.
-    reasons: t.Mapping[int, str] = field(default_factory=dict, hash=False)
-    #: True when Mixpanel could not be reached at all (connection error or timeout).
-    unreachable: bool = False
+    :param api_host: base URL, e.g. ``https://api-eu.mixpanel.com``.
+    :param timeout: ``(connect, read)`` seconds for every post.
+    :param import_auth: basic-auth ``(user, password)`` for ``/import``: a service account, or
+        the project token (or legacy secret) as user with an empty password.
+    :param project_id: the service account's project, sent to ``/import``.
+    :param secrets: scrubbed from every error text.
+    """
 
-    @property
-    def sent(self) -> bool:
-        """True when Mixpanel accepted the whole batch."""
-        return self.kind == "sent"
-
-
-class HttpTransport:
-    """Posts batches to Mixpanel's ingestion API."""
+    name: str = "mixpanel"
+    endpoints: tuple[str, ...] = ENDPOINTS
 
     def __init__(
         self,
-        settings: MixpanelSettings,
-        session: requests.Session | None = None,
+        api_host: str = "https://api.mixpanel.com",
+        *,
+        timeout: tuple[float, float] = (2.0, 5.0),
+        import_auth: tuple[str, str] | None = None,
+        project_id: str | None = None,
+        secrets: t.Iterable[str] = (),
+        max_records: int = MAX_RECORDS,
+        max_bytes: int = MAX_BYTES,
         compresslevel: int = 5,
+        session: requests.Session | None = None,
     ) -> None:
-        self.base = settings.api_host
+        self.base = api_host if "://" in api_host else f"https://{api_host}"
+        self.timeout = timeout
+        self.import_auth = import_auth
+        self.secrets = tuple(secrets)
+        self.max_records = max(1, min(max_records, MAX_RECORDS))
+        self.max_bytes = max(1, min(max_bytes, MAX_BYTES))
         self.compresslevel = compresslevel
-        self.timeout = (settings.connect_timeout, settings.read_timeout)
-        self.secrets = settings.secrets
         self.session = session or requests.Session()
-        self.session.headers["Content-Type"] = "application/json"
-        self.session.headers["Content-Encoding"] = "gzip"
-        self.import_auth: tuple[str, str] | None = None
         self.import_params: dict[str, str] = {"strict": "1", "verbose": "1"}
+        if project_id is not None:
+            self.import_params["project_id"] = project_id
+        # ip=0: the request comes from this server, whose address must not geolocate users.
+        self.params: dict[str, str] = {"verbose": "1", "ip": "0"}
+        self.urls = {endpoint: self.base + path for endpoint, path in PATHS.items()}
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: MixpanelSettings,
+        *,
+        compresslevel: int = 5,
+        session: requests.Session | None = None,
+    ) -> MixpanelTransport:
+        """The transport for the configured host, timeouts, batch limits and credentials."""
+        project_id = None
         if settings.has_service_account:
-            self.import_auth = (
+            auth = (
                 t.cast(str, settings.service_account_username),
                 t.cast(str, settings.service_account_secret),
             )
-            self.import_params["project_id"] = t.cast(str, settings.service_account_project_id)
+            project_id = settings.service_account_project_id
         else:
-            # The legacy secret, or the project token, as basic-auth user with no password
-            # (an engine only exists when a token is set).
-            self.import_auth = (t.cast(str, settings.api_secret or settings.token), "")
+            # The legacy secret, or the project token, as basic-auth user with no password.
+            auth = (settings.api_secret or settings.token or "", "")
+        return cls(
+            settings.api_host,
+            timeout=(settings.connect_timeout, settings.read_timeout),
+            import_auth=auth,
+            project_id=project_id,
+            secrets=settings.secrets,
+            max_records=settings.batch_max_records,
+            max_bytes=settings.batch_max_bytes,
+            compresslevel=compresslevel,
+            session=session,
+        )
 
     def post(self, endpoint: str, bodies: t.Sequence[str] | t.Sequence[bytes]) -> Outcome:
-        """Send ``bodies`` (JSON messages, text or UTF-8) to ``endpoint`` as one gzip'd array."""
+        """Send ``bodies`` (JSON messages, text or UTF-8) to ``endpoint`` as one JSON array."""
         if bodies and isinstance(bodies[0], bytes):
             raw = b"[" + b",".join(t.cast("t.Sequence[bytes]", bodies)) + b"]"
         else:
             raw = ("[" + ",".join(t.cast("t.Sequence[str]", bodies)) + "]").encode()
-        payload = gzip.compress(raw, compresslevel=self.compresslevel)
+        headers = {"Content-Type": "application/json"}
+        if endpoint in GZIP_ENDPOINTS:
+            raw = gzip.compress(raw, compresslevel=self.compresslevel)
+            headers["Content-Encoding"] = "gzip"
         is_import = endpoint == "imports"
         try:
             response = self.session.post(
-                self.base + PATHS[endpoint],
-                params=self.import_params if is_import else {"verbose": "1", "ip": "0"},
-                data=payload,
+                self.urls[endpoint],
+                params=self.import_params if is_import else self.params,
+                data=raw,
+                headers=headers,
                 auth=self.import_auth if is_import else None,
                 timeout=self.timeout,
             )
@@ -96,6 +134,10 @@ class HttpTransport:
             return Outcome("retry", error, unreachable=True)
         return self._classify(response, len(bodies), is_import)
 
+    def close(self) -> None:
+        """Close the keep-alive connections."""
+        self.session.close()
+
     def _classify(self, response: requests.Response, count: int, is_import: bool) -> Outcome:
         status = response.status_code
         try:
@@ -103,7 +145,7 @@ class HttpTransport:
         except ValueError:
             answer = None
         error = self._clean(_error_text(answer, response.text))
-        if status in RETRYABLE_STATUS:
+        if is_retryable(status):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return Outcome("retry", f"HTTP {status}: {error}", retry_after)
         if status == 200 and isinstance(answer, dict) and answer.get("status") in (1, "OK"):
@@ -141,21 +183,3 @@ def _failed_records(answer: object, count: int) -> dict[int, str]:
             message = record.get("message") if isinstance(record, dict) else None
             found[index] = message if isinstance(message, str) else ""
     return found
-
-
-class Router:
-    """Dispatch batches: Mixpanel endpoints to HTTP, ``customerio`` to the replicator."""
-
-    def __init__(self, mixpanel: HttpTransport, customerio: CustomerIOReplicator | None) -> None:
-        self.mixpanel = mixpanel
-        self.customerio = customerio
-
-    def post(self, endpoint: str, bodies: t.Sequence[str]) -> Outcome:
-        """Send one batch (Customer.io batches hold one call)."""
-        if endpoint != "customerio":
-            return self.mixpanel.post(endpoint, bodies)
-        if self.customerio is None:
-            return Outcome("dead", "Customer.io is not configured in this process")
-        (body,) = bodies
-        kind, error = self.customerio.send(CustomerIOCall.from_json(body))
-        return Outcome(kind, error)

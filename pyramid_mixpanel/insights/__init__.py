@@ -10,6 +10,10 @@
 * ``GET /mixpanel/accounts/{account}``: the page, with an event-volume chart, top events and
   funnel steps.
 
+The routes are added when the configuration is committed (after the app's own routes), and no
+database is opened before a view is first called: run ``pmixpanel migrate development.ini`` (or
+a first ``pmixpanel sync``) to create the tables; until then the views answer 503 saying so.
+
 Dates are chosen with ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (default: the last
 ``mixpanel.insights.days`` days up to yesterday, UTC).
 """
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import typing as t
 
-from ..settings import MixpanelConfigurationError
+from pyramid.interfaces import PHASE1_CONFIG
+
+from ..exceptions import MixpanelConfigurationError
 
 if t.TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -30,13 +36,18 @@ INSIGHTS_KEY = "pyramid_mixpanel.insights"
 
 
 def includeme(config: Configurator) -> None:
-    """Register the endpoints and the page; settings are parsed and checked here, once."""
+    """Register the endpoints and the page when the configuration is committed.
+
+    ``mixpanel.insights.*`` and ``mixpanel.metrics.*`` are parsed and checked then, once (a
+    later ``config.add_settings`` still counts); nothing opens the database here.
+    """
     config.include("pyramid_mixpanel")
     try:
-        from .views import parse_insights_settings, register
+        from .views import register
     except ImportError as exc:  # SQLAlchemy / Alembic: the metrics extra
         raise MixpanelConfigurationError(
             f"pyramid_mixpanel.insights needs the metrics extra ({exc}):"
             " pip install 'pyramid_mixpanel[metrics]'"
         ) from None
-    register(config, parse_insights_settings(config.get_settings()))
+    # After the core's action (same phase, registered later), which builds the runtime.
+    config.action(INSIGHTS_KEY, lambda: register(config), order=PHASE1_CONFIG)

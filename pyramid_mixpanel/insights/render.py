@@ -12,6 +12,9 @@ from html import escape
 
 from ..metrics.model import DailyMetrics, FunnelMetrics, ProfileAggregate
 
+__all__ = ["account_page", "funnel_chart", "merge_funnels", "volume_chart"]
+
+
 BAR = "#2563eb"
 FUNNEL = "#16a34a"
 ANOMALY = "#dc2626"

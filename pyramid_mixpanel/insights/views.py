@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
 import threading
 import typing as t
 from dataclasses import dataclass, field
 
-from pyramid.httpexceptions import HTTPBadRequest, HTTPNotFound
+from pyramid.httpexceptions import HTTPBadRequest, HTTPNotFound, HTTPServiceUnavailable
 from pyramid.response import Response
 
-from ..metrics.config import parse_metrics_settings
+from ..converters import Setting, as_secret, parse_table, positive_int
+from ..exceptions import MixpanelConfigurationError
+from ..log import Log
+from ..metrics.config import MetricsSettings, parse_metrics_settings
 from ..metrics.model import DailyMetrics, FunnelMetrics
 from ..metrics.store import MetricsStore, rank_events
-from ..settings import MixpanelConfigurationError, _positive_int, as_secret, parse_prefixed
 from . import INSIGHTS_KEY
 from .render import account_page
 
@@ -23,7 +24,18 @@ if t.TYPE_CHECKING:
     from pyramid.config import Configurator
     from pyramid.request import Request
 
-logger = logging.getLogger("pyramid_mixpanel")
+__all__ = [
+    "InsightsSettings",
+    "InsightsState",
+    "InsightsViews",
+    "parse_insights_settings",
+    "register",
+]
+
+NOT_MIGRATED = (
+    "the metrics store has no tables yet: run 'pmixpanel migrate <config.ini>' (or a first"
+    " 'pmixpanel sync')"
+)
 
 PREFIX = "mixpanel.insights."
 MAX_RANGE_DAYS = 366
@@ -46,31 +58,62 @@ def _prefix(key: str, value: object) -> str | None:
     return text
 
 
-PARSERS: dict[str, t.Callable[[str, object], object]] = {
-    "permission": as_secret,
-    "api_prefix": _prefix,
-    "page_prefix": _prefix,
-    "days": _positive_int(MAX_RANGE_DAYS),
-}
+TABLE: tuple[Setting, ...] = (
+    Setting(PREFIX + "permission", "permission", as_secret),
+    Setting(PREFIX + "api_prefix", "api_prefix", _prefix),
+    Setting(PREFIX + "page_prefix", "page_prefix", _prefix),
+    Setting(PREFIX + "days", "days", positive_int(MAX_RANGE_DAYS)),
+)
 
 
 def parse_insights_settings(settings: t.Mapping[str, object]) -> InsightsSettings:
     """Parse ``mixpanel.insights.*``; an unknown key is logged with the closest known one."""
-    values = parse_prefixed(settings, PREFIX, PARSERS.items())
+    values = parse_table(settings, TABLE, namespaces=(PREFIX,))
     return InsightsSettings(**values)  # type: ignore[arg-type]  # keys come from the table
 
 
 @dataclass
 class InsightsState:
-    """What the views share: settings, the metrics store and the background sync."""
+    """What the views share: settings, the metrics store (opened on first use) and the sync.
+
+    Nothing touches the database before the first call of a view: the store is opened then,
+    without migrating (``pmixpanel migrate`` and ``pmixpanel sync`` do that), and a schema that
+    is not at the latest revision answers 503 with what to run.
+    """
 
     settings: InsightsSettings
     app_settings: t.Mapping[str, object]
-    store: MetricsStore
+    metrics: MetricsSettings
+    log: Log = field(default_factory=Log)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
     #: The last background sync: ``{"status": "finished"|"failed", ...}``.
     last_sync: dict[str, t.Any] | None = None
+    _store: MetricsStore | None = None
+    _store_lock: threading.Lock = field(default_factory=threading.Lock)
+    _ready: bool = False
+
+    def ready(self) -> bool:
+        """Whether the store's schema is migrated (the store is opened on the first call)."""
+        if not self._ready:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = MetricsStore(self.metrics.database_url, migrate=False)
+                # Only a positive answer is kept: a sync may migrate the store at any time.
+                self._ready = self._store.is_current()
+        return self._ready
+
+    @property
+    def store(self) -> MetricsStore:
+        """The metrics store; 503 while its schema is not migrated."""
+        if not self.ready():
+            raise HTTPServiceUnavailable(json_body={"error": NOT_MIGRATED})
+        return t.cast(MetricsStore, self._store)
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        if self._store is not None:
+            self._store.close()
 
     def start_sync(self) -> bool:
         """Start an incremental sync in a thread; ``False`` when one is already running."""
@@ -90,7 +133,7 @@ class InsightsState:
         try:
             report = sync(self.app_settings, progress=False)
         except Exception as exc:  # reported to whoever asks for the status, and logged
-            logger.exception("mixpanel.insights_sync_failed")
+            self.log.error("mixpanel.insights_sync_failed", error=f"{type(exc).__name__}: {exc}")
             self.last_sync = {
                 "status": "failed",
                 "started": started.isoformat(),
@@ -199,7 +242,7 @@ class InsightsViews:
     def sync_status(self, request: Request) -> dict[str, t.Any]:
         """Whether a sync runs, and how the last one ended."""
         thread = self.state.thread
-        last = self.state.store.last_synced_day()
+        last = self.state.store.last_synced_day() if self.state.ready() else None
         return {
             "running": bool(thread is not None and thread.is_alive()),
             "last_synced_day": last.isoformat() if last else None,
@@ -224,12 +267,19 @@ class InsightsViews:
         return Response(html, content_type="text/html", charset="utf-8")
 
 
-def register(config: Configurator, settings: InsightsSettings) -> None:
-    """Add the routes and views of :mod:`pyramid_mixpanel.insights`."""
+def register(config: Configurator) -> None:
+    """Parse the settings and add the routes and views of :mod:`pyramid_mixpanel.insights`.
+
+    Runs as a configuration action: no database is opened here.
+    """
+    from ..runtime import get_runtime
+
     app_settings = config.get_settings()
+    settings = parse_insights_settings(app_settings)
     # Parsed here so a bad mixpanel.metrics.* setting stops the app at startup.
     metrics = parse_metrics_settings(app_settings)
-    state = InsightsState(settings, app_settings, MetricsStore(metrics.database_url))
+    log = get_runtime(config.registry).log
+    state = InsightsState(settings, app_settings, metrics, log)
     config.registry[INSIGHTS_KEY] = state
     views = InsightsViews(state)
     api, page = settings.api_prefix, settings.page_prefix

@@ -30,6 +30,17 @@ from .config import MetricsSettings
 from .model import DailyMetrics, FunnelMetrics, ProfileAggregate
 from .score import engagement_score
 
+__all__ = [
+    "AggregateResult",
+    "AggregateStats",
+    "Aggregator",
+    "ChunkResult",
+    "accounts_of",
+    "aggregate_events",
+    "aggregate_profiles",
+]
+
+
 #: A gap of more than this many seconds between a user's events starts a new session.
 SESSION_GAP = 30 * 60
 DAY = 86_400

@@ -13,17 +13,20 @@ import typing as t
 from dataclasses import dataclass, field
 
 from ..catalog import closest, normalise
-from ..settings import (
-    MixpanelConfigurationError,
-    _positive_int,
+from ..converters import (
+    Setting,
     as_dotted_object,
     as_positive_float,
     as_secret,
-    parse_prefixed,
+    parse_table,
+    positive_int,
 )
+from ..exceptions import MixpanelConfigurationError
 
 if t.TYPE_CHECKING:
     from .model import Anomaly
+
+__all__ = ["LocalFunnel", "MetricsSettings", "parse_metrics_settings"]
 
 
 PREFIX = "mixpanel.metrics."
@@ -208,30 +211,32 @@ def _weights(key: str, value: object) -> dict[str, float]:
 
 
 def _min_days(key: str, value: object) -> int:
-    days = _positive_int(366)(key, value)
+    days = positive_int(366)(key, value)
     if days < 2:
         raise MixpanelConfigurationError(f"{key} must be at least 2, got {value!r}")
     return days
 
 
-Parser = t.Callable[[str, object], object]
-SCALARS: tuple[tuple[str, Parser], ...] = (
-    ("database_url", _database_url),
-    ("account_property", _property),
-    ("account_getter", _callable("taking an event dict and returning an account id or None")),
-    ("breakdowns", _properties),
-    ("funnels", _funnels),
-    ("funnel_window_hours", _positive_int(24 * 366)),
-    ("saved_funnels", _funnel_ids),
-    ("signals", _signals),
-    ("weights", _weights),
-    ("anomaly_days", _positive_int(366)),
-    ("anomaly_threshold", as_positive_float),
-    ("anomaly_min_days", _min_days),
-    ("alert", _callable("taking a pyramid_mixpanel.metrics.Anomaly")),
-    ("chunk_days", _positive_int(90)),
-    ("profile_account_property", _property),
-    ("profile_properties", _properties),
+TABLE: tuple[Setting, ...] = tuple(
+    Setting(PREFIX + name, name, convert)
+    for name, convert in (
+        ("database_url", _database_url),
+        ("account_property", _property),
+        ("account_getter", _callable("taking an event dict and returning an account id or None")),
+        ("breakdowns", _properties),
+        ("funnels", _funnels),
+        ("funnel_window_hours", positive_int(24 * 366)),
+        ("saved_funnels", _funnel_ids),
+        ("signals", _signals),
+        ("weights", _weights),
+        ("anomaly_days", positive_int(366)),
+        ("anomaly_threshold", as_positive_float),
+        ("anomaly_min_days", _min_days),
+        ("alert", _callable("taking a pyramid_mixpanel.metrics.Anomaly")),
+        ("chunk_days", positive_int(90)),
+        ("profile_account_property", _property),
+        ("profile_properties", _properties),
+    )
 )
 
 
@@ -240,7 +245,7 @@ def parse_metrics_settings(settings: t.Mapping[str, object]) -> MetricsSettings:
 
     :raises MixpanelConfigurationError: a value is invalid; the message names its key.
     """
-    values: dict[str, t.Any] = parse_prefixed(settings, PREFIX, SCALARS)
+    values: dict[str, t.Any] = parse_table(settings, TABLE, namespaces=(PREFIX,))
 
     if ("account_property" in values) == ("account_getter" in values):
         raise MixpanelConfigurationError(

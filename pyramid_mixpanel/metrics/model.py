@@ -10,6 +10,16 @@ import datetime as dt
 import typing as t
 from dataclasses import dataclass, field
 
+__all__ = [
+    "Anomaly",
+    "AnomalyKind",
+    "DailyMetrics",
+    "FunnelMetrics",
+    "FunnelSource",
+    "ProfileAggregate",
+]
+
+
 #: Where a funnel's numbers come from: computed here from the export, or pulled from Mixpanel.
 FunnelSource = t.Literal["local", "mixpanel"]
 #: Which way an account's daily volume left its usual range.

@@ -28,14 +28,17 @@ Anomalies
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
 import typing as t
 
+from ..log import Log
 from .config import MetricsSettings
 from .model import Anomaly
 
-logger = logging.getLogger("pyramid_mixpanel")
+__all__ = ["detect_anomaly", "engagement_score", "log_anomaly", "send_alert"]
+
+# Metrics keep no secret and no PII; the shared logger still redacts and honours structlog.
+_LOG = Log()
 
 
 def engagement_score(adopted: t.Mapping[str, int], users: int, settings: MetricsSettings) -> float:
@@ -85,31 +88,36 @@ def detect_anomaly(
     )
 
 
-def log_anomaly(anomaly: Anomaly) -> None:
-    """The default alert: a warning on the ``pyramid_mixpanel`` logger."""
-    logger.warning(
-        "Mixpanel activity %s for account %s on %s: %d events, usual %.1f +/- %.1f (z = %.1f)",
-        anomaly.kind,
-        anomaly.account,
-        anomaly.date.isoformat(),
-        anomaly.total_events,
-        anomaly.mean,
-        anomaly.stddev,
-        anomaly.z,
+def log_anomaly(anomaly: Anomaly, log: Log = _LOG) -> None:
+    """The default alert: a ``mixpanel.metrics_anomaly`` warning on the ``pyramid_mixpanel`` log."""
+    log.warning(
+        "mixpanel.metrics_anomaly",
+        kind=anomaly.kind,
+        account=anomaly.account,
+        date=anomaly.date.isoformat(),
+        events=anomaly.total_events,
+        usual=round(anomaly.mean, 1),
+        stddev=round(anomaly.stddev, 1),
+        z=round(anomaly.z, 1),
     )
 
 
-def send_alert(anomaly: Anomaly, settings: MetricsSettings) -> bool:
+def send_alert(anomaly: Anomaly, settings: MetricsSettings, log: Log = _LOG) -> bool:
     """Call ``mixpanel.metrics.alert`` (or :func:`log_anomaly`); ``False`` if the hook raised.
 
     A failing hook is logged and never stops a sync: the flag is stored either way.
     """
-    hook = settings.alert or log_anomaly
     try:
-        hook(anomaly)
-    except Exception:
-        logger.exception(
-            "mixpanel.metrics.alert failed for account %s on %s", anomaly.account, anomaly.date
+        if settings.alert is None:
+            log_anomaly(anomaly, log)
+        else:
+            settings.alert(anomaly)
+    except Exception as exc:
+        log.error(
+            "mixpanel.metrics_alert_failed",
+            account=anomaly.account,
+            date=anomaly.date.isoformat(),
+            error=f"{type(exc).__name__}: {str(exc)[:300]}",
         )
         return False
     return True

@@ -18,6 +18,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .model import Anomaly, DailyMetrics, FunnelMetrics, ProfileAggregate
 
+__all__ = [
+    "SCRIPT_LOCATION",
+    "VERSION_TABLE",
+    "History",
+    "MetricsStore",
+    "make_engine",
+    "metadata",
+    "rank_events",
+]
+
+
 #: Alembic's version table for these migrations (not ``alembic_version``: that is the app's).
 VERSION_TABLE = "mixpanel_metrics_alembic_version"
 #: Where the migrations live, as Alembic's ``script_location``.
@@ -253,6 +264,20 @@ class MetricsStore:
 
         with self.engine.begin() as connection:
             command.downgrade(self._alembic(connection), revision)
+
+    @staticmethod
+    def head() -> str:
+        """The latest migration revision shipped with this version of pyramid_mixpanel."""
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", SCRIPT_LOCATION)
+        return t.cast(str, ScriptDirectory.from_config(config).get_current_head())
+
+    def is_current(self) -> bool:
+        """Whether the schema is at :meth:`head` (``pmixpanel migrate`` brings it there)."""
+        return self.revision() == self.head()
 
     def revision(self) -> str | None:
         """The schema's current migration revision (``None`` before the first upgrade)."""

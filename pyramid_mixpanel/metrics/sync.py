@@ -22,11 +22,17 @@ import typing as t
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from ..exceptions import MixpanelError
+from ..log import Log
+from ..settings import parse_query_settings
 from .aggregate import Aggregator, accounts_of, aggregate_profiles
 from .config import MetricsSettings, parse_metrics_settings
 from .model import Anomaly, FunnelMetrics
 from .score import detect_anomaly, send_alert
 from .store import MetricsStore
+
+__all__ = ["ExportChunkLike", "QueryClient", "SyncError", "SyncReport", "plan_days", "sync"]
+
 
 ONE_DAY = dt.timedelta(days=1)
 #: Segments of a broken-down Mixpanel funnel that are not an account.
@@ -75,7 +81,7 @@ class QueryClient(t.Protocol):
     ) -> dict[str, t.Any]: ...
 
 
-class SyncError(ValueError):
+class SyncError(MixpanelError, ValueError):
     """The requested days cannot be synced (e.g. a day that is not over yet)."""
 
 
@@ -190,7 +196,9 @@ class _Sync:
         store: MetricsStore,
         query: QueryClient,
         bar: t.Any,
+        log: Log,
     ) -> None:
+        self.log = log
         self.config = config
         self.store = store
         self.query = query
@@ -270,7 +278,7 @@ class _Sync:
             # A re-run finds the same flags: alert only for what is new.
             if before.get(anomaly.account) != anomaly.kind:
                 self.report.anomalies.append(anomaly)
-                send_alert(anomaly, config)
+                send_alert(anomaly, config, self.log)
 
     def _saved_funnels(self, first: dt.date, last: dt.date) -> None:
         from ..query import MixpanelQueryError
@@ -340,6 +348,8 @@ def sync(
     from tqdm import tqdm
 
     config = parse_metrics_settings(settings)
+    query_settings = parse_query_settings(settings)
+    log = Log(query_settings.secrets, query_settings.structlog)
     start, end = _date(from_date, "from_date"), _date(to_date, "to_date")
     today = today or dt.datetime.now(dt.timezone.utc).date()
     opened = store is None
@@ -359,7 +369,7 @@ def sync(
         with tqdm(
             total=total, unit="day", file=out or sys.stderr, disable=not progress, desc="sync"
         ) as bar:
-            return _Sync(config, store, query, bar).run(first, last)
+            return _Sync(config, store, query, bar, log).run(first, last)
     finally:
         if opened:
             store.close()

@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import typing as t
 
+from pyramid.interfaces import PHASE1_CONFIG
 from pyramid.security import NO_PERMISSION_REQUIRED
 
-from ..runtime import runtime_for
+from ..runtime import get_runtime
 from .client import device_properties
 from .config import RelaySettings, parse_relay_settings
 from .ratelimit import TokenBuckets
-from .view import RelayState, RelayView
+from .view import RelayRefusedError, RelayState, RelayView
 
 if t.TYPE_CHECKING:
     from pyramid.config import Configurator
 
-__all__ = ["RELAY_KEY", "RelaySettings", "RelayState", "RelayView", "includeme"]
+__all__ = [
+    "RELAY_KEY",
+    "STATIC_NAME",
+    "RelayRefusedError",
+    "RelaySettings",
+    "RelayState",
+    "RelayView",
+    "includeme",
+]
 
 #: Registry key of the :class:`RelayState` (settings, rate-limit buckets, counters).
 RELAY_KEY = "pyramid_mixpanel.relay"
@@ -37,23 +46,31 @@ def includeme(config: Configurator) -> None:
     """Register the relay route and view, and the static ``relay.js``.
 
     Includes ``pyramid_mixpanel`` itself when the app has not. The ``mixpanel.relay.*``
-    settings are parsed and checked against the catalogue here, once.
+    settings are parsed and checked against the catalogue once, when the configuration is
+    committed (so ``config.add_settings`` after this include still counts); the route is added
+    then, after the app's own routes.
     """
     config.include("pyramid_mixpanel")
-    runtime = runtime_for(config.get_settings())
-    settings = parse_relay_settings(config.get_settings(), runtime.catalog)
-    state = RelayState(settings, TokenBuckets(settings.rate, settings.burst, settings.max_clients))
-    config.registry[RELAY_KEY] = state
-    if settings.parse_user_agent:
-        # ua-parser compiles its rules on first use (~0.1 s): pay that at startup, not in a call.
-        device_properties("Mozilla/5.0")
-    config.add_route(ROUTE_NAME, settings.path)
-    config.add_view(
-        RelayView(state),
-        route_name=ROUTE_NAME,
-        # The relay has its own CSRF check (mixpanel.relay.csrf) that answers in JSON, and is
-        # open to anonymous visitors (identity comes from the server, not from the body).
-        require_csrf=False,
-        permission=NO_PERMISSION_REQUIRED,
-    )
+
+    def register() -> None:
+        app_settings = config.get_settings()
+        settings = parse_relay_settings(app_settings, get_runtime(config.registry).catalog)
+        buckets = TokenBuckets(settings.rate, settings.burst, settings.max_clients)
+        state = RelayState(settings, buckets)
+        config.registry[RELAY_KEY] = state
+        if settings.parse_user_agent:
+            # ua-parser compiles its rules on first use (~0.1 s): pay that at startup.
+            device_properties("Mozilla/5.0")
+        config.add_route(ROUTE_NAME, settings.path)
+        config.add_view(
+            RelayView(state),
+            route_name=ROUTE_NAME,
+            # The relay has its own CSRF check (mixpanel.relay.csrf) that answers in JSON, and
+            # is open to anonymous visitors (identity comes from the server, not the body).
+            require_csrf=False,
+            permission=NO_PERMISSION_REQUIRED,
+        )
+
+    # After the core's action (same phase, registered later), which builds the runtime.
+    config.action(RELAY_KEY, register, order=PHASE1_CONFIG)
     config.add_static_view(STATIC_NAME, "pyramid_mixpanel:static/", cache_max_age=3600)

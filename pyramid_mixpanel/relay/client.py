@@ -10,6 +10,9 @@ from ua_parser import parse as parse_user_agent
 
 from .config import Network, origin_of
 
+__all__ = ["client_ip", "device_properties", "same_origin"]
+
+
 # Longer strings are not user agents a browser sends; parsing them only costs time.
 MAX_USER_AGENT = 512
 # ua-parser's family for what it does not recognise; Mixpanel is better off without it.

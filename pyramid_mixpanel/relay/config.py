@@ -13,16 +13,20 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from ..catalog import Catalog, Event, Property, Section
-from ..settings import (
+from ..converters import (
     FALSE_WORDS,
-    MixpanelConfigurationError,
-    _positive_int,
+    Setting,
     as_bool,
-    as_dotted_object,
+    as_callable,
+    as_lines,
     as_positive_float,
     as_secret,
-    parse_prefixed,
+    parse_table,
+    positive_int,
 )
+from ..exceptions import MixpanelConfigurationError
+
+__all__ = ["RelaySettings", "origin_of", "parse_relay_settings"]
 
 PREFIX = "mixpanel.relay."
 CSRF_MODES = ("origin", "pyramid", "off")
@@ -57,19 +61,10 @@ class RelaySettings:
     parse_user_agent: bool = True
 
 
-def _lines(key: str, value: object) -> list[str]:
-    """Split a multi-line or comma-separated setting; lists from Python pass through."""
-    if isinstance(value, str):
-        return [item.strip() for item in re.split(r"[\n,]", value) if item.strip()]
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [str(item).strip() for item in value if str(item).strip()]
-    raise MixpanelConfigurationError(f"{key}: expected a list of names, got {value!r}")
-
-
 def _allow_list(key: str, value: object, section: Section[t.Any]) -> dict[str, t.Any]:
     """Map Mixpanel names and attribute names of the listed members to the members."""
     allowed: dict[str, t.Any] = {}
-    for item in _lines(key, value):
+    for item in as_lines(key, value):
         member = section.by_name.get(item) or section.by_attr.get(item)
         if member is None:
             raise MixpanelConfigurationError(
@@ -85,7 +80,7 @@ def _allow_list(key: str, value: object, section: Section[t.Any]) -> dict[str, t
 
 def _networks(key: str, value: object) -> tuple[Network, ...]:
     networks = []
-    for item in _lines(key, value):
+    for item in as_lines(key, value):
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
@@ -118,7 +113,7 @@ def origin_of(url: str) -> str | None:
 
 def _origins(key: str, value: object) -> frozenset[str]:
     origins = set()
-    for item in _lines(key, value):
+    for item in as_lines(key, value):
         origin = origin_of(item)
         if origin is None or urlsplit(item).path not in ("", "/"):
             raise MixpanelConfigurationError(
@@ -141,8 +136,11 @@ def _csrf(key: str, value: object) -> str:
 
 def _path(key: str, value: object) -> str:
     text = as_secret(key, value)
-    if not text or not text.startswith("/"):
-        raise MixpanelConfigurationError(f"{key} must be a URL path starting with '/'")
+    if not text or not text.startswith("/") or "{" in text or "*" in text:
+        # A pattern such as /{x} would capture routes of the app.
+        raise MixpanelConfigurationError(
+            f"{key} must be a plain URL path starting with '/' (no {{placeholders}} or *)"
+        )
     return text
 
 
@@ -153,30 +151,25 @@ def _cookie(key: str, value: object) -> str | None:
     return text
 
 
-def _getter(key: str, value: object) -> t.Callable[[t.Any], str | None]:
-    getter = as_dotted_object(key, value)
-    if not callable(getter):
-        raise MixpanelConfigurationError(f"{key} must name a callable taking the request")
-    return t.cast(t.Callable[[t.Any], "str | None"], getter)
-
-
-Parser = t.Callable[[str, object], object]
-SCALARS: tuple[tuple[str, Parser], ...] = (
-    ("path", _path),
-    ("distinct_id", _getter),
-    ("device_cookie", _cookie),
-    ("cookie_secure", as_bool),
-    ("cookie_max_age", _positive_int(10 * 365 * 24 * 3600)),
-    ("trusted_proxies", _networks),
-    ("max_body_bytes", _positive_int(10 * 1024 * 1024)),
-    ("max_batch", _positive_int(2000)),
-    ("max_value_length", _positive_int(64 * 1024)),
-    ("rate", as_positive_float),
-    ("burst", _positive_int(100_000)),
-    ("max_clients", _positive_int(10_000_000)),
-    ("csrf", _csrf),
-    ("allowed_origins", _origins),
-    ("parse_user_agent", as_bool),
+TABLE: tuple[Setting, ...] = tuple(
+    Setting(PREFIX + name, name, convert)
+    for name, convert in (
+        ("path", _path),
+        ("distinct_id", as_callable),
+        ("device_cookie", _cookie),
+        ("cookie_secure", as_bool),
+        ("cookie_max_age", positive_int(10 * 365 * 24 * 3600)),
+        ("trusted_proxies", _networks),
+        ("max_body_bytes", positive_int(10 * 1024 * 1024)),
+        ("max_batch", positive_int(2000)),
+        ("max_value_length", positive_int(64 * 1024)),
+        ("rate", as_positive_float),
+        ("burst", positive_int(100_000)),
+        ("max_clients", positive_int(10_000_000)),
+        ("csrf", _csrf),
+        ("allowed_origins", _origins),
+        ("parse_user_agent", as_bool),
+    )
 )
 LISTS = ("events", "event_properties", "profile_properties")
 DEFAULT_EVENTS = ("Page Viewed", "Button/Link Clicked")
@@ -185,7 +178,9 @@ DEFAULT_EVENT_PROPERTIES = ("Title", "Path", "$referrer")
 
 def parse_relay_settings(settings: t.Mapping[str, object], catalog: Catalog) -> RelaySettings:
     """Parse ``mixpanel.relay.*`` from ``settings``, checking names against ``catalog``."""
-    values = parse_prefixed(settings, PREFIX, SCALARS, also_known=LISTS)
+    values = parse_table(
+        settings, TABLE, namespaces=(PREFIX,), also_known=[PREFIX + name for name in LISTS]
+    )
 
     defaults: dict[str, object] = {
         "events": DEFAULT_EVENTS,

@@ -8,6 +8,8 @@ import threading
 import time
 import typing as t
 
+__all__ = ["TokenBuckets", "retry_after"]
+
 
 class TokenBuckets:
     """One token bucket per client key, in this process's memory.

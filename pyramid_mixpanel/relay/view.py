@@ -8,7 +8,6 @@ without parsing text. What the front end sends is never logged; refusals are cou
 
 from __future__ import annotations
 
-import collections
 import json
 import re
 import time
@@ -20,7 +19,9 @@ from pyramid.csrf import check_csrf_origin, check_csrf_token
 from pyramid.response import Response
 
 from ..catalog import Name, closest_match
-from ..lifecycle import RUNTIME_KEY
+from ..counters import Counters
+from ..exceptions import MixpanelError
+from ..runtime import get_runtime
 from ..track import IMPORT_AGE, INSERT_ID
 from .client import client_ip, device_properties, same_origin
 from .config import RelaySettings, origin_of
@@ -31,6 +32,9 @@ if t.TYPE_CHECKING:
 
     from ..runtime import Runtime
     from ..track import MixpanelTrack
+
+__all__ = ["Caller", "RelayRefusedError", "RelayState", "RelayView"]
+
 
 DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 EVENT_KEYS = frozenset({"event", "properties", "time", "insert_id"})
@@ -46,7 +50,7 @@ PREFLIGHT = {
 MAX_CLOCK_SKEW = 60.0
 
 
-class RelayRefusedError(Exception):
+class RelayRefusedError(MixpanelError):
     """One item, or the whole call, is refused with ``status_code`` and a message."""
 
     def __init__(self, status_code: int, reason: str, error: str, retry_after: float = 0.0) -> None:
@@ -64,7 +68,7 @@ class RelayState:
     settings: RelaySettings
     buckets: TokenBuckets
     #: ``accepted`` items and refusals by reason (``csrf``, ``rate_limited``, ``invalid`` …).
-    stats: collections.Counter[str] = field(default_factory=collections.Counter)
+    stats: Counters = field(default_factory=Counters)
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class RelayView:
 
     def __call__(self, request: Request) -> Response:
         """Answer one call (and CORS preflights from ``mixpanel.relay.allowed_origins``)."""
-        runtime: Runtime = request.registry[RUNTIME_KEY]
+        runtime = get_runtime(request.registry)
         origin = request.headers.get("Origin")
         cross = origin is not None and origin_of(origin) in self.settings.allowed_origins
         if request.method == "OPTIONS" and cross:
@@ -124,9 +128,9 @@ class RelayView:
         track.distinct_id = caller.distinct_id
         results = [self._one(track, item, caller) for item in items]
         refused_items = [result for result in results if not result["success"]]
-        self.state.stats["accepted"] += len(results) - len(refused_items)
+        self.state.stats.add("accepted", len(results) - len(refused_items))
         if refused_items:
-            self.state.stats["invalid"] += len(refused_items)
+            self.state.stats.add("invalid", len(refused_items))
             runtime.log.warning(
                 "mixpanel.relay_refused", reason="invalid", status=400, items=len(refused_items)
             )
@@ -385,7 +389,7 @@ class RelayView:
     # -- answers --------------------------------------------------------------------------
 
     def _refuse(self, runtime: Runtime, refused: RelayRefusedError) -> Response:
-        self.state.stats[refused.reason] += 1
+        self.state.stats.add(refused.reason)
         runtime.log.warning(
             "mixpanel.relay_refused", reason=refused.reason, status=refused.status_code
         )

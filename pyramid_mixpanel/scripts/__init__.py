@@ -1,1 +1,3 @@
 """Console scripts."""
+
+__all__ = []

@@ -11,6 +11,7 @@
     pmixpanel import development.ini events.jsonl   # backfill past events through /import
     pmixpanel sync development.ini                  # per-account metrics: resume to yesterday
     pmixpanel sync development.ini --from 2026-01-01 --to 2026-01-31   # or backfill days
+    pmixpanel migrate development.ini               # create/upgrade the metrics tables
 
 The config file is bootstrapped like ``pshell`` does, so ``includeme`` runs and the same
 settings apply as in the app. ``key=value`` arguments after the file are passed as variables.
@@ -29,10 +30,11 @@ from pyramid.paster import bootstrap, setup_logging
 
 from ..delivery import BackgroundEngine, RetryPolicy
 from ..importer import FORMATS, MAX_CONCURRENCY, ImportSetupError, import_file, parse_mapping
-from ..lifecycle import RUNTIME_KEY
 from ..log import redact
 from ..plan import lint, render_plan
-from ..runtime import Runtime
+from ..runtime import Runtime, get_runtime
+
+__all__ = ["PMixpanelCommand", "main"]
 
 
 class PMixpanelCommand:
@@ -62,6 +64,7 @@ class PMixpanelCommand:
             ("lint", "check event and property names; exit 1 when something is off"),
             ("import", "backfill past events from a JSONL or CSV file through /import"),
             ("sync", "aggregate Mixpanel into per-account metrics (backfill or resume)"),
+            ("migrate", "create or upgrade the per-account metrics tables"),
         ):
             sub = commands.add_parser(name, help=text, description=text)
             sub.add_argument("config_uri", help="the app's .ini file, e.g. development.ini")
@@ -81,6 +84,12 @@ class PMixpanelCommand:
                 )
             if name == "dead":
                 sub.add_argument(
+                    "--lane",
+                    choices=("mixpanel", "customerio"),
+                    default="mixpanel",
+                    help="whose dead letters: Mixpanel's (default) or Customer.io's",
+                )
+                sub.add_argument(
                     "--requeue",
                     nargs="*",
                     type=int,
@@ -99,34 +108,54 @@ class PMixpanelCommand:
         variables = dict(item.split("=", 1) for item in self.args.config_vars if "=" in item)
         self.setup_logging(self.args.config_uri, global_conf=variables)
         env = self.bootstrap(self.args.config_uri, options=variables)
+        runtime = get_runtime(env["registry"])
         try:
-            runtime: Runtime = env["registry"][RUNTIME_KEY]
-            if self.args.command == "plan":
-                self.out.write(render_plan(runtime.catalog, self.args.format))
-                return 0
-            if self.args.command == "lint":
-                issues = lint(runtime.catalog)
-                for issue in issues:
-                    self.print(str(issue))
-                self.print(f"{len(issues)} naming issue(s)")
-                return 1 if issues else 0
-            if self.args.command == "import":
-                return self.do_import(runtime)
-            if self.args.command == "sync":
-                return self.do_sync(env["registry"].settings, runtime)
-            if runtime.settings.testing:
-                self.print("mixpanel.token is not set (testing mode): nothing is ever sent.")
-                return 1
-            if runtime.engine is None:
-                self.print(
-                    f"mixpanel.delivery is {runtime.settings.delivery!r}: messages are sent at"
-                    " the end of each request, nothing waits in a queue."
-                )
-                return 1
-            handler = getattr(self, f"do_{self.args.command}")
-            return int(handler(runtime.engine))
+            return self.dispatch(runtime, env["registry"].settings)
         finally:
+            # The app's runtime: drain what this command queued, release the spool and sessions.
+            runtime.close()
             env["closer"]()
+
+    def dispatch(self, runtime: Runtime, settings: t.Mapping[str, object]) -> int:
+        """Run the sub-command against the app's runtime."""
+        command = self.args.command
+        if command == "plan":
+            self.out.write(render_plan(runtime.catalog, self.args.format))
+            return 0
+        if command == "lint":
+            issues = lint(runtime.catalog)
+            for issue in issues:
+                self.print(str(issue))
+            self.print(f"{len(issues)} naming issue(s)")
+            return 1 if issues else 0
+        if command == "import":
+            return self.do_import(runtime)
+        if command == "sync":
+            return self.do_sync(settings, runtime)
+        if command == "migrate":
+            return self.do_migrate(settings, runtime)
+        if runtime.settings.testing:
+            self.print("mixpanel.token is not set (testing mode): nothing is ever sent.")
+            return 1
+        engines = {
+            name: delivery
+            for name, delivery in runtime.lanes.items()
+            if isinstance(delivery, BackgroundEngine)
+        }
+        if not engines:
+            self.print(
+                f"mixpanel.delivery is {runtime.settings.delivery!r}: nothing waits in a queue"
+                " of this app."
+            )
+            return 1
+        if command == "dead":
+            engine = engines.get(self.args.lane)
+            if engine is None:
+                self.print(f"{self.args.lane} is not configured in this app.")
+                return 1
+            return self.do_dead(engine)
+        handler = getattr(self, f"do_{command}")
+        return max(int(handler(engine)) for engine in engines.values())
 
     def print(self, text: str) -> None:
         """Write one line of output."""
@@ -135,6 +164,7 @@ class PMixpanelCommand:
     def do_status(self, engine: BackgroundEngine) -> int:
         """Print the queue's state."""
         where = getattr(engine.store, "path", None) or "memory (this process only)"
+        self.print(f"lane: {engine.transport.name}")
         self.print(f"store: {where}")
         self.print(f"pending: {engine.store.pending()}")
         due = engine.store.next_due()
@@ -159,7 +189,8 @@ class PMixpanelCommand:
                 left = now_left
         stats = engine.stats.snapshot()
         self.print(
-            f"sent {stats['sent']}, retried {stats['retried']}, dead {stats['dead']}, left {left}"
+            f"{engine.transport.name}: sent {stats['sent']}, retried {stats['retried']},"
+            f" dead {stats['dead']}, left {left}"
         )
         return 1 if left else 0
 
@@ -202,6 +233,28 @@ class PMixpanelCommand:
             return 2
         self.print(report.summary())
         return 0 if report.ok else 1
+
+    def do_migrate(self, settings: t.Mapping[str, object], runtime: Runtime) -> int:
+        """Bring the metrics store to the latest schema; 2 when the metrics extra is missing."""
+        try:
+            from ..metrics.config import parse_metrics_settings
+            from ..metrics.store import MetricsStore
+        except ImportError as exc:
+            self.print(
+                f"pmixpanel migrate needs the metrics extra ({exc}):"
+                " pip install 'pyramid_mixpanel[metrics]'"
+            )
+            return 2
+        metrics = parse_metrics_settings(settings)
+        with MetricsStore(metrics.database_url, migrate=False) as store:
+            before = store.revision()
+            store.upgrade()
+            after = store.revision()
+        if before == after:
+            self.print(f"metrics store: already at {after}")
+        else:
+            self.print(f"metrics store: migrated from {before or 'empty'} to {after}")
+        return 0
 
     def do_sync(self, settings: t.Mapping[str, object], runtime: Runtime) -> int:
         """Sync per-account metrics; 0 when all is stored, 1 when Mixpanel refused, 2 bad input."""

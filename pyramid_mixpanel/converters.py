@@ -1,0 +1,263 @@
+"""Settings tables: one row format, one parser and the converters every table uses.
+
+The core (``mixpanel.*``, ``customerio.tracking.*``) and every include (``mixpanel.relay.*``,
+``mixpanel.metrics.*``, ``mixpanel.insights.*``) declare their settings as rows of
+:class:`Setting` and parse them with :func:`parse_table`, inside a configuration action, so a
+later ``config.add_settings`` still counts. A converter takes ``(key, raw value)`` and returns
+the typed value, or ``None`` for "not set"; every mistake is a
+:class:`~pyramid_mixpanel.exceptions.MixpanelConfigurationError` naming the key. Values set from
+Python (``True``, ``3``, a class, a list) are accepted as well as the strings of an ``.ini``
+file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import typing as t
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pyramid.path import DottedNameResolver
+
+from .catalog import closest_match
+from .exceptions import MixpanelConfigurationError
+
+__all__ = [
+    "FALSE_WORDS",
+    "TRUE_WORDS",
+    "Converter",
+    "Setting",
+    "as_base_url",
+    "as_bool",
+    "as_callable",
+    "as_dotted_object",
+    "as_lines",
+    "as_positive_float",
+    "as_secret",
+    "one_of",
+    "parse_table",
+    "positive_int",
+    "subclass_of",
+]
+
+logger = logging.getLogger("pyramid_mixpanel")
+
+FALSE_WORDS = frozenset({"", "false", "f", "no", "n", "off", "0", "none", "null"})
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
+
+#: ``(key, raw value) -> typed value``, or ``None`` for "not set".
+Converter = t.Callable[[str, object], object]
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise MixpanelConfigurationError(f"{key} must be a string, got {type(value).__name__}")
+    return value.strip()
+
+
+def as_secret(key: str, value: object) -> str | None:
+    """Text, where ``false``/``off``/``no``/``0``/empty mean "not set" (tokens, secrets, names)."""
+    if value is None or value is False:
+        return None
+    text = _text(key, value)
+    return None if text.lower() in FALSE_WORDS else text
+
+
+def as_bool(key: str, value: object) -> bool:
+    """A boolean, strictly: a typo such as ``ture`` is an error, not ``False``."""
+    if isinstance(value, bool):
+        return value
+    text = _text(key, value).lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise MixpanelConfigurationError(f"{key} must be a boolean (true/false), got {value!r}")
+
+
+def as_positive_float(key: str, value: object) -> float:
+    """A finite number greater than zero (seconds, rates)."""
+    if isinstance(value, bool):
+        raise MixpanelConfigurationError(f"{key} must be a number, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]  # validated right here
+    except (TypeError, ValueError):
+        raise MixpanelConfigurationError(f"{key} must be a number, got {value!r}") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise MixpanelConfigurationError(
+            f"{key} must be a finite number greater than 0, got {value!r}"
+        )
+    return number
+
+
+def positive_int(maximum: int) -> t.Callable[[str, object], int]:
+    """A converter of whole numbers from 1 to ``maximum``."""
+
+    def convert(key: str, value: object) -> int:
+        if isinstance(value, bool):
+            raise MixpanelConfigurationError(f"{key} must be a whole number, got {value!r}")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise MixpanelConfigurationError(
+                f"{key} must be a whole number, got {value!r}"
+            ) from None
+        if not 0 < number <= maximum:
+            raise MixpanelConfigurationError(
+                f"{key} must be between 1 and {maximum}, got {value!r}"
+            )
+        return number
+
+    return convert
+
+
+def as_base_url(key: str, value: object) -> str | None:
+    """A host (``api-eu.mixpanel.com``) or an http(s) base URL (``http://127.0.0.1:8080``)."""
+    text = as_secret(key, value)
+    if text is None:
+        return None
+    if "://" not in text:
+        text = f"https://{text}"
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MixpanelConfigurationError(
+            f"{key} must be a host name or an http(s) base URL, got {_safe(value)!r}"
+        )
+    return text.rstrip("/")
+
+
+def _safe(value: object) -> object:
+    """A URL without the user and password it may carry, for an error message."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    head, _, host = value.rpartition("@")
+    scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
+    return f"{scheme}***@{host}"
+
+
+def one_of(choices: t.Sequence[str]) -> Converter:
+    """A converter of one of ``choices`` (case-insensitive); "not set" words give ``None``."""
+
+    def convert(key: str, value: object) -> str | None:
+        text = as_secret(key, value)
+        if text is None:
+            return None
+        if text.lower() not in choices:
+            raise MixpanelConfigurationError(
+                f"{key} must be one of {', '.join(choices)}, got {value!r}"
+            )
+        return text.lower()
+
+    return convert
+
+
+def as_dotted_object(key: str, value: object) -> object:
+    """An object named by a dotted name (``myapp.celery:app`` or ``myapp.celery.app``).
+
+    Anything that is not a string was set from Python and is taken as it is.
+    """
+    if not isinstance(value, str):
+        return value
+    try:
+        return DottedNameResolver().resolve(value.strip())
+    except (ImportError, ValueError, AttributeError) as exc:
+        raise MixpanelConfigurationError(f"{key} = {value!r} cannot be imported: {exc}") from None
+
+
+def as_callable(key: str, value: object) -> t.Callable[..., t.Any] | None:
+    """A callable named by a dotted name; empty means "not set"."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    found = as_dotted_object(key, value)
+    if not callable(found):
+        raise MixpanelConfigurationError(f"{key} must name a callable, got {value!r}")
+    return t.cast("t.Callable[..., t.Any]", found)
+
+
+def subclass_of(*bases: type) -> Converter:
+    """A converter of a class (or a dotted name of one) that subclasses one of ``bases``."""
+    wanted = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
+
+    def convert(key: str, value: object) -> type | None:
+        if isinstance(value, str) and not value.strip():
+            return None
+        found = as_dotted_object(key, value)
+        if not (isinstance(found, type) and issubclass(found, bases)):
+            raise MixpanelConfigurationError(f"{key} must name a subclass of {wanted}: {value!r}")
+        return found
+
+    return convert
+
+
+def as_lines(key: str, value: object) -> list[str]:
+    """A list from a multi-line or comma-separated setting; lists from Python pass through."""
+    if isinstance(value, str):
+        return [item.strip() for item in re.split(r"[\n,]", value) if item.strip()]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [str(item).strip() for item in value if str(item).strip()]
+    raise MixpanelConfigurationError(f"{key}: expected a list, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of a settings table.
+
+    :param key: the full setting key, e.g. ``mixpanel.relay.path``.
+    :param field: the attribute of the parsed settings object that receives the value.
+    :param convert: the converter.
+    :param fallback: another key read when ``key`` is absent (a setting shared with another
+        package, such as ``pyramid_heroku.structlog``).
+    """
+
+    key: str
+    field: str
+    convert: Converter
+    fallback: str | None = None
+
+
+def parse_table(
+    settings: t.Mapping[str, object],
+    table: t.Iterable[Setting],
+    *,
+    namespaces: t.Sequence[str] = (),
+    elsewhere: t.Sequence[str] = (),
+    also_known: t.Iterable[str] = (),
+) -> dict[str, object]:
+    """Convert the keys of ``table`` found in ``settings``; return ``{field: value}``.
+
+    Values that mean "not set" are left out, so the dataclass defaults apply. A key under one of
+    ``namespaces`` that is neither in the table, nor in ``also_known``, nor under a prefix in
+    ``elsewhere`` (parsed by another table) is logged with the closest known key: a typo must
+    not pass silently.
+    """
+    values: dict[str, object] = {}
+    known = set(also_known)
+    for row in table:
+        known.add(row.key)
+        key = row.key
+        raw = settings.get(key)
+        if raw is None and row.fallback is not None:
+            key, raw = row.fallback, settings.get(row.fallback)
+        if raw is None:
+            continue
+        value = row.convert(key, raw)
+        if value is not None:
+            values[row.field] = value
+    for key in settings:
+        if not isinstance(key, str) or not key.startswith(tuple(namespaces)):
+            continue
+        if key in known or key.startswith(tuple(elsewhere)):
+            continue
+        prefix = max((p for p in namespaces if key.startswith(p)), key=len)
+        # Compared without the shared prefix, which would make every key look alike.
+        names = [k[len(prefix) :] for k in known if k.startswith(prefix)]
+        match = closest_match(key[len(prefix) :], names)
+        hint = f" Did you mean {prefix + match!r}?" if match else ""
+        logger.warning("Unknown setting %s is ignored.%s", key, hint)
+    return values

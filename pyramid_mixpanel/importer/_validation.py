@@ -1,0 +1,241 @@
+"""Row validation: event times, ``$insert_id``, and the JSON Mixpanel gets for a row."""
+
+from __future__ import annotations
+
+import binascii
+import datetime as dt
+import functools
+import hashlib
+import math
+import time
+import typing as t
+
+import orjson
+
+from ._errors import RowRejectedError
+
+if t.TYPE_CHECKING:
+    from ..catalog import Catalog
+
+__all__ = [
+    "EARLIEST_MS",
+    "FUTURE_SLACK_MS",
+    "MAX_EVENT_BYTES",
+    "MILLISECONDS_FROM",
+    "Preparer",
+    "derive_insert_id",
+    "event_time_ms",
+    "prepare_record",
+    "valid_insert_id",
+]
+
+#: Mixpanel refuses an event of 1 MB of uncompressed JSON or more.
+MAX_EVENT_BYTES = 1_000_000
+#: Mixpanel refuses events dated before 1971-01-01 (milliseconds since the epoch).
+EARLIEST_MS = 31_536_000_000
+#: ... and moves events dated more than an hour ahead to the time of import.
+FUTURE_SLACK_MS = 3_600_000
+#: Epoch numbers from here up are milliseconds (10^11 seconds would be the year 5138).
+MILLISECONDS_FROM = 10**11
+INSERT_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+ONE_MS = dt.timedelta(milliseconds=1)
+
+# orjson parses and encodes about five times faster than the standard library, which is most
+# of an import's CPU. One encoding serves both the body and the hash behind $insert_id. Keys are
+# sorted so "properties" is the last key and the body ends with the "}}" that closes it.
+SORTED = orjson.OPT_SORT_KEYS
+
+
+def event_time_ms(value: object, latest_ms: int | None = None) -> int:
+    """Mixpanel's ``time`` as integer milliseconds since the epoch.
+
+    ``value`` is epoch seconds or milliseconds (a number, or a string of one) or an ISO 8601
+    string (UTC when it has no offset). Raises :class:`RowRejectedError` for anything else, a date
+    before 1971-01-01, or one after ``latest_ms`` (default: an hour from now).
+    """
+    number: object = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                return _in_range(_iso_ms(text, value), value, latest_ms)
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise RowRejectedError(
+            f"time {value!r} is not epoch seconds, epoch milliseconds or ISO 8601"
+        )
+    if not math.isfinite(number):
+        raise RowRejectedError(f"time {value!r} is not a finite number")
+    if abs(number) >= MILLISECONDS_FROM:
+        ms = round(number)
+    else:
+        ms = number * 1000 if isinstance(number, int) else round(number * 1000)
+    return _in_range(ms, value, latest_ms)
+
+
+def _in_range(ms: int, value: object, latest_ms: int | None) -> int:
+    if ms < EARLIEST_MS:
+        raise RowRejectedError(f"time {value!r} is before 1971-01-01: Mixpanel refuses it")
+    if latest_ms is None:
+        latest_ms = int(time.time() * 1000) + FUTURE_SLACK_MS
+    if ms > latest_ms:
+        raise RowRejectedError(
+            f"time {value!r} is more than an hour in the future: Mixpanel would move the"
+            " event to the time of import"
+        )
+    return ms
+
+
+def _iso_ms(text: str, value: object) -> int:
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"  # Python 3.10's fromisoformat does not read "Z"
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise RowRejectedError(
+            f"time {value!r} is not epoch seconds, epoch milliseconds or ISO 8601"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return (when - EPOCH) // ONE_MS
+
+
+def _hash_id(canonical: bytes) -> str:
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def derive_insert_id(event: str, properties: t.Mapping[str, object]) -> str:
+    """The deterministic ``$insert_id`` of an event as sent (``time`` in ms, ``distinct_id``).
+
+    32 hex digits of the SHA-256 of ``{"event", "properties"}`` with sorted keys, without any
+    ``$insert_id``: the same event always gets the same id, within Mixpanel's rule of at most
+    36 letters, digits or ``-``.
+    """
+    props = {key: value for key, value in properties.items() if key != "$insert_id"}
+    return _hash_id(orjson.dumps({"event": event, "properties": props}, option=SORTED))
+
+
+def valid_insert_id(value: object) -> bool:
+    """True for a ``$insert_id`` Mixpanel accepts: 1 to 36 letters, digits or ``-``."""
+    return isinstance(value, str) and 0 < len(value) <= 36 and INSERT_ID_CHARS.issuperset(value)
+
+
+class Preparer:
+    """Validate and normalise one row into the JSON Mixpanel gets, or raise RowRejectedError."""
+
+    def __init__(self, catalog: Catalog | None, latest_ms: int) -> None:
+        self.catalog = catalog
+        self.declared: t.Container[str] = catalog.events.by_name if catalog else ()
+        self.latest_ms = latest_ms
+        # The hint (a fuzzy match over the catalogue) is computed once per undeclared name.
+        self.undeclared = functools.lru_cache(maxsize=1024)(self._undeclared)
+
+    def __call__(self, record: object, owned: bool = False) -> bytes:
+        """The event's JSON; ``owned``: ``record`` was parsed here and may be changed in place."""
+        # The fast path: a well-formed row with a string distinct_id, whole-number time and no
+        # $insert_id of its own, which is nearly every row of a large import. Anything else,
+        # including every row that will be rejected, takes the full path below.
+        if type(record) is dict:
+            event, properties = record.get("event"), record.get("properties")
+            if (
+                type(event) is str
+                and type(properties) is dict
+                and event
+                and (self.catalog is None or event in self.declared)
+                and type(properties.get("distinct_id")) is str
+                and "$insert_id" not in properties
+            ):
+                when = properties.get("time")
+                if type(when) is int and when >= 0:
+                    ms = when if when >= MILLISECONDS_FROM else when * 1000
+                    if EARLIEST_MS <= ms <= self.latest_ms:
+                        sent = properties if owned else dict(properties)
+                        sent["time"] = ms
+                        try:
+                            encoded = orjson.dumps(
+                                {"event": event, "properties": sent}, option=SORTED
+                            )
+                        except TypeError:  # not JSON: the full path says which value
+                            return self._checked(record, owned)
+                        body = b'%s,"$insert_id":"%s"}}' % (
+                            encoded[:-2],
+                            binascii.hexlify(hashlib.sha256(encoded).digest()[:16]),
+                        )
+                        if len(body) < MAX_EVENT_BYTES:
+                            return body
+        return self._checked(record, owned)
+
+    def _checked(self, record: object, owned: bool) -> bytes:
+        if not isinstance(record, dict):
+            raise RowRejectedError(f"a row must be a JSON object, got {type(record).__name__}")
+        event = record.get("event")
+        if not isinstance(event, str) or not event:
+            raise RowRejectedError(
+                "event is missing" if event in (None, "") else "event is not a string"
+            )
+        if self.catalog is not None and event not in self.declared:
+            raise RowRejectedError(self.undeclared(event))
+        properties = record.get("properties")
+        if not isinstance(properties, dict):
+            raise RowRejectedError("properties is missing or not an object")
+        distinct_id = properties.get("distinct_id")
+        if isinstance(distinct_id, bool) or not isinstance(distinct_id, (str, int)):
+            raise RowRejectedError(
+                "properties.distinct_id is missing"
+                if distinct_id is None
+                else f"distinct_id {distinct_id!r} is not a string"
+            )
+        if "time" not in properties:
+            raise RowRejectedError("properties.time is missing")
+        ms = event_time_ms(properties["time"], self.latest_ms)
+        given = properties.get("$insert_id")
+        if given is not None and not valid_insert_id(given):
+            raise RowRejectedError(
+                f"$insert_id {given!r} is invalid: Mixpanel wants 1 to 36 letters, digits or '-'"
+            )
+        # Normalise in place when the row is ours (saves a copy per row), else on a copy.
+        sent = properties if owned else dict(properties)
+        sent["time"] = ms
+        if type(distinct_id) is not str:
+            sent["distinct_id"] = str(distinct_id)
+        if given is not None:
+            del sent["$insert_id"]
+        try:
+            encoded = orjson.dumps({"event": event, "properties": sent}, option=SORTED)
+        except TypeError as exc:  # a Python caller's value that is not JSON
+            raise RowRejectedError(f"a property is not JSON: {exc}") from None
+        insert_id = given or _hash_id(encoded)
+        body = b'%s,"$insert_id":"%s"}}' % (encoded[:-2], insert_id.encode())
+        if len(body) >= MAX_EVENT_BYTES:
+            raise RowRejectedError(f"the event is {len(body):,} bytes: Mixpanel's limit is 1 MB")
+        return body
+
+    def _undeclared(self, event: str) -> str:
+        section = t.cast("Catalog", self.catalog).events
+        return f"event {section.unknown(event)} (--allow-undeclared imports it anyway)"
+
+
+def prepare_record(record: object, catalog: Catalog | None = None) -> str:
+    """The JSON Mixpanel gets for one row, as :func:`import_file` sends it.
+
+    Checks the event name against ``catalog`` when given. Raises :class:`RowRejectedError`.
+    """
+    # Rows read from a file cannot hold NaN (the parser refuses it); a Python caller's can, and
+    # orjson would write it as null: refuse it instead of changing the data.
+    if not _finite(record):
+        raise RowRejectedError("NaN and Infinity are not valid JSON for Mixpanel")
+    return Preparer(catalog, int(time.time() * 1000) + FUTURE_SLACK_MS)(record).decode()
+
+
+def _finite(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(item) for item in value)
+    return True
