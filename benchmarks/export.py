@@ -9,8 +9,9 @@ fresh subprocess:
 - ``imports``: the imports only (the RSS floor of the other two);
 - ``bare``: ``requests`` stream + ``iter_lines`` + ``json.loads``, nothing else (the limit);
 - ``real``: ``MixpanelQuery.export_chunks`` + :class:`~pyramid_mixpanel.metrics.Aggregator` with
-  two breakdowns, three adoption signals and a three-step local funnel (what ``pmixpanel sync``
-  does before it writes the day's rows).
+  two breakdowns, three adoption signals and a three-step local funnel, deduplicating on
+  (event, distinct_id, time, ``$insert_id``) (what ``pmixpanel sync`` does before it writes the
+  day's rows).
 
 Printed: events/s of both, their ratio (target >= 0.5), and each process's peak RSS
 (``ru_maxrss``) for both sizes, to show that memory follows users x days, not events.
@@ -183,7 +184,7 @@ def child(mode: str, url: str) -> dict[str, float]:
             rows += len(aggregator.add_chunk(chunk.from_date, chunk.to_date, chunk.events()).daily)
         rows += len(aggregator.finish())
         stats = aggregator.stats
-        count = stats.events + stats.unattributed + stats.outside
+        count = stats.events + stats.unattributed + stats.outside + stats.duplicates
         assert rows > 0
     seconds = time.perf_counter() - start
     return {"events": count, "seconds": seconds, "rss_mb": _peak_rss_mb()}

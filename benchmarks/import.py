@@ -28,13 +28,10 @@ Run: ``make bench`` (or ``python -m benchmarks.import``).
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import gzip
 import json
 import os
-import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +40,7 @@ import typing as t
 
 import requests
 
+from benchmarks.standin import PIN, server
 from pyramid_mixpanel.importer import GZIP_LEVEL, import_file, prepare_record
 from pyramid_mixpanel.settings import parse_settings
 
@@ -51,58 +49,7 @@ BATCH = 2000
 ROUNDS = 5
 TARGET = 0.8
 TOKEN = "bench-token"
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-SERVER = """
-import sys
-from tests.loopback import MixpanelStandIn, _Server
-
-_Server.request_queue_size = 64  # socketserver's backlog of 5 resets 20 concurrent connects
-api = MixpanelStandIn()
-print(api.base_url, flush=True)
-for _ in sys.stdin:  # each line asks how many unique events arrived
-    print(len(api.events()), flush=True)
-api.stop()
-"""
-# The stand-in gets CPU 0 and this process the others: the real Mixpanel does not run on the
-# importing machine, so its work must not take our CPU (for the bare client and us alike).
-PIN = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
 NAMES = ("Page Viewed", "Button/Link Clicked", "User Logged In", "User Charged")
-
-
-class Server:
-    """A MixpanelStandIn in a child process."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if PIN:
-            os.sched_setaffinity(self.process.pid, {0})
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.stdin, self.stdout = self.process.stdin, self.process.stdout
-        self.base_url = self.stdout.readline().strip()
-
-    def events(self) -> int:
-        self.stdin.write("count\n")
-        self.stdin.flush()
-        return int(self.stdout.readline())
-
-    def close(self) -> None:
-        self.stdin.close()
-        self.process.wait(10)
-
-
-@contextlib.contextmanager
-def server() -> t.Iterator[Server]:
-    running = Server()
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 def rows(count: int) -> t.Iterator[dict[str, t.Any]]:

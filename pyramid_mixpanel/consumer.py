@@ -15,6 +15,7 @@ import weakref
 
 import mixpanel
 
+from . import rules
 from .delivery.sync import post_all
 from .delivery.transport import ENDPOINTS, MAX_RECORDS, MixpanelTransport
 from .log import Log
@@ -52,7 +53,8 @@ class MockedConsumer:
         api_key: object = None,
         api_secret: object = None,
     ) -> None:
-        """Record one message."""
+        """Record one message (too large for Mixpanel: ``ValueError``, as in production)."""
+        check_size(json_message)
         msg = json.loads(json_message)
         if self.DROP_SYSTEM_MESSAGE_PROPERTIES:
             properties = msg.get("properties")
@@ -103,11 +105,13 @@ class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  
             if isinstance(request_timeout, tuple)
             else (request_timeout, request_timeout)
         )
+        auth: tuple[str, str] | None = None
+        project_id: str | None = None
         if credentials is not None:
-            auth = (credentials.username, credentials.secret)
-            project_id: str | None = credentials.project_id
-        else:
-            auth, project_id = (import_api_secret or "", ""), None
+            auth, project_id = (credentials.username, credentials.secret), credentials.project_id
+        elif import_api_secret:
+            auth = (import_api_secret, "")
+        # Otherwise /import is authenticated with the token each event carries.
         secrets = (import_api_secret, credentials.secret if credentials is not None else None)
         self._transport = MixpanelTransport(
             api_host,
@@ -176,7 +180,9 @@ class RequestBuffer:
         api_key: object = None,
         api_secret: object = None,
     ) -> None:
-        """Hold one message."""
+        """Hold one message; one Mixpanel would refuse as too large is a ``ValueError``."""
+        if len(json_message) >= MIGHT_BE_TOO_LARGE:  # inlined: this runs for every message
+            check_size(json_message)
         message = (endpoint, json_message)
         self.messages.append(message)
         self.history.append(message)
@@ -186,3 +192,18 @@ class RequestBuffer:
         owner = self._owner()
         if owner is not None:
             owner.flush()
+
+
+#: A message shorter than this (in characters) is under 1 MB whatever its characters.
+MIGHT_BE_TOO_LARGE = rules.MAX_EVENT_BYTES // 4
+
+
+def check_size(json_message: str) -> None:
+    """Refuse a message of 1 MB or more of JSON, which Mixpanel would refuse whole."""
+    # A character is 1 to 4 bytes: only long messages need encoding to be measured.
+    if len(json_message) * 4 >= rules.MAX_EVENT_BYTES:
+        size = len(json_message.encode())
+        if size >= rules.MAX_EVENT_BYTES:
+            raise ValueError(
+                f"a message of {size:,} bytes: Mixpanel takes less than 1 MB per record"
+            )

@@ -12,16 +12,18 @@ file.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 import typing as t
+import zoneinfo
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pyramid.path import DottedNameResolver
 
-from .catalog import closest_match
+from .catalog import closest, closest_match
 from .exceptions import MixpanelConfigurationError
 
 __all__ = [
@@ -32,10 +34,12 @@ __all__ = [
     "as_base_url",
     "as_bool",
     "as_callable",
+    "as_database_url",
     "as_dotted_object",
     "as_lines",
     "as_positive_float",
     "as_secret",
+    "as_timezone",
     "one_of",
     "parse_table",
     "positive_int",
@@ -202,6 +206,52 @@ def as_lines(key: str, value: object) -> list[str]:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [str(item).strip() for item in value if str(item).strip()]
     raise MixpanelConfigurationError(f"{key}: expected a list, got {value!r}")
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    # Scanning the time zone database takes a while: once per process, and only when set.
+    return frozenset(zoneinfo.available_timezones())
+
+
+def as_timezone(key: str, value: object) -> str | None:
+    """An IANA time zone name (``Europe/Ljubljana``), checked against :mod:`zoneinfo`."""
+    name = as_secret(key, value)
+    if name is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(name)
+        known = name in _zone_names()
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        known = False
+    if not known:
+        raise MixpanelConfigurationError(
+            f"{key} must be an IANA time zone name such as Europe/Ljubljana or UTC, got"
+            f" {value!r}.{closest(name, _zone_names())}"
+        )
+    return name
+
+
+def as_database_url(key: str, value: object) -> str | None:
+    """An SQLAlchemy URL whose dialect is installed; never echoed (it may hold a password)."""
+    url = as_secret(key, value)
+    if url is None:
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    except ImportError:
+        raise MixpanelConfigurationError(
+            f"{key} needs SQLAlchemy: pip install 'pyramid_mixpanel[metrics]'"
+        ) from None
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise MixpanelConfigurationError(
+            f"{key} is not an SQLAlchemy database URL with an installed dialect, e.g."
+            " sqlite:///mixpanel-metrics.db or postgresql+psycopg://user@host/dbname"
+        ) from None
+    return url
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,13 @@
 :class:`MixpanelQuery` authenticates with a service account (or the legacy API secret), talks to
 the project's residency hosts (``mixpanel.region``, or ``mixpanel.query_api_host`` /
 ``mixpanel.export_api_host`` for proxies and tests), keeps within Mixpanel's rate limits on the
-client side, retries 429 and 5xx answers with backoff, and raises :class:`MixpanelQueryError`
-with Mixpanel's own error text for anything else.
+client side (per process, or shared by every process through ``mixpanel.query_limits_url``:
+see :mod:`pyramid_mixpanel.query_limits`), retries 429 and 5xx answers with backoff, and raises
+:class:`MixpanelQueryError` with Mixpanel's own error text for anything else.
+
+Days are whole days of the project's export timezone: UTC, or for projects created before
+2023-01-01 the project's own timezone (``mixpanel.project_timezone``; docs/export-methods), in
+which such projects also store the exported ``time`` values.
 
 Values never get pasted into code: JQL gets them through its ``params`` object, and Engage
 ``where`` expressions quote them as JSON string literals, so an email such as
@@ -13,6 +18,7 @@ Values never get pasted into code: JQL gets them through its ``params`` object, 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -24,12 +30,16 @@ import requests
 
 from .delivery.policy import RetryPolicy, is_retryable, parse_retry_after
 from .exceptions import MixpanelQueryError, MultipleProfilesFoundException
-from .log import redact
+from .log import Log, redact
 from .query_limits import QueryLimits, limits_for
 from .settings import MixpanelSettings, QuerySettings, parse_query_settings
 
 __all__ = [
+    "FUNNEL_LENGTH_UNITS",
+    "FUNNEL_LIMIT",
+    "MAX_LIMIT",
     "PROFILE_BY_EMAIL",
+    "SEGMENTATION_LIMIT",
     "DateLike",
     "ExportChunk",
     "MixpanelQuery",
@@ -46,6 +56,18 @@ function main() {
 }
 """
 DateLike = dt.date | str
+
+#: The most values a breakdown (``on=``) of funnels or segmentation returns: 10,000
+#: (openapi/query.openapi.yaml, ``limit`` of /funnels and /segmentation).
+MAX_LIMIT = 10_000
+#: How many values Mixpanel returns by default: the top 255 of a funnel's breakdown, the top 60
+#: of segmentation's (reference/funnels-query, reference/segmentation-query).
+FUNNEL_LIMIT = 255
+SEGMENTATION_LIMIT = 60
+#: Units of a funnel's ``length`` (``length_unit``), in seconds; the window may not exceed 90
+#: days (reference/funnels-query).
+FUNNEL_LENGTH_UNITS = {"day": 86_400, "hour": 3_600, "minute": 60, "second": 1}
+MAX_FUNNEL_LENGTH = 90 * 86_400
 
 
 @dataclass(frozen=True)
@@ -102,7 +124,8 @@ class MixpanelQuery:
         :class:`~pyramid_mixpanel.settings.MixpanelSettings`. Only the query settings (hosts,
         credentials, timeouts) are read: building a client never touches delivery.
     :param session: a :class:`requests.Session` to reuse.
-    :param limits: client-side rate limits; by default shared by every client of the project.
+    :param limits: client-side rate limits; by default shared by every client of the project
+        (in the process, or in the database of ``mixpanel.query_limits_url``).
     :param retry: backoff for 429 and 5xx answers (2 s doubling to 60 s, with jitter).
     :param max_retries: retries of one call before its error is raised.
     """
@@ -132,7 +155,11 @@ class MixpanelQuery:
         self.max_retries = max_retries
         self.sleep = sleep
         self.auth, self.params = self._credentials()
-        self.limits = limits or limits_for(self._project_key())
+        self.limits = limits or limits_for(
+            self._project_key(),
+            self.settings.query_limits_url,
+            Log(self.settings.secrets, self.settings.structlog),
+        )
 
     # -- events -----------------------------------------------------------------------------
 
@@ -190,22 +217,24 @@ class MixpanelQuery:
         if chunk.where:
             params["where"] = chunk.where
         endpoint = "/api/2.0/export"
-        response = self._call(
-            "GET", self.settings.export_api_host, endpoint, params, stream=True, export=True
-        )
-        try:
-            for line in response.iter_lines(chunk_size=256 * 1024):
-                if line:
-                    yield json.loads(line)
-        except (requests.RequestException, ValueError) as exc:
-            raise MixpanelQueryError(
-                0,
-                self._clean(f"the export stream broke off: {type(exc).__name__}: {exc}"),
-                endpoint,
-                self._describe("GET", endpoint, params),
-            ) from None
-        finally:
-            response.close()
+        with contextlib.ExitStack() as held:
+            # ``held`` keeps one of the project's concurrent exports until the stream is read.
+            response = self._call(
+                "GET", self.settings.export_api_host, endpoint, params, stream=True, held=held
+            )
+            try:
+                for line in response.iter_lines(chunk_size=256 * 1024):
+                    if line:
+                        yield json.loads(line)
+            except (requests.RequestException, ValueError) as exc:
+                raise MixpanelQueryError(
+                    0,
+                    self._clean(f"the export stream broke off: {type(exc).__name__}: {exc}"),
+                    endpoint,
+                    self._describe("GET", endpoint, params),
+                ) from None
+            finally:
+                response.close()
 
     # -- profiles ---------------------------------------------------------------------------
 
@@ -277,19 +306,50 @@ class MixpanelQuery:
         on: str | None = None,
         where: str | None = None,
         length: int | None = None,
+        length_unit: str | None = None,
+        limit: int | None = None,
     ) -> t.Any:
-        """A saved funnel's steps and conversion between two dates.
+        """A saved funnel's steps and conversion between two dates, one bucket per ``unit``.
 
         :param on: break down by a property expression, e.g. ``'properties["company_id"]'``.
-        :param length: the conversion window in days.
+        :param length: the conversion window, in ``length_unit`` (default ``day``). Mixpanel
+            reads a ``length`` alone in the unit saved with the funnel, so it is never sent
+            without its unit; at most 90 days.
+        :param length_unit: ``day``, ``hour``, ``minute`` or ``second``; only with ``length``.
+        :param limit: with ``on``: how many of the top values Mixpanel returns (its default is
+            255, at most :data:`MAX_LIMIT`); the rest are left out of the answer.
+        :raises ValueError: a ``length``, ``length_unit`` or ``limit`` Mixpanel would refuse or
+            misread.
         """
         start, end = _dates(from_date, to_date)
+        if length_unit is not None and length is None:
+            raise ValueError("length_unit needs length: alone it would rescale the saved length")
+        if length is not None:
+            length_unit = length_unit or "day"
+            if length_unit not in FUNNEL_LENGTH_UNITS:
+                raise ValueError(
+                    f"length_unit must be one of {', '.join(FUNNEL_LENGTH_UNITS)}, got"
+                    f" {length_unit!r}"
+                )
+            if not 0 < length * FUNNEL_LENGTH_UNITS[length_unit] <= MAX_FUNNEL_LENGTH:
+                raise ValueError(
+                    f"length must be above 0 and at most 90 days, got {length} {length_unit}"
+                )
         params = {
             "funnel_id": str(funnel_id),
             "from_date": start.isoformat(),
             "to_date": end.isoformat(),
         }
-        params.update(_optional(unit=unit, on=on, where=where, length=length))
+        params.update(
+            _optional(
+                unit=unit,
+                on=on,
+                where=where,
+                length=length,
+                length_unit=length_unit,
+                limit=_limit(limit),
+            )
+        )
         return self._json("GET", "/api/query/funnels", params)
 
     def segmentation(
@@ -302,11 +362,18 @@ class MixpanelQuery:
         where: str | None = None,
         unit: str | None = None,
         type: str | None = None,  # Mixpanel's parameter name
+        limit: int | None = None,
     ) -> t.Any:
-        """Counts of ``event`` per ``unit`` (``day``…), optionally broken down ``on`` a property."""
+        """Counts of ``event`` per ``unit`` (``day``…), optionally broken down ``on`` a property.
+
+        :param type: ``general`` (every event, the default), ``unique`` (users) or ``average``.
+        :param limit: with ``on``: how many of the top values Mixpanel returns (its default is
+            60, at most :data:`MAX_LIMIT`).
+        :raises ValueError: a ``limit`` Mixpanel would refuse.
+        """
         start, end = _dates(from_date, to_date)
         params = {"event": event, "from_date": start.isoformat(), "to_date": end.isoformat()}
-        params.update(_optional(on=on, where=where, unit=unit, type=type))
+        params.update(_optional(on=on, where=where, unit=unit, type=type, limit=_limit(limit)))
         return self._json("GET", "/api/query/segmentation", params)
 
     def retention(
@@ -387,28 +454,31 @@ class MixpanelQuery:
         form: dict[str, str] | None = None,
         *,
         stream: bool = False,
-        export: bool = False,
+        held: contextlib.ExitStack | None = None,
     ) -> requests.Response:
-        """One call with client-side limits, retrying 429/5xx/unreachable with backoff."""
+        """One call with client-side limits, retrying 429/5xx/unreachable with backoff.
+
+        With ``held`` (an export), the call's concurrency slot moves there on success, so it is
+        held while the caller reads the stream; otherwise it is given back with the answer.
+        """
         timeout = (self.settings.connect_timeout, self.settings.query_timeout)
         attempt = 0
         while True:
             attempt += 1
-            try:
-                if export:
-                    self.limits.export()
+            with contextlib.ExitStack() as slot:
+                slot.enter_context(self.limits.exporting() if held else self.limits.query())
+                try:
                     response = self._send(method, host, endpoint, params, form, stream, timeout)
+                except requests.RequestException as exc:
+                    status, error, retry_after = 0, f"{type(exc).__name__}: {exc}", None
                 else:
-                    with self.limits.query():
-                        response = self._send(method, host, endpoint, params, form, False, timeout)
-            except requests.RequestException as exc:
-                status, error, retry_after = 0, f"{type(exc).__name__}: {exc}", None
-            else:
-                if response.status_code == 200:
-                    return response
-                status, error = response.status_code, _error_text(response)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                response.close()
+                    if response.status_code == 200:
+                        if held is not None:
+                            held.enter_context(slot.pop_all())
+                        return response
+                    status, error = response.status_code, _error_text(response)
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    response.close()
             if (status and not is_retryable(status)) or attempt > self.max_retries:
                 raise MixpanelQueryError(
                     status, self._clean(error), endpoint, self._describe(method, endpoint, params)
@@ -442,6 +512,14 @@ class MixpanelQuery:
 
     def _clean(self, text: str) -> str:
         return redact(text[:500], self.settings.secrets)
+
+
+def _limit(limit: int | None) -> int | None:
+    if limit is not None and not (
+        isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit <= MAX_LIMIT
+    ):
+        raise ValueError(f"limit must be a whole number from 1 to {MAX_LIMIT:,}, got {limit!r}")
+    return limit
 
 
 def _optional(**values: object) -> dict[str, str]:

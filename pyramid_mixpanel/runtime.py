@@ -34,6 +34,8 @@ __all__ = ["RUNTIME_KEY", "Runtime", "get_runtime", "runtime_for"]
 RUNTIME_KEY = "pyramid_mixpanel.runtime"
 HEADER_PREFIX = "HTTP_X_MIXPANEL_"
 COUNTERS = ("released", "discarded", "failed", "customerio_failed")
+#: When Mixpanel stops accepting project API secrets (reference/project-secret).
+API_SECRET_RETIREMENT = "2027-03-03"  # noqa: S105  # a date, not a secret
 
 # The runtime built for a registry's settings mapping, by the mapping's id, so that
 # ``MixpanelTrack(request.registry.settings)`` finds its app's runtime. Weak: an index, not an
@@ -179,6 +181,13 @@ class Runtime:
             self.log.warning(
                 "mixpanel.testing_mode",
                 detail="mixpanel.token is not set: messages are recorded, nothing is sent",
+            )
+        if settings.api_secret and not settings.has_service_account:
+            # reference/project-secret: the API secret is deprecated and retires on 2027-03-03.
+            self.log.warning(
+                "mixpanel.api_secret_deprecated",
+                retires=API_SECRET_RETIREMENT,
+                detail="Mixpanel retires project secrets: set mixpanel.service_account.*",
             )
 
 

@@ -25,9 +25,11 @@ from .converters import (
     Setting,
     as_base_url,
     as_bool,
+    as_database_url,
     as_dotted_object,
     as_positive_float,
     as_secret,
+    as_timezone,
     one_of,
     parse_table,
     positive_int,
@@ -110,6 +112,8 @@ class MixpanelSettings:
     connect_timeout: float = 2.0
     read_timeout: float = 5.0
     query_timeout: float = 60.0
+    project_timezone: str = "UTC"
+    query_limits_url: str | None = field(default=None, repr=False)
     release_policy: str = "commit"
     #: ``background``, ``sync``, ``celery``, or the dotted name of a custom backend factory.
     delivery: str = "background"
@@ -193,6 +197,12 @@ class QuerySettings:
     connect_timeout: float = 2.0
     query_timeout: float = 60.0
     structlog: bool = False
+    #: The IANA time zone of the export's days and timestamps: UTC, except for projects created
+    #: before 2023-01-01, whose export is in the project's timezone (docs/export-methods).
+    project_timezone: str = "UTC"
+    #: The SQLAlchemy URL of the database where the project's query limits are shared between
+    #: processes (by default ``mixpanel.metrics.database_url`` when set); ``None``: per process.
+    query_limits_url: str | None = field(default=None, repr=False)
 
     @property
     def has_service_account(self) -> bool:
@@ -230,6 +240,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mixpanel.connect_timeout", "connect_timeout", as_positive_float),
     Setting("mixpanel.read_timeout", "read_timeout", as_positive_float),
     Setting("mixpanel.query_timeout", "query_timeout", as_positive_float),
+    Setting("mixpanel.project_timezone", "project_timezone", as_timezone),
+    # The metrics database is where `pmixpanel sync` and the web app both reach: share it there.
+    Setting(
+        "mixpanel.query_limits_url",
+        "query_limits_url",
+        as_database_url,
+        fallback="mixpanel.metrics.database_url",
+    ),
     Setting("mixpanel.release_policy", "release_policy", one_of(RELEASE_POLICIES)),
     Setting("mixpanel.delivery", "delivery", as_delivery),
     Setting("mixpanel.spool_path", "spool_path", as_secret),

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 import time as time_module
 import typing as t
 
 import mixpanel
 
+from . import rules
 from .catalog import Event, Property, Section
 from .consumer import MockedConsumer, RequestBuffer
 from .customerio import CustomerIOCall, cio_attributes
@@ -28,15 +28,20 @@ if t.TYPE_CHECKING:
 __all__ = ["DEVICE_PROPERTIES", "IMPORT_AGE", "INSERT_ID", "MixpanelTrack", "PropsType"]
 
 PropsType = t.Mapping[Property, t.Any]
-# Mixpanel rejects events with more than 255 properties and truncates longer strings.
-MAX_PROPERTIES = 255
+# Mixpanel truncates longer strings.
 MAX_STRING_LENGTH = 255
+#: Properties the client library and the transport add to every event: they count towards
+#: Mixpanel's limit of fewer than 255 properties (reference/import-events).
+SYSTEM_EVENT_KEYS = frozenset(
+    {"token", "distinct_id", "time", "$insert_id", "mp_lib", "$lib_version", "ip"}
+)
 # /track refuses events older than five days; those go through /import.
 IMPORT_AGE = dt.timedelta(days=5).total_seconds()
 _PLAIN = frozenset({str, int, bool, type(None)})
 _NUMBERS = (int, float)
+_COLLECTIONS = (list, dict)
 #: Mixpanel's rule for ``$insert_id``.
-INSERT_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
+INSERT_ID = rules.INSERT_ID
 #: Mixpanel's default device properties, which ``track(device=...)`` may set.
 DEVICE_PROPERTIES = frozenset(
     {"$browser", "$browser_version", "$os", "$os_version", "$device", "$device_id", "$model"}
@@ -82,6 +87,7 @@ class MixpanelTrack:
             consumer = self._buffer = RequestBuffer(self)
         #: The official client; its ``_consumer`` holds this instance's messages.
         self.api = mixpanel.Mixpanel(runtime.settings.token or "testing-mode", consumer=consumer)
+        self._checked_id: str | None = None
         #: ``None`` while pending; ``True``/``False`` once the request was judged a success or not.
         self.outcome: bool | None = None
 
@@ -182,11 +188,6 @@ class MixpanelTrack:
                 properties.update(self._values(props, allowed, section))
         else:
             properties = self._values(props, allowed, section) if props else {}
-        if len(properties) > MAX_PROPERTIES:
-            raise ValueError(
-                f"{event.name!r} has {len(properties)} properties; Mixpanel accepts at most"
-                f" {MAX_PROPERTIES}"
-            )
         if ip is not None:
             if not isinstance(ip, str):
                 raise TypeError(f"ip must be a string, got {type(ip).__name__}")
@@ -205,7 +206,19 @@ class MixpanelTrack:
                 raise ValueError(
                     f"insert_id must be 1 to 36 letters, digits or '-', got {insert_id!r}"
                 )
+            if rules.blocked_id(insert_id):
+                raise ValueError(f"insert_id {insert_id!r} is a value Mixpanel refuses")
             properties["$insert_id"] = insert_id
+        # Counted exactly only near the limit: this runs for every event.
+        if (
+            len(properties) >= rules.MAX_PROPERTIES - len(SYSTEM_EVENT_KEYS)
+            and (total := len(properties) + len(SYSTEM_EVENT_KEYS.difference(properties)))
+            >= rules.MAX_PROPERTIES
+        ):
+            raise ValueError(
+                f"{event.name!r} would have {total} properties with the ones every event"
+                f" carries; Mixpanel takes fewer than {rules.MAX_PROPERTIES}"
+            )
         timestamp = None if time is None else _epoch(time)
         if timestamp is not None and time_module.time() - timestamp > IMPORT_AGE:
             self.api.import_data(None, distinct_id, event.name, timestamp, properties)
@@ -423,6 +436,15 @@ class MixpanelTrack:
                 f"distinct_id is not set: {method}() needs request.user.distinct_id or"
                 " request.mixpanel.distinct_id = '...'"
             )
+        if self.distinct_id is not self._checked_id:
+            if rules.blocked_id(self.distinct_id):
+                # Mixpanel refuses these placeholders (reference/import-events): a bug upstream.
+                raise ValueError(
+                    f"distinct_id {self.distinct_id!r} is a placeholder Mixpanel refuses"
+                    " (anonymous, null, undefined, 0, -1, ...)"
+                )
+            # Checked once per id, not once per call.
+            self._checked_id = self.distinct_id
         return self.distinct_id
 
     def _not_member(self, value: object, kind: type, section: Section[t.Any]) -> Exception:
@@ -445,6 +467,10 @@ class MixpanelTrack:
                 raise self._not_member(prop, Property, section)
             if type(value) not in _PLAIN:
                 value = json_value(prop.name, value)
+                if type(value) in _COLLECTIONS:
+                    problem = rules.value_problem(value)
+                    if problem is not None:
+                        raise ValueError(f"{prop.name!r} has {problem}: Mixpanel refuses it")
             elif self.testing and type(value) is str and len(value) > MAX_STRING_LENGTH:
                 self._runtime.log.warning(
                     "mixpanel.long_string",
@@ -470,8 +496,8 @@ class MixpanelTrack:
         values = self._values(meta, section.members, section)
         when = meta.get(Property("$time"))
         if isinstance(when, (dt.datetime, float, int)) and not isinstance(when, bool):
-            # Engage's $time is milliseconds since the epoch, not an ISO string.
-            values["$time"] = int(_epoch(when) * 1000)
+            # Epoch seconds, as the official client sends $time (not an ISO string).
+            values["$time"] = int(_epoch(when))
         return values
 
     def _names_of(self, props: t.Iterable[Property], section: Section[Property]) -> list[str]:

@@ -3,13 +3,17 @@
 Real HTTP servers on 127.0.0.1 (free ports, daemon threads), not mocks, so delivery is tested
 through sockets, timeouts and status codes as it meets them in production.
 
-:class:`MixpanelStandIn` accepts ``/track``, ``/engage``, ``/groups`` and ``/import`` batches
-as a JSON body (optionally gzip'd) or as the form field ``data`` (what mixpanel-python's
-``Consumer`` sends), deduplicates events on ``$insert_id``, answers verbosely, and can be put in
-a mode at any time: ``up``, ``down`` (connections refused), ``slow`` (answers after
-``delay`` seconds), ``hang`` (accepts, never answers), ``error500``, ``rate_limited`` (429 with
-``Retry-After``) or ``bad_request`` (400). A strict ``/import`` refuses records without
-``event`` or ``properties.time`` individually, listing them in ``failed_records``.
+:class:`MixpanelStandIn` enforces Mixpanel's documented ingestion rules, each commented with the
+doc page it comes from (docs.mixpanel.com, mirrored in the public mixpanel/docs repository), so
+that a client mistake the real service would refuse fails here too: no gzip on ``/engage`` and
+``/groups``; ``/import`` needs credentials and, with ``strict=1``, refuses invalid events one by
+one (``failed_records``) and ingests the rest; ``/track`` answers ``1`` while silently dropping
+invalid events and events older than five days (see :attr:`MixpanelStandIn.dropped`);
+``/engage`` / ``/groups`` with ``strict=1`` name their refused records; 413 over the request
+size; at most 2000 records; events deduplicated on (event, time, distinct_id, ``$insert_id``).
+It can be put in a mode at any time: ``up``, ``down`` (connections refused), ``slow`` (answers
+after ``delay`` seconds), ``hang`` (accepts, never answers), ``error500``, ``rate_limited``
+(429, with ``Retry-After`` only when ``retry_after`` is set) or ``bad_request`` (400).
 """
 
 from __future__ import annotations
@@ -100,18 +104,54 @@ class _Base:
         self.stop()
 
 
-class MixpanelStandIn(_Base):
-    """A Mixpanel ingestion API on loopback; see the module docstring."""
+#: Values Mixpanel refuses as distinct_id and $insert_id (reference/import-events).
+BLOCKED_IDS = frozenset(
+    {"00000000-0000-0000-0000-000000000000", "anon", "anonymous", "nil", "none", "null", "n/a",
+     "na", "undefined", "unknown", "<nil>", "0", "-1", "true", "false", "[]", "{}"}
+)  # fmt: skip
+#: Profile operations of /engage (reference/profile-set and its siblings) and of /groups
+#: (reference/group-set-property and siblings): a record carries exactly one.
+PROFILE_OPERATIONS = frozenset(
+    {"$set", "$set_once", "$add", "$union", "$append", "$remove", "$unset", "$delete"}
+)
+GROUP_OPERATIONS = frozenset({"$set", "$set_once", "$unset", "$remove", "$union", "$delete"})
+FIVE_DAYS_MS = 5 * 24 * 3600 * 1000
 
-    def __init__(self) -> None:
+
+class MixpanelStandIn(_Base):
+    """A Mixpanel ingestion API on loopback that enforces Mixpanel's documented rules.
+
+    :param tokens: project tokens (and legacy API secrets) ``/import`` accepts as basic-auth user
+        with an empty password (any when empty).
+    :param accounts: ``{user: secret}`` of service accounts / API secrets (any when empty).
+    :param max_request_bytes: uncompressed bytes per request before a 413.
+    :param clock: "now", in seconds (the 5-day window of /track, the 1-hour future of /import).
+    """
+
+    def __init__(
+        self,
+        tokens: t.Iterable[str] = (),
+        accounts: t.Mapping[str, str] | None = None,
+        max_request_bytes: int = 10_000_000,
+        clock: t.Callable[[], float] = time.time,
+    ) -> None:
         self.mode = "up"
         self.delay = 2.0
-        self.retry_after = "1"
+        # 429 comes without Retry-After: Mixpanel does not document one (reference/rate-limits).
+        self.retry_after: str | None = None
+        self.tokens = set(tokens)
+        self.accounts = dict(accounts or {})
+        self.max_request_bytes = max_request_bytes
+        self.clock = clock
         self.requests: list[Seen] = []
         #: Every accepted record, per endpoint, in arrival order (duplicates included).
         self.received: dict[str, list[dict[str, t.Any]]] = {e: [] for e in ENDPOINTS.values()}
-        self._insert_ids: set[str] = set()
-        #: Events after ``$insert_id`` deduplication, as Mixpanel would store them.
+        #: Records refused with an answer that says so (strict validation), with the message.
+        self.refused: list[tuple[str, dict[str, t.Any], str]] = []
+        #: Records dropped silently, as Mixpanel does without strict validation.
+        self.dropped: list[tuple[str, object, str]] = []
+        self._event_keys: set[tuple[object, ...]] = set()
+        #: Events after deduplication, as Mixpanel would store them.
         self.unique_events: list[dict[str, t.Any]] = []
         self.handler = _MixpanelHandler
         super().__init__()
@@ -131,24 +171,133 @@ class MixpanelStandIn(_Base):
         self.start()
 
     def events(self) -> list[dict[str, t.Any]]:
-        """Unique tracked and imported events."""
+        """Unique imported (and tracked) events."""
         with self.lock:
             return list(self.unique_events)
+
+    def profiles(self) -> list[dict[str, t.Any]]:
+        """Accepted profile updates."""
+        with self.lock:
+            return list(self.received["people"])
 
     def accept(self, endpoint: str, records: list[dict[str, t.Any]]) -> None:
         with self.lock:
             self.received[endpoint].extend(records)
             if endpoint in ("events", "imports"):
                 for record in records:
-                    insert_id = record.get("properties", {}).get("$insert_id")
-                    if insert_id is None or insert_id not in self._insert_ids:
-                        if insert_id is not None:
-                            self._insert_ids.add(insert_id)
+                    properties = record["properties"]
+                    # Duplicates are (event, time, distinct_id, $insert_id)
+                    # (reference/import-events, "$insert_id").
+                    key = (
+                        record["event"],
+                        _time_ms(properties.get("time")),
+                        properties.get("distinct_id"),
+                        properties.get("$insert_id"),
+                    )
+                    if key[3] is None or key not in self._event_keys:
+                        self._event_keys.add(key)
                         self.unique_events.append(record)
 
     def wait_for_events(self, count: int, timeout: float = 10.0) -> list[dict[str, t.Any]]:
         """Wait until ``count`` unique events arrived; return them."""
         return wait_until(lambda: len(self.events()) >= count, timeout, self.events)
+
+    def wait_for_profiles(self, count: int, timeout: float = 10.0) -> list[dict[str, t.Any]]:
+        """Wait until ``count`` profile updates arrived; return them."""
+        return wait_until(lambda: len(self.profiles()) >= count, timeout, self.profiles)
+
+    # -- the documented rules -----------------------------------------------------------------
+
+    def event_problem(self, record: object, endpoint: str) -> tuple[str, str] | None:
+        """``(field, message)`` for the first rule an event breaks (reference/import-events,
+        "High-level requirements"), or ``None``."""
+        if not isinstance(record, dict) or not isinstance(record.get("event"), str):
+            return "event", "'event' is missing or not a string"
+        if not record["event"]:
+            return "event", "'event' is empty"
+        properties = record.get("properties")
+        if not isinstance(properties, dict):
+            return "properties", "'properties' is missing or not an object"
+        when = properties.get("time")
+        ms = _time_ms(when)
+        if endpoint == "imports":
+            # /import: "time ... in seconds or milliseconds since epoch", an integer (OpenAPI).
+            if ms is None or not isinstance(when, int):
+                return (
+                    "properties.time",
+                    "'properties.time' is invalid: must be specified as seconds since epoch",
+                )
+            if ms < 31_536_000_000:  # "time values that are before 1971-01-01"
+                return "properties.time", "'properties.time' is before 1971-01-01"
+            if ms > self.clock() * 1000 + 3_600_000:  # "... or more than 1 hour in the future"
+                return "properties.time", "'properties.time' is more than 1 hour in the future"
+        distinct_id = properties.get("distinct_id")
+        if not isinstance(distinct_id, str):
+            return "properties.distinct_id", "'properties.distinct_id' is required"
+        if distinct_id.strip().lower() in BLOCKED_IDS:
+            return "properties.distinct_id", f"'{distinct_id}' is not a valid distinct_id"
+        insert_id = properties.get("$insert_id")
+        if endpoint == "imports" or insert_id is not None:
+            # "$insert_ids must be <= 36 bytes and contain only alphanumeric characters or -"
+            if not (
+                isinstance(insert_id, str)
+                and 0 < len(insert_id.encode()) <= 36
+                and all(c.isascii() and (c.isalnum() or c == "-") for c in insert_id)
+            ):
+                return "properties.$insert_id", "'$insert_id' is invalid"
+            if insert_id.lower() in BLOCKED_IDS:
+                return "properties.$insert_id", "'$insert_id' is a disallowed value"
+        if len(properties) >= 255:  # "fewer than 255 properties"
+            return "properties", "too many properties"
+        for key, value in properties.items():
+            problem = _nesting(value, 1)
+            if problem:
+                return f"properties.{key}", problem
+        if len(json.dumps(record).encode()) >= 1_000_000:  # "smaller than 1MB"
+            return "event", "the event is 1MB or more"
+        return None
+
+    def profile_problem(self, record: object, endpoint: str) -> str | None:
+        """What is wrong with a profile (/engage) or group (/groups) update, or ``None``."""
+        if not isinstance(record, dict):
+            return "an update must be an object"
+        if not isinstance(record.get("$token"), str):
+            return "'$token' is required"
+        if endpoint == "people":
+            distinct_id = record.get("$distinct_id")
+            if not isinstance(distinct_id, str) or distinct_id.strip().lower() in BLOCKED_IDS:
+                return "'$distinct_id' is missing or invalid"
+            operations = PROFILE_OPERATIONS
+        else:
+            if not isinstance(record.get("$group_key"), str) or "$group_id" not in record:
+                return "'$group_key' and '$group_id' are required"
+            operations = GROUP_OPERATIONS
+        found = [key for key in record if key in operations]
+        if len(found) != 1:
+            return f"exactly one operation of {sorted(operations)} is required, got {found}"
+        return None
+
+
+def _time_ms(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return round(value) if abs(value) >= 10**11 else round(value * 1000)
+
+
+def _nesting(value: object, depth: int) -> str | None:
+    # "nested object properties must have fewer than 255 keys and max nesting depth is 3",
+    # "array properties must have fewer than 255 elements" (reference/import-events).
+    if isinstance(value, (dict, list)):
+        if depth > 3:
+            return "nested deeper than 3 levels"
+        if len(value) >= 255:
+            return "an object or a list of 255 items or more"
+        items = value.values() if isinstance(value, dict) else value
+        for item in items:
+            problem = _nesting(item, depth + 1)
+            if problem:
+                return problem
+    return None
 
 
 class _MixpanelHandler(BaseHTTPRequestHandler):
@@ -176,59 +325,157 @@ class _MixpanelHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if mode == "slow":
-            time.sleep(owner.delay)
+            time.sleep(owner.delay)  # the stand-in's own slowness, not a test waiting
         endpoint = ENDPOINTS.get(url.path)
         if endpoint is None:
             return self._answer(seen, 404, {"status": 0, "error": "unknown endpoint"})
         if mode == "error500":
             return self._answer(seen, 500, {"status": 0, "error": "Internal Server Error"})
         if mode == "rate_limited":
-            return self._answer(
-                seen,
-                429,
-                {"status": 0, "error": "rate limited"},
-                {"Retry-After": owner.retry_after},
-            )
+            headers = {"Retry-After": owner.retry_after} if owner.retry_after else {}
+            body = {"code": 429, "error": "Project exceeded rate limits.", "status": 0}
+            return self._answer(seen, 429, body, headers)
         if mode == "bad_request":
             return self._answer(seen, 400, {"status": 0, "error": "bad request: invalid data"})
+        gzipped = self.headers.get("Content-Encoding") == "gzip"
+        if gzipped and endpoint in ("people", "groups"):
+            # "This API does not support gzip encoding." (reference/profile-set); no official
+            # client gzips /groups either.
+            return self._answer(seen, 400, {"status": 0, "error": "gzip is not supported"})
+        if gzipped:
+            raw = gzip.decompress(raw)  # "Gzip allowed" on /track and /import
+        if len(raw) > owner.max_request_bytes:
+            # 10 MB of uncompressed JSON per request (reference/import-events); above it, 413
+            # (troubleshooting/errors/413-payload-too-large; StrictTooLarge in the OpenAPI).
+            limit = owner.max_request_bytes
+            body = {
+                "code": 413,
+                "error": f"request exceeds max limit of {limit} bytes",
+                "status": "Request Entity Too Large",
+            }
+            return self._answer(seen, 413, body)
         try:
             records = self._records(raw)
         except ValueError as exc:
             return self._answer(seen, 400, {"status": 0, "error": f"invalid payload: {exc}"})
-        if len(records) > 2000:
+        if len(records) > 2000:  # "up to 2000 events ... per request"
             return self._answer(seen, 400, {"status": 0, "error": "more than 2000 records"})
         seen.records = records
-        if endpoint == "imports" and seen.query.get("strict") == "1":
-            failed = [
-                {"index": i, "message": "'time' is invalid or missing"}
-                for i, record in enumerate(records)
-                if not record.get("event") or "time" not in record.get("properties", {})
-            ]
-            owner.accept(endpoint, [r for i, r in enumerate(records) if i not in _indices(failed)])
-            if failed:
-                return self._answer(
-                    seen,
-                    400,
-                    {
-                        "code": 400,
-                        "error": "some data points in the request failed validation",
-                        "num_records_imported": len(records) - len(failed),
-                        "status": "Bad Request",
-                        "failed_records": failed,
-                    },
-                )
-            return self._answer(
-                seen, 200, {"code": 200, "num_records_imported": len(records), "status": "OK"}
-            )
-        owner.accept(endpoint, records)
-        return self._answer(seen, 200, {"status": 1, "error": None})
+        if endpoint == "imports":
+            return self._import(owner, seen, records)
+        if endpoint == "events":
+            return self._track(owner, seen, records)
+        return self._engage(owner, seen, endpoint, records)
 
-    def _records(self, raw: bytes) -> list[dict[str, t.Any]]:
-        if self.headers.get("Content-Encoding") == "gzip":
-            raw = gzip.decompress(raw)
+    def _import(self, owner: MixpanelStandIn, seen: Seen, records: list[t.Any]) -> None:
+        # Service account (with project_id), legacy secret, or the project token as user with an
+        # empty password (reference/import-events, "Authentication"); else 401.
+        if not self._authorised(owner, seen):
+            body = {"code": 401, "error": "Invalid credentials", "status": "Unauthorized"}
+            return self._answer(seen, 401, body)
+        failed: list[dict[str, t.Any]] = []
+        good = []
+        for index, record in enumerate(records):
+            problem = owner.event_problem(record, "imports")
+            if problem is None:
+                good.append(record)
+                continue
+            field, message = problem
+            insert_id = (
+                record.get("properties", {}).get("$insert_id")
+                if isinstance(record, dict) and isinstance(record.get("properties"), dict)
+                else None
+            )
+            failed.append(
+                {"index": index, "insert_id": insert_id, "field": field, "message": message}
+            )
+            owner.refused.append(("imports", record, message))
+        owner.accept("imports", good)
+        if failed and seen.query.get("strict") == "1":
+            # "If some events pass validation and others fail, Mixpanel will ingest the events
+            # that pass validation" and answers 400 with failed_records (StrictInvalid).
+            body = {
+                "code": 400,
+                "error": "some data points in the request failed validation",
+                "num_records_imported": len(good),
+                "status": "Bad Request",
+                "failed_records": failed,
+            }
+            return self._answer(seen, 400, body)
+        for item in failed:  # without strict=1 the invalid ones vanish
+            owner.dropped.append(("imports", records[item["index"]], item["message"]))
+        return self._answer(
+            seen, 200, {"code": 200, "num_records_imported": len(good), "status": "OK"}
+        )
+
+    def _track(self, owner: MixpanelStandIn, seen: Seen, records: list[t.Any]) -> None:
+        # /track keeps only the last 5 days and drops invalid objects silently; it answers 1
+        # when at least one object is valid, 0 when none is, and this does not prove the token
+        # is valid (reference/track-event; the "Received" answer of the OpenAPI).
+        good = []
+        for record in records:
+            problem = owner.event_problem(record, "events")
+            if problem is None:
+                ms = _time_ms(record["properties"].get("time"))
+                if ms is not None and ms < owner.clock() * 1000 - FIVE_DAYS_MS:
+                    problem = ("properties.time", "older than 5 days")
+            if problem is None:
+                good.append(record)
+            else:
+                owner.dropped.append(("events", record, problem[1]))
+        owner.accept("events", good)
+        status = 1 if good else 0
+        if seen.query.get("verbose") == "1":
+            error = None if good else "no valid data"
+            return self._answer(seen, 200, {"status": status, "error": error})
+        return self._answer(seen, 200, status)
+
+    def _engage(
+        self, owner: MixpanelStandIn, seen: Seen, endpoint: str, records: list[t.Any]
+    ) -> None:
+        # /engage and /groups answer 200 even when records are invalid; strict=1 makes them
+        # validate and return per-record errors (reference/profile-set, group-set-property).
+        # The shape of that answer is not documented: the stand-in uses /import's
+        # (StrictInvalid), which the client reads the same way.
+        failed: list[dict[str, t.Any]] = []
+        good = []
+        for index, record in enumerate(records):
+            problem = owner.profile_problem(record, endpoint)
+            if problem is None:
+                good.append(record)
+            else:
+                failed.append({"index": index, "message": problem})
+                owner.refused.append((endpoint, record, problem))
+        owner.accept(endpoint, good)
+        if failed and seen.query.get("strict") == "1":
+            body = {
+                "status": 0,
+                "error": "some records failed validation",
+                "failed_records": failed,
+            }
+            return self._answer(seen, 400, body)
+        for item in failed:
+            owner.dropped.append((endpoint, records[item["index"]], item["message"]))
+        status = 1 if good else 0
+        if seen.query.get("verbose") == "1":
+            return self._answer(seen, 200, {"status": status, "error": None if good else "invalid"})
+        return self._answer(seen, 200, status)
+
+    def _authorised(self, owner: MixpanelStandIn, seen: Seen) -> bool:
+        if seen.auth is None or not seen.auth[0]:
+            return False
+        user, secret = seen.auth
+        if not secret:  # the project token
+            return not owner.tokens or user in owner.tokens
+        if "project_id" in seen.query or not owner.accounts:
+            return not owner.accounts or owner.accounts.get(user) == secret
+        return owner.accounts.get(user) == secret
+
+    def _records(self, raw: bytes) -> list[t.Any]:
         if self.headers.get("Content-Type", "").startswith("application/json"):
             text = raw.decode()
         else:
+            # What mixpanel-python's Consumer sends: a form with the JSON in ``data``.
             form = urllib.parse.parse_qs(raw.decode())
             text = form["data"][0]
         data = json.loads(text)
@@ -305,10 +552,6 @@ def _basic_auth(header: str | None) -> tuple[str, str] | None:
         return None
     user, _, password = base64.b64decode(header[6:]).decode().partition(":")
     return user, password
-
-
-def _indices(failed: list[dict[str, t.Any]]) -> set[int]:
-    return {int(item["index"]) for item in failed}
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -27,7 +28,8 @@ from pyramid_mixpanel.delivery.transport import MixpanelTransport
 from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.settings import MixpanelConfigurationError, parse_settings
 
-from .loopback import MixpanelStandIn, free_port
+from . import drill_app
+from .loopback import MixpanelStandIn, free_port, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -105,13 +107,16 @@ def make_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> webtest.Te
     settings = {
         "mixpanel.token": "celery-token",
         "mixpanel.delivery": "celery",
-        # The object itself (not its dotted name) keeps this test's runtime its own.
         "mixpanel.celery_app": tests.celery_app.app,
+        **drill_app.CATALOG,
     }
     with Configurator(settings=settings) as config:
         config.include("pyramid_mixpanel")
         config.add_route("x", "/x")
         config.add_view(view, route_name="x", renderer="json")
+        # Every kind of message (events, old events, profiles, groups), as in the drills.
+        config.add_route("track", "/track")
+        config.add_view(drill_app.track, route_name="track", renderer="json")
     return webtest.TestApp(config.make_wsgi_app())
 
 
@@ -124,10 +129,19 @@ def test_workers_deliver_what_requests_released(
     app.get("/x?n=2", status=200)
     time.sleep(1)
     assert api.requests, "the worker tried"
+    for n in range(2):
+        app.get(f"/track?n={n}", status=200)
     api.set_mode("up")
-    events = api.wait_for_events(5, timeout=30)
-    assert sorted(e["properties"]["Path"] for e in events) == ["/0", "/0", "/1", "/1", "/2"]
+    events = api.wait_for_events(5 + 4, timeout=30)
+    paths = sorted(e["properties"]["Path"] for e in events if e["event"] == "Page Viewed")
+    assert paths == ["/0", "/0", "/1", "/1", "/2", "0", "1"]
     assert all(e["properties"]["token"] == "celery-token" for e in events)
+    wait_until(
+        lambda: drill_app.every_kind_arrived(api, 2),
+        30,
+        lambda: (api.received["people"], api.received["groups"], api.refused, api.dropped),
+    )
+    assert api.refused == [] and api.dropped == []
 
 
 def test_a_broker_outage_never_reaches_the_request(
@@ -149,8 +163,12 @@ def test_a_broker_outage_never_reaches_the_request(
 class FakeTask:
     def __init__(self, retries: int) -> None:
         self.request = type("R", (), {"retries": retries})()
+        self.retried: list[tuple[t.Any, ...]] = []
 
-    def retry(self, countdown: float) -> Exception:
+    def retry(
+        self, args: tuple[t.Any, ...], kwargs: dict[str, t.Any], countdown: float
+    ) -> Exception:
+        self.retried.append(args)
         return RuntimeError(f"retry in {countdown}")
 
 
@@ -163,11 +181,21 @@ def test_the_task_settles_like_the_engine(
             return lambda func: func
 
     deliver = register(App(), {"mixpanel.token": "celery-token", "mixpanel.api_host": api.base_url})
-    body = '{"event":"A","properties":{"time":1,"$insert_id":"x"}}'
+    now = int(time.time())
+    body = json.dumps(
+        {"event": "A", "properties": {"time": now, "distinct_id": "u", "$insert_id": "x"}}
+    )
+    refused = json.dumps({"event": "B", "properties": {"time": now, "distinct_id": "null"}})
     assert deliver(FakeTask(0), "events", [body]) == 1
+    # One refused record is logged and dropped from the task; the good one arrived.
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        assert deliver(FakeTask(0), "events", [refused, body]) == 1
+    assert "'null' is a value Mixpanel refuses" in caplog.text
     api.set_mode("error500")
+    task = FakeTask(2)
     with pytest.raises(RuntimeError, match="retry in"):
-        deliver(FakeTask(2), "events", [body])
+        deliver(task, "events", [refused, body])
+    assert task.retried == [("events", [body])]  # the refused one does not go round again
     api.set_mode("bad_request")
     with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
         assert deliver(FakeTask(0), "events", [body]) == 0

@@ -60,7 +60,7 @@ def make_engine(transport: ScriptedTransport, **kwargs: t.Any) -> BackgroundEngi
         store,
         transport,
         Log(["tok-secret"]),
-        policy=kwargs.pop("policy", RetryPolicy(base=0.05, cap=0.2)),
+        policy=kwargs.pop("policy", RetryPolicy(base=0.05, cap=0.2, jitter=(0.0, 0.01))),
         flush_interval=kwargs.pop("flush_interval", 0.05),
         **kwargs,
     )
@@ -299,13 +299,18 @@ def test_exit_and_fork_hooks_are_installed_by_the_first_sender_not_at_import(
     second.close(1)
 
 
-def test_retry_policy() -> None:
+def test_retry_policy_is_mixpanels() -> None:
+    """2 s doubling to 60 s, plus 1 to 5 s of jitter (reference/import-events, "Rate Limit")."""
     policy = RetryPolicy()
     assert [policy.ceiling(n) for n in (1, 2, 3, 6, 7, 20)] == [2, 4, 8, 60, 60, 60]
-    assert policy.delay(3, draw=lambda: 0.5) == 4
+    assert policy.delay(3, draw=lambda: 0.5) == 8 + 3
+    assert policy.delay(1, draw=lambda: 0.0) == 3  # never back at once
+    assert policy.delay(9, draw=lambda: 1.0) == 65
     assert policy.delay(1, retry_after=10, draw=lambda: 0.5) == 10
     assert policy.delay(1, retry_after=10_000, draw=lambda: 0.5) == 300
-    assert 0 <= policy.delay(4) <= 16
+    assert all(17 <= policy.delay(4) <= 21 for _ in range(100))
+    # ~1000 failures in a row (8 h of outage) no longer overflow the float exponent.
+    assert policy.ceiling(2000) == 60
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,11 @@
-"""MixpanelTransport against the loopback Mixpanel, and how odd answers are classified."""
+"""MixpanelTransport against the strict loopback Mixpanel, and how answers are classified."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import logging
+import time
 import typing as t
 from collections.abc import Iterator
 
@@ -20,12 +21,33 @@ from pyramid_mixpanel.settings import parse_settings
 
 from .loopback import CustomerIOStandIn, MixpanelStandIn, free_port
 
-EVENT = '{"event":"Page Viewed","properties":{"time":1,"distinct_id":"u","$insert_id":"i1"}}'
+TOKEN = "tok-transport"
+NOW = int(time.time())
+
+
+def event(name: str = "Page Viewed", **properties: object) -> str:
+    """An event as mixpanel.Mixpanel builds it (float seconds, token, insert id)."""
+    props: dict[str, object] = {
+        "token": TOKEN,
+        "distinct_id": "u",
+        "time": NOW + 0.25,
+        "$insert_id": "i1",
+        **properties,
+    }
+    return json.dumps({"event": name, "properties": props})
+
+
+def profile(**fields: object) -> str:
+    return json.dumps({"$token": TOKEN, "$distinct_id": "u", "$set": {"a": 1}, **fields})
+
+
+EVENT = event()
+GROUP = json.dumps({"$token": TOKEN, "$group_key": "company", "$group_id": "c1", "$set": {}})
 
 
 @pytest.fixture
 def api() -> Iterator[MixpanelStandIn]:
-    with MixpanelStandIn() as server:
+    with MixpanelStandIn(tokens={TOKEN}, accounts={"sa": "sa-secret"}) as server:
         yield server
 
 
@@ -33,7 +55,7 @@ def transport(api: MixpanelStandIn, **settings: str) -> MixpanelTransport:
     return MixpanelTransport.from_settings(
         parse_settings(
             {
-                "mixpanel.token": "tok",
+                "mixpanel.token": TOKEN,
                 "mixpanel.api_host": api.base_url,
                 "mixpanel.read_timeout": "0.3",
                 **settings,
@@ -50,15 +72,55 @@ def response(status: int, body: object, headers: dict[str, str] | None = None) -
     return made
 
 
-def test_posts_json_to_each_endpoint(api: MixpanelStandIn) -> None:
+def test_every_endpoint_goes_where_mixpanel_documents_it(api: MixpanelStandIn) -> None:
     sender = transport(api)
-    for endpoint, path in (("events", "/track"), ("people", "/engage"), ("groups", "/groups")):
-        assert sender.post(endpoint, ['{"x":1}']).sent
-        seen = api.requests[-1]
-        assert seen.path == path
-        assert seen.query == {"verbose": "1", "ip": "0"}
-        assert seen.auth is None
-    assert api.received["people"] == [{"x": 1}]
+    for endpoint, body in (
+        ("events", EVENT),
+        ("imports", event("Old", time=1_600_000_000)),
+        ("people", profile()),
+        ("groups", GROUP),
+    ):
+        assert sender.post(endpoint, [body]).sent, api.requests[-1]
+    track, old, engage, groups = api.requests
+    # Events, recent or old, go to /import: per-record errors, no 5-day window.
+    assert (track.path, track.query, track.auth) == ("/import", {"strict": "1"}, (TOKEN, ""))
+    assert (old.path, old.auth) == ("/import", (TOKEN, ""))
+    assert (engage.path, engage.query, engage.auth) == (
+        "/engage",
+        {"strict": "1", "verbose": "1"},
+        None,
+    )
+    assert (groups.path, groups.query) == ("/groups", {"strict": "1", "verbose": "1"})
+    assert [e["event"] for e in api.events()] == ["Page Viewed", "Old"]
+    assert api.dropped == [] and api.refused == []
+
+
+def test_events_are_prepared_for_import(api: MixpanelStandIn) -> None:
+    sender = transport(api)
+    without_insert_id = json.loads(event("Derived"))
+    del without_insert_id["properties"]["$insert_id"]
+    bodies = [EVENT, event("With IP", ip="203.0.113.9"), json.dumps(without_insert_id)]
+    assert sender.post("events", bodies).sent
+    plain, with_ip, derived = api.received["imports"]
+    # Float seconds become whole milliseconds; /import wants an integer.
+    assert plain["properties"]["time"] == (NOW + 0.25) * 1000
+    # Without ip, /import would geolocate the event to this server: "0" skips it.
+    assert plain["properties"]["ip"] == "0"
+    assert with_ip["properties"]["ip"] == "203.0.113.9"
+    # A missing $insert_id is derived from the content: a resend is a duplicate.
+    insert_id = derived["properties"]["$insert_id"]
+    assert len(insert_id) == 32
+    assert sender.post("events", [json.dumps(without_insert_id)]).sent
+    assert api.received["imports"][-1]["properties"]["$insert_id"] == insert_id
+    assert len(api.events()) == 3
+
+
+def test_profiles_are_not_geolocated_to_the_server(api: MixpanelStandIn) -> None:
+    sender = transport(api)
+    assert sender.post("people", [profile(), profile(**{"$ip": "203.0.113.9"})]).sent
+    first, second = api.received["people"]
+    assert first["$ip"] == "0"
+    assert second["$ip"] == "203.0.113.9"  # a client IP given by the app wins
 
 
 def test_import_uses_the_service_account(api: MixpanelStandIn) -> None:
@@ -70,16 +132,33 @@ def test_import_uses_the_service_account(api: MixpanelStandIn) -> None:
             "mixpanel.service_account.project_id": "7",
         },
     )
-    assert sender.post("imports", [EVENT]).sent
+    assert sender.post("events", [EVENT]).sent
     seen = api.requests[-1]
     assert seen.auth == ("sa", "sa-secret")
-    assert seen.query == {"strict": "1", "verbose": "1", "project_id": "7"}
+    assert seen.query == {"strict": "1", "project_id": "7"}
 
 
 def test_import_uses_the_legacy_secret_before_the_token(api: MixpanelStandIn) -> None:
+    # The legacy project secret authenticates like the token: user, empty password.
     sender = transport(api, **{"mixpanel.api_secret": "legacy"})
-    assert sender.post("imports", [EVENT]).sent
+    refused = sender.post("events", [EVENT])
     assert api.requests[-1].auth == ("legacy", "")
+    assert (refused.kind, refused.error) == ("dead", "HTTP 401: Invalid credentials")
+    api.tokens.add("legacy")
+    assert sender.post("events", [EVENT]).sent
+
+
+def test_without_an_account_events_use_the_token_they_carry(api: MixpanelStandIn) -> None:
+    sender = MixpanelTransport(api.base_url)
+    other = event("Other").replace(TOKEN, "tok-other")
+    api.tokens.add("tok-other")
+    no_token = json.loads(EVENT)
+    del no_token["properties"]["token"]
+    outcome = sender.post("events", [EVENT, other, json.dumps(no_token)])
+    assert outcome.kind == "dead"
+    assert outcome.failed == frozenset({2})
+    assert "no credentials for /import" in outcome.reasons[2]
+    assert sorted(r.auth for r in api.requests) == [("tok-other", ""), (TOKEN, "")]  # type: ignore[type-var]
 
 
 @pytest.mark.parametrize(
@@ -95,29 +174,145 @@ def test_import_uses_the_legacy_secret_before_the_token(api: MixpanelStandIn) ->
 def test_failures_are_classified(
     api: MixpanelStandIn, mode: str, kind: str, unreachable: bool
 ) -> None:
-    api.set_mode(mode, retry_after="3")
+    api.set_mode(mode)
     outcome = transport(api).post("events", [EVENT])
     assert (outcome.kind, outcome.unreachable) == (kind, unreachable)
     if mode == "rate_limited":
-        assert outcome.retry_after == 3
-        assert outcome.error == "HTTP 429: rate limited"
+        assert outcome.retry_after is None  # Mixpanel documents no Retry-After
+        assert outcome.error == "HTTP 429: Project exceeded rate limits."
+        api.retry_after = "3"
+        assert transport(api).post("events", [EVENT]).retry_after == 3
     api.set_mode("up")
 
 
-def test_strict_import_partial_and_total_refusal(api: MixpanelStandIn) -> None:
+def test_records_that_break_a_rule_are_refused_before_sending(api: MixpanelStandIn) -> None:
     sender = transport(api)
-    bad = '{"event":"B","properties":{"distinct_id":"u"}}'
-    partial = sender.post("imports", [EVENT, bad])
-    assert partial.kind == "dead"
-    assert partial.failed == frozenset({1})
-    total = sender.post("imports", [bad])
-    assert total.kind == "dead"
-    assert total.failed == frozenset()
+    bodies = [
+        EVENT,
+        event("Anonymous", distinct_id="undefined"),
+        event("Nested", deep={"a": {"b": {"c": {"d": 1}}}}),
+        event("Many", **{f"p{i}": i for i in range(250)}),
+        event("Ancient", time=10),
+        "not json",
+        "[1]",
+        json.dumps({"event": "No properties"}),
+        event("Untimed", time="yesterday"),
+        event("Large", blob="x" * 1_000_000),
+    ]
+    outcome = sender.post("events", bodies)
+    assert outcome.kind == "dead"
+    assert outcome.failed == frozenset(range(1, len(bodies)))
+    assert all(reason.startswith("refused before sending: ") for reason in outcome.reasons.values())
+    assert "'undefined' is a value Mixpanel refuses" in outcome.reasons[1]
+    assert "nested deeper than 3 levels" in outcome.reasons[2]
+    assert "fewer than 255 allowed" in outcome.reasons[3]
+    assert "before 1971-01-01" in outcome.reasons[4]
+    assert "not JSON" in outcome.reasons[5]
+    assert "must be a JSON object" in outcome.reasons[6]
+    assert "properties is missing" in outcome.reasons[7]
+    assert "not epoch seconds or milliseconds" in outcome.reasons[8]
+    assert "Mixpanel takes less than 1 MB" in outcome.reasons[9]
+    (posted,) = api.requests
+    assert len(posted.records) == 1  # only the good event travelled
+    refused = sender.post("people", [profile(**{"$distinct_id": "null"})])
+    assert refused.kind == "dead" and "a value Mixpanel refuses" in refused.error
+    assert sender.post("groups", ["[]"]).kind == "dead"
 
 
-def test_body_is_a_gzip_json_array(api: MixpanelStandIn) -> None:
-    transport(api).post("events", [EVENT, EVENT])
-    assert len(api.requests[-1].records) == 2
+def test_strict_answers_name_the_refused_records(api: MixpanelStandIn) -> None:
+    # Bodies already prepared (as pmixpanel import sends them): the stand-in does the checking.
+    sender = MixpanelTransport(api.base_url, import_auth=(TOKEN, ""), prepared=True)
+    good = event(time=NOW * 1000)
+    untimed = json.dumps({"event": "B", "properties": {"distinct_id": "u", "$insert_id": "b"}})
+    partial = sender.post("imports", [good, untimed])
+    assert (partial.kind, partial.failed) == ("dead", frozenset({1}))
+    assert "'properties.time' is invalid" in partial.reasons[1]
+    assert sender.post("imports", [untimed]) == Outcome(
+        "dead",
+        "HTTP 400: some data points in the request failed validation",
+        reasons={0: "'properties.time' is invalid: must be specified as seconds since epoch"},
+    )
+    # /engage with strict=1 names the update with two operations; the others arrived.
+    two = profile(**{"$unset": ["a"]})
+    engaged = transport(api).post("people", [profile(), two, profile()])
+    assert (engaged.kind, engaged.failed) == ("dead", frozenset({1}))
+    assert "exactly one operation" in engaged.reasons[1]
+    assert len(api.received["people"]) == 2
+    assert [message for *_, message in api.refused][-1].startswith("exactly one operation")
+
+
+def test_a_413_splits_the_batch_until_each_part_fits(api: MixpanelStandIn) -> None:
+    sender = transport(api)
+    bodies = [event(f"E{i}", **{"$insert_id": f"i{i}", "pad": "x" * 200}) for i in range(8)]
+    one = len(sender._prepare("events", bodies[0].encode(), NOW * 1000)[0] or b"")
+    api.max_request_bytes = 3 * one  # three events fit, four do not
+    assert sender.post("events", bodies).sent
+    assert len(api.events()) == 8
+    assert [r.status for r in api.requests] == [413, 413, 200, 200, 413, 200, 200]
+    # One record too large on its own is refused with the reason, never resent forever.
+    api.max_request_bytes = one // 2
+    alone = sender.post("events", [bodies[0]])
+    assert alone.kind == "dead"
+    assert alone.error.startswith("HTTP 413: request exceeds max limit")
+    assert alone.reasons == {0: f"too large for Mixpanel even alone: {alone.error}"}
+
+
+def test_a_split_batch_that_hits_a_rate_limit_retries_only_what_is_left(
+    api: MixpanelStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sender = transport(api)
+    bodies = [event(f"E{i}", **{"$insert_id": f"i{i}"}) for i in range(4)]
+    real = sender._post_once
+    calls = []
+
+    def flaky(endpoint: str, items: list[bytes], auth: t.Any) -> tuple[Outcome, bool]:
+        calls.append(len(items))
+        if len(calls) == 1:
+            return Outcome("dead", "HTTP 413: too large"), True
+        if len(calls) == 3:
+            return Outcome("retry", "HTTP 429: slow down", retry_after=7.0), False
+        return real(endpoint, items, auth)
+
+    monkeypatch.setattr(sender, "_post_once", flaky)
+    outcome = sender.post("events", bodies)
+    assert calls == [4, 2, 2]
+    assert (outcome.kind, outcome.pending, outcome.retry_after) == (
+        "retry",
+        frozenset({2, 3}),
+        7.0,
+    )
+    assert outcome.partition(4) == ([0, 1], [2, 3], [])
+
+
+def test_a_first_half_that_must_wait_holds_the_second_back(
+    api: MixpanelStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sender = transport(api)
+    answers = [(Outcome("dead", "HTTP 413"), True), (Outcome("retry", "HTTP 503"), False)]
+    monkeypatch.setattr(sender, "_post_once", lambda *args: answers.pop(0))
+    outcome = sender.post("events", [EVENT, event("Two", **{"$insert_id": "i2"})])
+    assert answers == []  # the second half was never posted
+    assert (outcome.kind, outcome.pending) == ("retry", frozenset())
+    assert outcome.partition(2) == ([], [0, 1], [])
+
+
+def test_events_of_another_token_wait_when_mixpanel_asks_to(api: MixpanelStandIn) -> None:
+    api.set_mode("rate_limited")
+    other = event("Other").replace(TOKEN, "tok-other")
+    outcome = MixpanelTransport(api.base_url).post("events", [EVENT, other])
+    assert len(api.requests) == 1  # one post told us to wait: the other token's waits too
+    assert (outcome.kind, outcome.pending) == ("retry", frozenset())
+
+
+def test_no_credentials_at_all(api: MixpanelStandIn) -> None:
+    assert MixpanelTransport.from_settings(parse_settings({})).import_auth is None
+    sender = MixpanelTransport(api.base_url, prepared=True)
+    outcome = sender.post("imports", [EVENT])
+    assert outcome.kind == "dead"
+    assert outcome.reasons == {
+        0: "refused before sending: no credentials for /import (no token, no account)"
+    }
+    assert api.requests == []
 
 
 @pytest.mark.parametrize(
@@ -125,7 +320,9 @@ def test_body_is_a_gzip_json_array(api: MixpanelStandIn) -> None:
     [
         (200, 1, Outcome("sent")),
         (200, b"1", Outcome("sent")),
-        (200, {"status": "OK", "num_records_imported": 1}, Outcome("sent")),
+        (200, {"status": 1, "error": None}, Outcome("sent")),
+        (200, {"code": 200, "status": "OK", "num_records_imported": 1}, Outcome("sent")),
+        (200, 0, Outcome("dead", "HTTP 200: no record was valid (answer 0)")),
         (200, {"status": 0, "error": "token missing"}, Outcome("dead", "HTTP 200: token missing")),
         (401, {"message": "unauthorized"}, Outcome("dead", "HTTP 401: unauthorized")),
         (413, b"<html>too large</html>", Outcome("dead", "HTTP 413: <html>too large</html>")),
@@ -136,21 +333,39 @@ def test_body_is_a_gzip_json_array(api: MixpanelStandIn) -> None:
 )
 def test_classify(status: int, body: object, expected: Outcome) -> None:
     sender = MixpanelTransport.from_settings(parse_settings({"mixpanel.token": "tok-abcdef"}))
-    assert sender._classify(response(status, body), 1, is_import=False) == expected
+    assert sender._classify(response(status, body), 1) == expected
 
 
-def test_classify_import_failed_records_forms() -> None:
+def test_classify_failed_records_forms() -> None:
     sender = MixpanelTransport.from_settings(parse_settings({"mixpanel.token": "tok"}))
-    answer = {"failed_records": [{"index": 0}, 2, {"index": 99}, "x", {"no": 1}]}
-    outcome = sender._classify(response(400, answer), 3, is_import=True)
+    answer = {"failed_records": [{"index": 0}, 2, {"index": 99}, "x", {"no": 1}, True]}
+    outcome = sender._classify(response(400, answer), 3)
     assert outcome.failed == frozenset({0, 2})
-    assert sender._classify(response(400, [1]), 3, is_import=True).failed == frozenset()
+    assert sender._classify(response(400, [1]), 3).failed == frozenset()
+    # A 200 that still lists refused records is not a success.
+    listed = sender._classify(response(200, {"status": 1, "failed_records": [{"index": 1}]}), 2)
+    assert (listed.kind, listed.failed) == ("dead", frozenset({1}))
 
 
 def test_errors_are_scrubbed_of_secrets() -> None:
     sender = MixpanelTransport.from_settings(parse_settings({"mixpanel.token": "tok-123"}))
-    outcome = sender._classify(response(400, {"error": "bad token tok-123"}), 1, False)
+    outcome = sender._classify(response(400, {"error": "bad token tok-123"}), 1)
     assert outcome.error == "HTTP 400: bad token ***"
+
+
+def test_outcome_partitions() -> None:
+    assert Outcome("sent").partition(2) == ([0, 1], [], [])
+    assert Outcome("dead").partition(2) == ([], [], [0, 1])
+    assert Outcome("dead", failed=frozenset({1})).partition(3) == ([0, 2], [], [1])
+    assert Outcome("retry").partition(2) == ([], [0, 1], [])
+    both = Outcome("retry", failed=frozenset({0}))
+    assert both.partition(3) == ([], [1, 2], [0])
+    assert both.refused_of(3) == 3
+    assert Outcome("retry", failed=frozenset({0}), pending=frozenset({2})).partition(3) == (
+        [1],
+        [2],
+        [0],
+    )
 
 
 def test_customerio_transport_sends_calls_one_by_one() -> None:
@@ -202,17 +417,47 @@ def test_gzip_only_where_mixpanel_accepts_it(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sender.session, "post", spy)
-    for endpoint in ("events", "imports", "people", "groups"):
-        sender.post(endpoint, [EVENT])
+    for endpoint, body in (("events", EVENT), ("imports", EVENT), ("people", profile())):
+        assert sender.post(endpoint, [body]).sent
+    assert sender.post("groups", [GROUP]).sent
     for url, headers, data in sent:
         assert headers["Content-Type"] == "application/json"
-        if url.endswith(("/track", "/import")):
+        if url.endswith("/import"):
             assert headers["Content-Encoding"] == "gzip"
-            assert json.loads(gzip.decompress(data)) == [json.loads(EVENT)]
+            assert json.loads(gzip.decompress(data))[0]["event"] == "Page Viewed"
         else:
             assert "Content-Encoding" not in headers
-            assert json.loads(data) == [json.loads(EVENT)]
+            assert isinstance(json.loads(data), list)
     assert len(sent) == 4
+
+
+def test_the_stand_in_refuses_gzip_on_engage(api: MixpanelStandIn) -> None:
+    """What production would do to a client that gzips profiles (reference/profile-set)."""
+    answer = requests.post(
+        f"{api.base_url}/engage",
+        data=gzip.compress(f"[{profile()}]".encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        timeout=5,
+    )
+    assert (answer.status_code, answer.json()["error"]) == (400, "gzip is not supported")
+    assert api.received["people"] == []
+
+
+def test_the_stand_in_track_drops_silently(api: MixpanelStandIn) -> None:
+    """/track answers 1 while dropping invalid and stale events (reference/track-event)."""
+    old = event("Old", time=NOW - 6 * 24 * 3600, **{"$insert_id": "old"})
+    bad = event("Bad", distinct_id="anonymous", **{"$insert_id": "bad"})
+    answer = requests.post(
+        f"{api.base_url}/track", data={"data": f"[{EVENT},{old},{bad}]"}, timeout=5
+    )
+    assert answer.json() == 1
+    assert [e["event"] for e in api.events()] == ["Page Viewed"]
+    assert [message for *_, message in api.dropped] == [
+        "older than 5 days",
+        "'anonymous' is not a valid distinct_id",
+    ]
+    verbose = requests.post(f"{api.base_url}/track?verbose=1", data={"data": bad}, timeout=5)
+    assert verbose.json() == {"status": 0, "error": "no valid data"}
 
 
 def test_sync_delivery_refuses_endpoints_its_lane_does_not_have(

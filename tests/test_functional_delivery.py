@@ -7,6 +7,7 @@ succeeded answers 200, within a bounded time, and no secret reaches a log line.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 import typing as t
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 
 import mixpanel
 import pytest
+import requests
 import structlog
 import webtest
 from pyramid.config import Configurator
@@ -21,7 +23,7 @@ from pyramid.request import Request
 
 from pyramid_mixpanel import Delivery, EventProperties, Events, ProfileProperties, get_runtime
 from pyramid_mixpanel.consumer import PoliteBufferedConsumer
-from pyramid_mixpanel.delivery import BackgroundEngine, Message, Transport
+from pyramid_mixpanel.delivery import BackgroundEngine, Message, RetryPolicy, Transport
 from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.runtime import Runtime
 from pyramid_mixpanel.settings import MixpanelSettings
@@ -90,14 +92,14 @@ def no_secrets(text: str) -> None:
 def test_sync_delivery_posts_events_and_profiles(mixpanel_api: MixpanelStandIn) -> None:
     app, _ = make_app(mixpanel_api, **{"mixpanel.delivery": "sync"})
     app.get("/page", status=200)
-    (event,) = mixpanel_api.received["events"]
+    (event,) = mixpanel_api.received["imports"]
     assert event["event"] == "Page Viewed"
     assert event["properties"]["token"] == TOKEN
     assert event["properties"]["Path"] == "/page"
     assert len(event["properties"]["$insert_id"]) <= 36
     (profile,) = mixpanel_api.received["people"]
     assert profile["$set"] == {"$email": "a@example.com"}
-    assert [r.path for r in mixpanel_api.requests] == ["/track", "/engage"]
+    assert [r.path for r in mixpanel_api.requests] == ["/import", "/engage"]
 
 
 @pytest.mark.parametrize("mode", ["down", "hang", "error500", "rate_limited", "bad_request"])
@@ -117,7 +119,7 @@ def test_sync_delivery_failures_never_reach_the_request(
     no_secrets(caplog.text)
     if mode in ("down", "hang"):
         assert "mixpanel.unreachable_skipped" in caplog.text
-        assert [r.path for r in mixpanel_api.requests] in ([], ["/track"])
+        assert [r.path for r in mixpanel_api.requests] in ([], ["/import"])
     else:
         assert len(mixpanel_api.requests) == 2  # reachable: each endpoint gets its answer
 
@@ -131,8 +133,9 @@ def test_sync_import_auth(mixpanel_api: MixpanelStandIn) -> None:
     }
     app, _ = make_app(mixpanel_api, **service_account)
     app.get("/page?old=1", status=200)
-    (imported,) = [r for r in mixpanel_api.requests if r.path == "/import"]
-    assert imported.auth == ("sa.user", "sa-secret-value")
+    # Recent and old events alike go to /import with the account.
+    page, imported = [r for r in mixpanel_api.requests if r.path == "/import"]
+    assert page.auth == imported.auth == ("sa.user", "sa-secret-value")
     assert imported.query["project_id"] == "4242"
     assert imported.records[0]["event"] == "User Charged"
 
@@ -152,7 +155,7 @@ def test_sync_import_auth(mixpanel_api: MixpanelStandIn) -> None:
 def test_polite_consumer_batches_at_2000(mixpanel_api: MixpanelStandIn) -> None:
     app, _ = make_app(mixpanel_api, **{"mixpanel.delivery": "sync"})
     app.get("/page?many=2500", status=200)
-    tracks = [r for r in mixpanel_api.requests if r.path == "/track"]
+    tracks = [r for r in mixpanel_api.requests if r.path == "/import"]
     assert [len(r.records) for r in tracks] == [2000, 501]
 
 
@@ -259,7 +262,7 @@ def test_background_requests_stay_fast_and_nothing_is_lost(
         mixpanel_api,
         **{"mixpanel.delivery": "background", "mixpanel.read_timeout": "0.3"},
     )
-    engine(runtime).policy = type(engine(runtime).policy)(base=0.05, cap=0.2)
+    engine(runtime).policy = RetryPolicy(base=0.05, cap=0.2, jitter=(0.0, 0.01))
     mixpanel_api.set_mode(mode, delay=1.0, retry_after="0")
     started = time.monotonic()
     for _ in range(5):
@@ -283,14 +286,27 @@ def test_background_refusals_become_dead_letters(mixpanel_api: MixpanelStandIn) 
 
 def test_strict_import_keeps_only_refused_records_dead(mixpanel_api: MixpanelStandIn) -> None:
     _, runtime = make_app(mixpanel_api, **{"mixpanel.delivery": "background"})
-    good = '{"event":"A","properties":{"time":1,"distinct_id":"u","$insert_id":"a1"}}'
+    now = int(time.time())
+    good = json.dumps(
+        {"event": "A", "properties": {"time": now, "distinct_id": "u", "$insert_id": "a1"}},
+        separators=(",", ":"),
+    )
+    # Refused by this client before sending: no time.
     bad = '{"event":"B","properties":{"distinct_id":"u","$insert_id":"b1"}}'
     engine(runtime).submit([("imports", good), ("imports", bad), ("imports", good)])
     wait_until(lambda: len(engine(runtime).store.dead()) == 1, 5, engine(runtime).store.dead)
-    assert engine(runtime).store.dead()[0].body == bad
+    (letter,) = engine(runtime).store.dead()
+    assert letter.body == bad
+    assert letter.error == (
+        "refused before sending: properties.time is missing or not epoch seconds or milliseconds"
+    )
     assert [e["event"] for e in mixpanel_api.received["imports"]] == ["A", "A"]
-    assert mixpanel_api.requests[-1].query == {"strict": "1", "verbose": "1"}
+    assert mixpanel_api.requests[-1].query == {"strict": "1"}
     assert mixpanel_api.requests[-1].auth == (TOKEN, "")
+    wait_until(
+        lambda: engine(runtime).stats.snapshot()["sent"] == 2, 5, engine(runtime).stats.snapshot
+    )
+    assert engine(runtime).stats.snapshot()["dead"] == 1
     engine(runtime).close(1)
 
 
@@ -328,7 +344,7 @@ def test_customerio_has_a_background_lane_of_its_own(
     )
     customerio_api.mode = "error500"
     lane = engine(runtime, "customerio")
-    lane.policy = type(lane.policy)(base=0.05, cap=0.1)
+    lane.policy = RetryPolicy(base=0.05, cap=0.1, jitter=(0.0, 0.01))
     app.get("/page", status=200)
     wait_until(lambda: len(customerio_api.requests) >= 2, 5, lambda: customerio_api.requests)
     # Customer.io failing holds back only its own lane: Mixpanel's messages went out.
@@ -443,10 +459,11 @@ def test_polite_consumer_with_one_batch_and_mixpanel_down(
     mixpanel_api: MixpanelStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     mixpanel_api.set_mode("down")
-    consumer = PoliteBufferedConsumer(api_host=mixpanel_api.base_url)
-    consumer.send("events", "{}")
+    consumer = PoliteBufferedConsumer(api_host=mixpanel_api.base_url, import_api_secret="legacy")
+    mixpanel.Mixpanel(TOKEN, consumer=consumer).track("u", "Page Viewed")
     with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
         consumer.flush()
+    assert consumer.failed == 1
     assert "mixpanel.delivery_failed" in caplog.text
     assert "unreachable_skipped" not in caplog.text  # nothing else was waiting
 
@@ -508,3 +525,81 @@ def test_a_custom_delivery_backend_named_by_dotted_name_receives_released_messag
     }
     assert lanes == {"mixpanel": ["events", "people"], "customerio": ["track", "identify"]}
     assert mixpanel_api.requests == [] and customerio_api.requests == []  # the backend decides
+
+
+@pytest.mark.parametrize("delivery", ["sync", "background"])
+def test_every_kind_of_message_arrives_at_the_strict_stand_in(
+    mixpanel_api: MixpanelStandIn, delivery: str
+) -> None:
+    """Events, events older than /track's window, profile and group updates, nothing refused."""
+    from . import drill_app
+
+    settings = {
+        "mixpanel.token": TOKEN,
+        "mixpanel.api_host": mixpanel_api.base_url,
+        "mixpanel.delivery": delivery,
+        "mixpanel.flush_interval": "0.05",
+        **drill_app.CATALOG,
+    }
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_mixpanel")
+        config.add_route("track", "/track")
+        config.add_view(drill_app.track, route_name="track", renderer="json")
+    app = webtest.TestApp(config.make_wsgi_app())
+    for n in range(3):
+        app.get(f"/track?n={n}", status=200)
+    wait_until(lambda: drill_app.every_kind_arrived(mixpanel_api, 3), 10, mixpanel_api.events)
+    assert mixpanel_api.refused == [] and mixpanel_api.dropped == []
+    lane = get_runtime(config.registry).lanes["mixpanel"]
+    # Counted as sent only once Mixpanel took them: 3 requests, 4 messages each.
+    wait_until(lambda: lane.stats["sent"] == 12, 5, lane.stats.snapshot)
+    assert lane.stats["dead"] == lane.stats["failed"] == 0
+    get_runtime(config.registry).close(1)
+
+
+def test_an_event_spooled_through_a_six_day_outage_arrives_through_import(
+    mixpanel_api: MixpanelStandIn, tmp_path: t.Any
+) -> None:
+    six_days_later = time.time() + 6 * 24 * 3600
+    mixpanel_api.clock = lambda: six_days_later  # Mixpanel's "now" when it comes back
+    settings = {"mixpanel.delivery": "background", "mixpanel.spool_path": str(tmp_path / "s.db")}
+    mixpanel_api.set_mode("down")
+    app, runtime = make_app(mixpanel_api, **settings)
+    app.get("/page", status=200)
+    runtime.close(0.2)  # the process ends during the outage; the spool keeps the messages
+    mixpanel_api.set_mode("up")
+    _, later = make_app(mixpanel_api, **settings)
+    engine(later).transport.clock = lambda: six_days_later  # type: ignore[attr-defined]
+    engine(later).start()
+    (arrived,) = mixpanel_api.wait_for_events(1)
+    assert arrived["properties"]["Path"] == "/page"
+    assert {r.path for r in mixpanel_api.requests} == {"/import", "/engage"}
+    wait_until(lambda: engine(later).store.pending() == 0, 5, engine(later).store.pending)
+    assert engine(later).store.dead() == []
+    # What /track would have done with it: answered, and dropped silently.
+    answer = requests.post(
+        f"{mixpanel_api.base_url}/track", data={"data": json.dumps([arrived])}, timeout=5
+    )
+    assert answer.json() == 0
+    assert [reason for *_, reason in mixpanel_api.dropped] == ["older than 5 days"]
+    later.close(1)
+
+
+def test_events_without_any_credentials_become_dead_letters_with_the_reason(
+    mixpanel_api: MixpanelStandIn,
+) -> None:
+    from pyramid_mixpanel.delivery import MixpanelTransport
+    from pyramid_mixpanel.delivery.store import MemoryStore
+
+    # A producer of its own that puts no token in its events, and no account configured.
+    transport = MixpanelTransport(mixpanel_api.base_url)
+    sender = BackgroundEngine(MemoryStore(100, 10**6), transport, Log(), flush_interval=0.05)
+    body = json.dumps({"event": "E", "properties": {"distinct_id": "u", "time": int(time.time())}})
+    sender.submit([("events", body)])
+    wait_until(lambda: len(sender.store.dead()) == 1, 5, sender.store.dead)
+    assert sender.store.dead()[0].error == (
+        "refused before sending: no credentials for /import (no token, no account)"
+    )
+    assert sender.stats["dead"] == 1 and sender.stats["sent"] == 0
+    assert mixpanel_api.requests == []  # never posted to /track, where it could vanish
+    sender.close(1)

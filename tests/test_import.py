@@ -33,7 +33,7 @@ from .ini import LOGGING, app  # noqa: F401  # app: the .ini files name it here
 from .loopback import MixpanelStandIn, Seen, _basic_auth, _MixpanelHandler
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
-FAST = RetryPolicy(base=0.01, cap=0.05)
+FAST = RetryPolicy(base=0.01, cap=0.05, jitter=(0.0, 0.01))
 SECRET = "sec-9f8e7d6c5b4a"
 
 INI = (
@@ -909,3 +909,73 @@ def test_values_python_callers_pass_must_be_json() -> None:
         prepare_record(odd)
     fine = {"event": "E", "properties": {"distinct_id": "u", "time": T0, "x": (1, "a", 2.5)}}
     assert json.loads(prepare_record(fine))["properties"]["x"] == [1, "a", 2.5]
+
+
+def test_rows_mixpanel_would_refuse_are_rejected_with_the_rule() -> None:
+    def row(**properties: object) -> dict[str, t.Any]:
+        return {"event": "E", "properties": {"distinct_id": "u", "time": T0, **properties}}
+
+    for bad, match in (
+        (row(distinct_id="null"), "distinct_id 'null' is a value Mixpanel refuses"),
+        (row(distinct_id=0), "distinct_id 0 is a value Mixpanel refuses"),
+        (row(**{"$insert_id": "undefined"}), "insert_id 'undefined' is a value Mixpanel refuses"),
+        (row(**{f"p{i}": i for i in range(251)}), "255 properties: Mixpanel takes fewer than 255"),
+        (row(deep={"a": {"b": {"c": {"d": 1}}}}), "properties.deep has objects nested deeper"),
+        (row(many=list(range(255))), "properties.many has a list of 255 items"),
+    ):
+        with pytest.raises(RowRejectedError, match=match):
+            prepare_record(bad)
+    # One property fewer (with the $insert_id and ip added) is fine, and takes no shortcut.
+    assert prepare_record(row(**{f"p{i}": i for i in range(250)}))
+    assert prepare_record(row(ok={"a": {"b": {"c": 1}}}, also=[1, 2]))
+
+
+def test_rows_are_not_geolocated_to_the_importing_machine() -> None:
+    plain = {"event": "E", "properties": {"distinct_id": "u", "time": T0}}
+    assert json.loads(prepare_record(plain))["properties"]["ip"] == "0"
+    nested = {"event": "E", "properties": {"distinct_id": "u", "time": T0, "x": [1]}}
+    assert json.loads(prepare_record(nested))["properties"]["ip"] == "0"  # the full path too
+    located = {"event": "E", "properties": {"distinct_id": "u", "time": T0, "ip": "203.0.113.9"}}
+    assert json.loads(prepare_record(located))["properties"]["ip"] == "203.0.113.9"
+
+
+def test_a_batch_mixpanel_finds_too_large_is_split_not_lost(
+    tmp_path: pathlib.Path, api: ScriptedStandIn
+) -> None:
+    data = write_jsonl(tmp_path / "events.jsonl", rows(40))
+    one = len(prepare_record(rows(1)[0]).encode())
+    api.max_request_bytes = 12 * one  # batches of 40 are split down to parts that fit
+    code, out = run([write_ini(tmp_path, api), str(data), "--no-progress"])
+    assert code == 0, out
+    assert len(api.events()) == 40
+    statuses = [r.status for r in api.requests]
+    assert 413 in statuses and statuses[-1] == 200
+    assert not (tmp_path / "events.jsonl.failed.jsonl").exists()
+
+
+def test_only_the_records_still_due_are_retried(
+    tmp_path: pathlib.Path, api: ScriptedStandIn
+) -> None:
+    data = write_jsonl(tmp_path / "events.jsonl", rows(4))
+    answers: list[Answer] = [
+        (413, {"error": "too large"}, {}),  # the batch of 4: split
+        (200, {"code": 200, "status": "OK"}, {}),  # the first half arrives
+        (429, {"error": "slow down"}, {}),  # the second half must wait
+    ]
+
+    def script(
+        number: int, records: list[dict[str, t.Any]], owner: ScriptedStandIn
+    ) -> Answer | None:
+        if answers:
+            status, payload, headers = answers.pop(0)
+            if status == 200:
+                owner.accept("imports", records)
+            return status, payload, headers
+        return None
+
+    api.script = script
+    code, out = run([write_ini(tmp_path, api), str(data), "--no-progress"])
+    assert code == 0, out
+    sizes = [len(r.records) for r in api.requests if r.records]
+    assert sizes == [2]  # only the two that had not arrived were posted again
+    assert len(api.events()) == 4

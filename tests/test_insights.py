@@ -13,6 +13,7 @@ import logging
 import pathlib
 import threading
 import typing as t
+import zoneinfo
 from collections.abc import Iterator
 
 import pytest
@@ -34,7 +35,7 @@ from pyramid_mixpanel.settings import MixpanelConfigurationError
 from .browser import serve
 from .loopback import wait_until
 from .metrics_helpers import DAY, JAN1, day, event
-from .query_standin import QueryStandIn
+from .query_standin import QueryStandIn, RateLimits
 
 FUNNEL = "Signup: Page Viewed > User Signed Up"
 
@@ -179,6 +180,21 @@ def test_default_range_is_the_last_days_up_to_yesterday(settings: dict[str, str]
     assert answer["from"] == (yesterday - dt.timedelta(days=6)).isoformat()  # insights.days = 7
 
 
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Pacific/Pago_Pago"])
+def test_yesterday_is_the_project_timezones(settings: dict[str, str], zone: str) -> None:
+    # UTC+14 and UTC-11: at any moment, their "yesterday" differs from one of UTC's.
+    settings["mixpanel.project_timezone"] = zone
+    app = make_app(settings)
+
+    def yesterday() -> str:
+        now = dt.datetime.now(zoneinfo.ZoneInfo(zone))
+        return (now.date() - dt.timedelta(days=1)).isoformat()
+
+    before = yesterday()
+    answer = app.get("/api/mixpanel/events/acme").json
+    assert answer["to"] in {before, yesterday()}  # the same, unless midnight passed there
+
+
 def test_a_permission_protects_every_view(settings: dict[str, str]) -> None:
     app = make_app(settings)
     for path in (
@@ -208,10 +224,13 @@ def test_the_account_page(settings: dict[str, str]) -> None:
 def test_sync_endpoint_runs_one_sync_at_a_time(settings: dict[str, str], api: QueryStandIn) -> None:
     app = make_app(settings)
     state: InsightsState = app.app.registry[INSIGHTS_KEY]
-    # The sync runs up to yesterday, about 50 weekly exports: lift the 3-per-second budget
-    # (a client-side wait, tested with the query client) for this project.
+    # The sync runs up to yesterday, about 50 weekly exports: lift the export budgets (a
+    # client-side wait, tested with the query client) for this project, Mixpanel's too. The
+    # limits are shared through the metrics database here.
     key = MixpanelQuery(settings)._project_key()
-    query_limits._SHARED[key] = QueryLimits(exports_per_second=1000, exports_per_hour=1000)
+    url = settings["mixpanel.metrics.database_url"]
+    query_limits._SHARED[key, url] = QueryLimits(exports_per_second=1000, exports_per_hour=1000)
+    api.limits = RateLimits(exports_per_hour=None, exports_per_second=None)
     status = app.get("/api/mixpanel/sync").json
     assert status == {"running": False, "last_synced_day": "2026-01-03", "last_sync": None}
     api.fail_next = [(400, '{"error": "project is being migrated"}', {})]

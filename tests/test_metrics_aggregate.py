@@ -275,7 +275,14 @@ def brute_force(
     names: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     plans: dict[tuple[str, int], dict[str, int]] = defaultdict(lambda: defaultdict(int))
     by_user: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
-    for item in events:
+    # The raw export is not deduplicated (reference/raw-data-export-api): an event with the name,
+    # distinct_id, time and $insert_id of an earlier one is the same event, counted once.
+    unique = {
+        (e["event"], e["properties"]["distinct_id"], e["properties"]["time"],
+         e["properties"]["$insert_id"]): e
+        for e in reversed(events)
+    }  # fmt: skip
+    for item in reversed(unique.values()):
         props = item["properties"]
         key = (props["company_id"], props["time"] // DAY)
         times[(*key, props["distinct_id"])].append(props["time"])
@@ -358,7 +365,107 @@ def test_generated_data_matches_brute_force_in_any_order_and_chunking(
     assert {(f.account, f.date): f.steps for f in funnels} == expected_funnels
     # Each funnel day comes out exactly once.
     assert len(funnels) == len(expected_funnels)
-    assert sum(r.total_events for r in daily) == len(events)
+    # Events of one user, name and second carry the same $insert_id here: the same event, once.
+    assert sum(r.total_events for r in daily) == len(events) - aggregator.stats.duplicates
+    assert aggregator.stats.duplicates == len(events) - len(
+        {(e["event"], e["properties"]["distinct_id"], e["properties"]["time"]) for e in events}
+    )
+
+
+# -- duplicates (the export is not deduplicated) ----------------------------------------------
+
+
+def test_an_event_exported_twice_counts_once() -> None:
+    config = settings(breakdowns="plan", signals="Report Exported = reporting")
+    first = event("Page Viewed", "u1", 100, plan="pro")
+    later = event("Page Viewed", "u1", 5000, plan="pro")
+    anonymous = event("Page Viewed", None, 200)
+    shared = event("Report Exported", "u2", 300, account=["acme", "globex"])
+    unstamped = event("Page Viewed", "u3", 400)
+    del unstamped["properties"]["$insert_id"]  # no $insert_id: nothing says it is a copy
+    events = [first, later, anonymous, shared, unstamped]
+    sent_twice = [
+        *events,
+        dict(first),  # out of time order: after a later event of the user
+        dict(later),  # in order: the same second as the user's latest event
+        dict(anonymous),
+        dict(shared),
+        dict(unstamped),
+    ]
+    twice = aggregate_events(sent_twice, day(0), day(0), config)
+    # Counted once, but for the event without an $insert_id.
+    once = aggregate_events([*events, dict(unstamped)], day(0), day(0), config)
+    assert twice.daily == once.daily
+    assert (twice.stats.duplicates, twice.stats.events) == (4, once.stats.events)
+    acme = by_account(twice.daily)["acme", day(0)]
+    assert acme.event_counts == {"Page Viewed": 5, "Report Exported": 1}
+    assert by_account(twice.daily)["globex", day(0)].event_counts == {"Report Exported": 1}
+    # Mixpanel's key is (name, distinct_id, time, $insert_id): change one, and it is another.
+    others = [
+        event("Page Viewed", "u1", 100, plan="pro", **{"$insert_id": "another"}),
+        event("Page Viewed", "u9", 100, plan="pro", **{"$insert_id": "Page Viewed-u1-100"}),
+        event("Page Viewed", "u1", 101, plan="pro", **{"$insert_id": "Page Viewed-u1-100"}),
+        event("Signed Up", "u1", 100, plan="pro", **{"$insert_id": "Page Viewed-u1-100"}),
+    ]
+    distinct = aggregate_events([first, *others], day(0), day(0), config)
+    assert (distinct.stats.duplicates, distinct.stats.events) == (0, 5)
+
+
+def test_copies_are_recognised_by_the_first_account_of_the_event() -> None:
+    config = settings()
+    unstamped = event("Page Viewed", "u1", 10)
+    del unstamped["properties"]["$insert_id"]
+    stamped = event("Page Viewed", "u1", 20)  # the user's first event with an $insert_id
+    original = event("Page Viewed", "u1", 30)
+    anonymous = event("Page Viewed", None, 40)
+    nameless = event("Page Viewed", None, 50)  # neither a distinct_id nor an $insert_id
+    del nameless["properties"]["$insert_id"]
+    # The same events, their account property now a list starting with another account.
+    moved = [
+        {**e, "properties": {**e["properties"], "company_id": ["globex", "acme"]}}
+        for e in (original, anonymous)
+    ]
+    result = aggregate_events(
+        [unstamped, stamped, original, anonymous, nameless, dict(stamped), *moved],
+        day(0),
+        day(0),
+        config,
+    )
+    assert result.stats.duplicates == 1  # the copy of ``stamped``
+    daily = by_account(result.daily)
+    assert daily["acme", day(0)].total_events == 7
+    assert daily["globex", day(0)].total_events == 2
+
+
+def test_two_later_steps_in_one_second_are_not_duplicates() -> None:
+    config = settings(funnels="F: A > B > C", funnel_window_hours="1")
+    events = [
+        event("A", "u1", 0),
+        event("B", "u1", 50),
+        event("B", "u1", 20, **{"$insert_id": "first"}),
+        event("B", "u1", 20, **{"$insert_id": "second"}),  # another event in the same second
+        event("C", "u1", 30),
+    ]
+    result = aggregate_events(events, day(0), day(0), config)
+    assert result.stats.duplicates == 0
+    assert by_account(result.daily)["acme", day(0)].event_counts["B"] == 3
+    assert [f.steps for f in result.funnels] == [[1, 1, 1]]
+
+
+def test_duplicates_are_found_within_a_chunk_in_any_order() -> None:
+    config = settings()
+    events = [event("Page Viewed", f"u{n % 5}", n * 97 % DAY) for n in range(300)]
+    copies = [dict(e) for e in events[::3]]
+    rng = random.Random(5)
+    mixed = events + copies
+    rng.shuffle(mixed)
+    aggregator = Aggregator(config)
+    result = aggregator.add_chunk(day(0), day(0), mixed)
+    assert aggregator.stats.duplicates == len(copies)
+    assert sum(m.total_events for m in result.daily) == len(events)
+    # The next chunk starts afresh (a copy always has its original's time, so its day).
+    aggregator.add_chunk(day(1), day(1), [])
+    assert aggregator.stats.duplicates == len(copies)
 
 
 # -- local funnels ----------------------------------------------------------------------------

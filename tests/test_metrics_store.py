@@ -29,7 +29,13 @@ from pyramid_mixpanel.metrics.store import (
 from .metrics_helpers import day
 from .postgres import PostgresServer, postgres  # noqa: F401  # the fixture
 
-TABLES = {"mixpanel_metrics", "mixpanel_funnels", "mixpanel_profiles", "mixpanel_sync_days"}
+TABLES = {
+    "mixpanel_metrics",
+    "mixpanel_funnels",
+    "mixpanel_profiles",
+    "mixpanel_sync_days",
+    "mixpanel_query_limits",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -80,10 +86,14 @@ def test_upgrade_from_empty_and_down_again(url: str) -> None:
         assert not TABLES & set(sa.inspect(store.engine).get_table_names())
         store.upgrade()
         store.upgrade()  # idempotent
-        assert store.revision() == "0001"
+        assert store.revision() == "0002" == store.head()
         names = set(sa.inspect(store.engine).get_table_names())
         assert TABLES | {VERSION_TABLE} <= names
         assert "alembic_version" not in names  # the app's own table name stays free
+        store.downgrade("0001")  # the query limits go, the metrics stay
+        assert set(sa.inspect(store.engine).get_table_names()) & TABLES == TABLES - {
+            "mixpanel_query_limits"
+        }
         store.downgrade("base")
         assert store.revision() is None
         assert not TABLES & set(sa.inspect(store.engine).get_table_names())
@@ -104,7 +114,7 @@ def test_the_alembic_command_line_works_too(tmp_path: pathlib.Path) -> None:
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("sqlalchemy.url", database)
     command.upgrade(config, "head")
-    assert MetricsStore(database, migrate=False).revision() == "0001"
+    assert MetricsStore(database, migrate=False).revision() == "0002"
     # Offline mode prints the SQL for a DBA instead of running it.
     buffer = io.StringIO()
     offline = Config(output_buffer=buffer)
@@ -112,6 +122,7 @@ def test_the_alembic_command_line_works_too(tmp_path: pathlib.Path) -> None:
     offline.set_main_option("sqlalchemy.url", "postgresql://db.invalid/metrics")
     command.upgrade(offline, "head", sql=True)
     assert "CREATE TABLE mixpanel_metrics" in buffer.getvalue()
+    assert "CREATE TABLE mixpanel_query_limits" in buffer.getvalue()
     assert "JSONB" in buffer.getvalue()
 
 

@@ -28,7 +28,7 @@ from pyramid_mixpanel.metrics import (
     sync,
 )
 from pyramid_mixpanel.metrics.store import metadata
-from pyramid_mixpanel.metrics.sync import _saved_funnel_rows, plan_days
+from pyramid_mixpanel.metrics.sync import _saved_funnel_rows, _segments, plan_days
 from pyramid_mixpanel.query import MixpanelQuery, MixpanelQueryError
 from pyramid_mixpanel.query_limits import QueryLimits
 from pyramid_mixpanel.scripts.pmixpanel import main
@@ -37,7 +37,7 @@ from . import metrics_helpers
 from .ini import LOGGING, app  # noqa: F401  # app: the .ini files name it here
 from .metrics_helpers import DAY, JAN1, day, event
 from .postgres import PostgresServer, postgres  # noqa: F401  # the fixture
-from .query_standin import QueryStandIn
+from .query_standin import QueryStandIn, RateLimits
 
 FUNNEL = ("Page Viewed", "User Signed Up", "Plan Upgraded")
 
@@ -119,6 +119,9 @@ PROFILES = [
 @pytest.fixture
 def api() -> t.Iterator[QueryStandIn]:
     with QueryStandIn() as server:
+        # The clients of these tests lift the client-side budgets (tested with the query
+        # client): Mixpanel's are lifted too, so no 429 is answered here.
+        server.limits = RateLimits(None, None, None, None, None)
         server.profiles = list(PROFILES)
         server.saved_funnels = {7: {"name": "Saved signup", "steps": list(FUNNEL)}}
         yield server
@@ -314,6 +317,8 @@ def test_backfill_then_resume_then_rerun(api: QueryStandIn, database: str) -> No
         assert saved and {(f.funnel_id, f.funnel_name) for f in saved} == {("7", "Saved signup")}
         funnel_calls = [r["params"] for r in api.requests if r["path"] == "/api/query/funnels"]
         assert funnel_calls[0]["on"] == 'properties["company_id"]'
+        assert funnel_calls[0]["limit"] == "10000"  # every account, up to Mixpanel's maximum
+        assert resume.warnings == []
         assert (funnel_calls[0]["from_date"], funnel_calls[0]["to_date"]) == (
             "2026-01-19",
             "2026-01-22",
@@ -455,6 +460,8 @@ def test_saved_funnel_answers_per_day_and_segment() -> None:
         FunnelMetrics("acme", "5", "Five", day(1), [5, 2], "mixpanel"),
     ]
     assert _saved_funnel_rows({}, 5, "Five") == []
+    assert _segments(answer) == 4  # acme, undefined, 42, odd: every value Mixpanel returned
+    assert _segments({"data": {"2026-01-01": [], "2026-01-02": {"$overall": {}}}}) == 0
 
 
 def test_summary_mentions_skipped_events() -> None:
@@ -623,3 +630,98 @@ def test_pmixpanel_migrate_without_the_metrics_extra(
     out = io.StringIO()
     assert main(["pmixpanel", "migrate", ini], out=out) == 2
     assert "pmixpanel migrate needs the metrics extra" in out.getvalue()
+
+
+# -- what Mixpanel documents about its answers ------------------------------------------------
+
+
+def test_a_saved_funnel_cut_at_mixpanels_limit_is_reported(
+    api: QueryStandIn,
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sync_module = sys.modules["pyramid_mixpanel.metrics.sync"]
+
+    api.events = dataset(range(2))  # acme, globex, and events without an account
+    database = f"sqlite:///{tmp_path / 'm.db'}"
+    settings = app_settings(api, database, funnels="", alert="")
+    caplog.set_level("WARNING", "pyramid_mixpanel")
+    with MetricsStore(database) as store:
+        report = sync(
+            settings, day(0), day(1), query=client(api), store=store, progress=False, today=day(9)
+        )
+        assert report.warnings == [] and "warning" not in report.summary()
+        # A project with more accounts than the limit (3 values here: acme, globex, undefined).
+        monkeypatch.setattr(sync_module, "SAVED_FUNNEL_LIMIT", 3)
+        report = sync(
+            settings, day(0), day(1), query=client(api), store=store, progress=False, today=day(9)
+        )
+    assert api.requests[-2]["params"]["limit"] == "3"
+    assert report.warnings == [
+        "saved funnel 7: Mixpanel returned 3 values of company_id, its limit: accounts beyond"
+        " those may be missing"
+    ]
+    assert report.ok  # the rows are stored: a warning, not a refusal
+    assert "; 1 warning(s): saved funnel 7: Mixpanel returned 3 values" in report.summary()
+    assert "mixpanel.metrics_funnel_limit_reached" in caplog.text
+    assert "limit=3" in caplog.text
+
+
+def test_events_exported_twice_are_counted_once(api: QueryStandIn, tmp_path: pathlib.Path) -> None:
+    api.events = dataset(range(4))
+    settings = app_settings(api, "sqlite://", saved_funnels="", alert="")
+    with MetricsStore("sqlite://") as once, MetricsStore("sqlite://") as twice:
+        clean = sync(settings, day(0), day(3), query=client(api), store=once, progress=False,
+                     today=day(9))  # fmt: skip
+        api.duplicate_every = 4  # a quarter of the events were sent twice
+        doubled = sync(settings, day(0), day(3), query=client(api), store=twice, progress=False,
+                       today=day(9))  # fmt: skip
+        assert dump(twice) == dump(once)
+    assert clean.duplicates == 0
+    exported = sum(1 for e in api.events if e["properties"]["time"] < metrics_helpers.T0 + 4 * DAY)
+    # Each copy was counted once (those without an account are skipped, as unattributed).
+    twins = exported // 4
+    assert doubled.duplicates + doubled.unattributed - clean.unattributed == twins
+    assert doubled.events == clean.events
+    assert f"; {doubled.duplicates} duplicate events (same $insert_id) were counted once" in (
+        doubled.summary()
+    )
+
+
+def test_days_are_the_project_timezone_days(api: QueryStandIn, tmp_path: pathlib.Path) -> None:
+    # A project created before 2023 in Los Angeles (UTC-8 in January): its export's days and
+    # timestamps are the project's.
+    api.project_timezone = "America/Los_Angeles"
+    api.events = [
+        event("Page Viewed", "u1", 2 * DAY + 3 * 3600),  # Jan 3 03:00 UTC: Jan 2 19:00 there
+        event("Page Viewed", "u2", 2 * DAY + 9 * 3600),  # Jan 3 09:00 UTC: Jan 3 01:00 there
+        event("Page Viewed", "u3", 1 * DAY + 12 * 3600),  # Jan 2 04:00 there
+    ]
+    database = f"sqlite:///{tmp_path / 'm.db'}"
+    settings = app_settings(
+        api, database, funnels="", saved_funnels="", alert="", profile_account_property="off"
+    )
+    settings.pop("mixpanel.metrics.profile_properties")
+    settings["mixpanel.project_timezone"] = "America/Los_Angeles"
+    # Jan 4 05:00 UTC is Jan 3 21:00 in Los Angeles: Jan 3 is not over there.
+    now = dt.datetime(2026, 1, 4, 5, tzinfo=dt.timezone.utc)
+    with MetricsStore(database) as store:
+        report = sync(settings, days=3, query=client(api), store=store, progress=False, now=now)
+        assert (report.from_date, report.to_date) == (day(-1), day(1))  # not Jan 3 (UTC's)
+        assert report.outside == 0
+        assert "2025-12-31 to 2026-01-02 (America/Los_Angeles): 2 events" in report.summary()
+        assert [(m.date, m.total_events) for m in store.daily("acme", day(0), day(5))] == [
+            (day(1), 2)  # u3 and u1, both on Jan 2 there
+        ]
+        with pytest.raises(SyncError, match="over in America/Los_Angeles can be synced"):
+            sync(settings, day(2), day(2), query=client(api), store=store, now=now)
+        # An hour after midnight there, Jan 3 is over and synced.
+        later = sync(
+            settings,
+            query=client(api),
+            store=store,
+            progress=False,
+            now=dt.datetime(2026, 1, 4, 9, tzinfo=dt.timezone.utc),
+        )
+        assert (later.from_date, later.to_date, later.events) == (day(2), day(2), 1)

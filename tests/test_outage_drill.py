@@ -18,11 +18,11 @@ import sys
 import time
 import typing as t
 import urllib.request
-from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
+from .drill_app import every_kind_arrived, paths
 from .loopback import MixpanelStandIn, free_port, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -57,10 +57,6 @@ def get(port: int, n: int) -> tuple[float, dict[str, t.Any]]:
     return time.monotonic() - started, body
 
 
-def paths(api: MixpanelStandIn) -> Counter[str]:
-    return Counter(e["properties"]["Path"] for e in api.events())
-
-
 @pytest.fixture
 def api() -> Iterator[MixpanelStandIn]:
     with MixpanelStandIn() as server:
@@ -89,7 +85,7 @@ def test_waitress_outage_drill_with_kill_9(api: MixpanelStandIn, tmp_path: pathl
                 time.sleep(0.05)  # let the sender meet each mode
         # Mixpanel recovers: everything answered so far arrives (after the backoff pauses).
         api.set_mode("up")
-        api.wait_for_events(answered, timeout=90)
+        wait_until(lambda: every_kind_arrived(api, answered), 90, lambda: len(api.events()))
         # Mixpanel hangs again, and the app dies hard while a post is in flight.
         api.set_mode("hang")
         seen = len(api.requests)
@@ -104,15 +100,19 @@ def test_waitress_outage_drill_with_kill_9(api: MixpanelStandIn, tmp_path: pathl
         for _ in range(5):
             get(port, answered)
             answered += 1
-        api.wait_for_events(answered, timeout=60)
+        wait_until(lambda: every_kind_arrived(api, answered), 60, lambda: len(api.events()))
     finally:
         server.kill()
         server.wait(10)
     # Not a benchmark: a behaviour bound. No request waited for Mixpanel (2 s slow, hung).
     assert slowest < 1.0
-    counts = paths(api)
-    assert set(counts) == {str(n) for n in range(answered)}
-    assert set(counts.values()) == {1}  # exactly once after dedupe
+    for event in ("Page Viewed", "User Charged"):  # recent, and older than /track's window
+        counts = paths(api, event)
+        assert set(counts) == {str(n) for n in range(answered)}
+        assert set(counts.values()) == {1}  # exactly once after dedupe
+    assert every_kind_arrived(api, answered)  # profile and group updates too
+    # Nothing was refused or silently dropped by the (strict) stand-in.
+    assert api.refused == [] and api.dropped == []
 
 
 def test_gunicorn_prefork_workers_both_deliver(api: MixpanelStandIn) -> None:
@@ -134,7 +134,7 @@ def test_gunicorn_prefork_workers_both_deliver(api: MixpanelStandIn) -> None:
             _, body = get(port, n)
             pids.add(body["pid"])
             n += 1
-        api.wait_for_events(n, timeout=30)
+        wait_until(lambda: every_kind_arrived(api, n), 30, lambda: len(api.events()))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(15)

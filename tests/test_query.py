@@ -1,19 +1,26 @@
-"""MixpanelQuery against a loopback stand-in of Mixpanel's JQL endpoint."""
+"""MixpanelQuery against a loopback stand-in of Mixpanel's JQL endpoint; the query settings."""
 
 from __future__ import annotations
 
 import base64
 import json
+import sys
 import threading
 import typing as t
 import urllib.parse
+import zoneinfo
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyramid_mixpanel import MixpanelQuery, MixpanelQueryError, MultipleProfilesFoundException
+from pyramid_mixpanel.converters import as_timezone
+from pyramid_mixpanel.exceptions import MixpanelConfigurationError
 from pyramid_mixpanel.query import PROFILE_BY_EMAIL
+from pyramid_mixpanel.settings import parse_query_settings, parse_settings
 
 
 class JQLServer(ThreadingHTTPServer):
@@ -169,3 +176,74 @@ def test_errors_carry_mixpanels_text_without_secrets(jql_server: JQLServer) -> N
 def test_credentials_are_required() -> None:
     with pytest.raises(ValueError, match="needs mixpanel.service_account"):
         MixpanelQuery({"mixpanel.token": "tok"})
+
+
+# -- the query side's settings ----------------------------------------------------------------
+
+ZONES = sorted(zoneinfo.available_timezones())
+
+
+def test_project_timezone_examples() -> None:
+    assert parse_query_settings({}).project_timezone == "UTC"
+    assert parse_settings({}).project_timezone == "UTC"
+    parsed = parse_query_settings({"mixpanel.project_timezone": " Europe/Ljubljana "})
+    assert parsed.project_timezone == "Europe/Ljubljana"
+    assert parse_settings({"mixpanel.project_timezone": "America/New_York"}).query == (
+        parse_query_settings({"mixpanel.project_timezone": "America/New_York"})
+    )
+    assert parse_query_settings({"mixpanel.project_timezone": "off"}).project_timezone == "UTC"
+    with pytest.raises(MixpanelConfigurationError) as info:
+        parse_settings({"mixpanel.project_timezone": "Europe/Ljubjana"})
+    assert str(info.value) == (
+        "mixpanel.project_timezone must be an IANA time zone name such as Europe/Ljubljana or"
+        " UTC, got 'Europe/Ljubjana'. Did you mean 'Europe/Ljubljana'?"
+    )
+    for wrong in ("utc+2", "../etc/passwd", "zone.tab", "Europe", "/etc/localtime", 42):
+        with pytest.raises(MixpanelConfigurationError, match=r"^mixpanel\.project_timezone "):
+            parse_query_settings({"mixpanel.project_timezone": wrong})
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.one_of(st.text(max_size=40), st.sampled_from(ZONES)))
+def test_project_timezone_is_an_iana_name_or_a_configuration_error(value: str) -> None:
+    try:
+        parsed = as_timezone("mixpanel.project_timezone", value)
+    except MixpanelConfigurationError as exc:
+        assert str(exc).startswith("mixpanel.project_timezone must be an IANA time zone name")
+        assert value.strip() not in ZONES
+    else:
+        assert parsed is None or parsed in ZONES
+        assert parsed == (value.strip() or None) or parsed is None
+        if parsed is not None:
+            zoneinfo.ZoneInfo(parsed)  # what the sync will use
+
+
+@settings(max_examples=50, deadline=None, database=None)
+@given(st.sampled_from(ZONES))
+def test_every_iana_zone_is_accepted(zone: str) -> None:
+    assert parse_query_settings({"mixpanel.project_timezone": zone}).project_timezone == zone
+
+
+def test_query_limits_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = "postgresql+psycopg://app:db-password-9@db.example/app"
+    assert parse_query_settings({}).query_limits_url is None
+    parsed = parse_query_settings({"mixpanel.metrics.database_url": metrics})
+    assert parsed.query_limits_url == metrics  # the metrics database by default
+    assert "db-password-9" not in repr(parsed)
+    assert "db-password-9" not in repr(parse_settings({"mixpanel.metrics.database_url": metrics}))
+    own = parse_query_settings(
+        {"mixpanel.metrics.database_url": metrics, "mixpanel.query_limits_url": "sqlite:///l.db"}
+    )
+    assert own.query_limits_url == "sqlite:///l.db"
+    off = {"mixpanel.metrics.database_url": metrics, "mixpanel.query_limits_url": "off"}
+    assert parse_query_settings(off).query_limits_url is None
+    for wrong in ("redis://:redis-password-3@cache/0", "not a url"):
+        with pytest.raises(MixpanelConfigurationError) as info:
+            parse_query_settings({"mixpanel.query_limits_url": wrong})
+        assert str(info.value).startswith("mixpanel.query_limits_url is not an SQLAlchemy")
+        assert "password" not in str(info.value)
+    with pytest.raises(MixpanelConfigurationError, match=r"^mixpanel\.metrics\.database_url is"):
+        parse_query_settings({"mixpanel.metrics.database_url": "nope"})
+    monkeypatch.setitem(sys.modules, "sqlalchemy.engine", None)
+    with pytest.raises(MixpanelConfigurationError, match=r"needs SQLAlchemy: pip install"):
+        parse_query_settings({"mixpanel.query_limits_url": "sqlite:///l.db"})

@@ -256,3 +256,11 @@ def test_query_settings_come_from_app_settings_or_a_parsed_object() -> None:
     assert query.settings.secrets == ("legacy",)
     assert not query.settings.has_service_account
     assert MixpanelQuery(query.settings).settings is query.settings
+
+
+def test_the_retiring_api_secret_is_announced(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        settings = {"mixpanel.token": "tok-live", "mixpanel.api_secret": "sec-legacy-123"}
+        Runtime(parse_settings(settings)).log_configured()
+    assert "mixpanel.api_secret_deprecated retires='2027-03-03'" in caplog.text
+    assert "sec-legacy-123" not in caplog.text

@@ -176,7 +176,11 @@ def test_at_most_255_properties() -> None:
         frozen=True,
     )
     mp = MixpanelTrack({"mixpanel.event_properties": cls}, distinct_id="u")
-    with pytest.raises(ValueError, match="has 256 properties; Mixpanel accepts at most 255"):
+    # The ones the client and the transport add count too (token, time, $insert_id, ip, ...).
+    with pytest.raises(ValueError, match="would have 255 properties with the ones every event"):
+        mp.track(Events.page_viewed, dict(list(many.items())[:248]))
+    mp.track(Events.page_viewed, dict(list(many.items())[:247]))
+    with pytest.raises(ValueError, match="would have 263 properties"):
         mp.track(Events.page_viewed, many)
 
 
@@ -267,13 +271,13 @@ def test_profile_methods_build_engage_messages(mp: MixpanelTrack) -> None:
     assert ops[8][1]["$delete"] == ""
 
 
-def test_meta_time_accepts_datetimes_as_milliseconds(mp: MixpanelTrack) -> None:
+def test_meta_time_is_epoch_seconds_like_the_official_client(mp: MixpanelTrack) -> None:
     mp.api._consumer = MockedConsumer()
     mp.api._consumer.DROP_SYSTEM_MESSAGE_PROPERTIES = False
     when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     mp.profile_set({}, meta={ProfileMetaProperties.dollar_time: when})
     mp.profile_set({}, meta={ProfileMetaProperties.dollar_ignore_time: True})
-    assert mp.mocked_messages[0]["msg"]["$time"] == int(when.timestamp() * 1000)
+    assert mp.mocked_messages[0]["msg"]["$time"] == int(when.timestamp())
     assert mp.mocked_messages[1]["msg"]["$ignore_time"] is True
 
 
@@ -465,3 +469,31 @@ def test_device_properties_and_insert_id(mp: MixpanelTrack) -> None:
 def test_none_inside_lists_is_kept(mp: MixpanelTrack) -> None:
     mp.track(Events.page_viewed, {EventProperties.path: ["/a", None]})
     assert mp.mocked_messages[0]["msg"]["properties"]["Path"] == ["/a", None]
+
+
+def test_a_message_mixpanel_would_refuse_as_too_large_is_an_error() -> None:
+    big = {EventProperties.title: "x" * 1_000_000}
+    for settings in ({"mixpanel.token": "false"}, {"mixpanel.token": "tok"}):
+        mp = MixpanelTrack(settings, distinct_id="u")
+        with pytest.raises(ValueError, match="Mixpanel takes less than 1 MB per record"):
+            mp.track(Events.page_viewed, big)
+        mp.track(Events.page_viewed, {EventProperties.title: "x" * 400_000})  # 400 kB: fine
+
+
+@pytest.mark.parametrize("placeholder", ["anonymous", "null", "undefined", "0", "-1", " None "])
+def test_placeholder_distinct_ids_are_errors(placeholder: str) -> None:
+    mp = MixpanelTrack({"mixpanel.token": "false"}, distinct_id=placeholder)
+    with pytest.raises(ValueError, match="is a placeholder Mixpanel refuses"):
+        mp.track(Events.page_viewed)
+    with pytest.raises(ValueError, match="is a placeholder Mixpanel refuses"):
+        mp.profile_set({})
+
+
+def test_values_nested_beyond_mixpanels_limits_are_errors(mp: MixpanelTrack) -> None:
+    with pytest.raises(ValueError, match="'Title' has objects nested deeper than 3 levels"):
+        mp.track(Events.page_viewed, {EventProperties.title: {"a": {"b": {"c": {}}}}})
+    with pytest.raises(ValueError, match="'Title' has a list of 255 items"):
+        mp.track(Events.page_viewed, {EventProperties.title: list(range(255))})
+    with pytest.raises(ValueError, match="is a value Mixpanel refuses"):
+        mp.track(Events.page_viewed, insert_id="undefined")
+    mp.track(Events.page_viewed, {EventProperties.title: {"a": {"b": [1, 2]}}})

@@ -27,29 +27,52 @@ Message = tuple[str, str]
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one posted batch."""
+    """What happened to one posted batch.
+
+    ``kind`` says what happened to the batch as a whole: ``sent`` (every record arrived),
+    ``dead`` (refused: the records in ``failed``, or all of them when ``failed`` is empty; the
+    rest arrived) or ``retry`` (the records in ``pending``, or all of them when ``pending`` is
+    empty, can be tried again later; those in ``failed`` were refused; the rest arrived).
+    :meth:`partition` turns that into positions.
+    """
 
     kind: str  # "sent", "retry" or "dead"
     error: str = ""
     retry_after: float | None = None
-    #: For a partly refused batch: positions (in the batch) of the refused records; the rest
-    #: were accepted.
+    #: Positions (in the batch) of refused records.
     failed: frozenset[int] = field(default_factory=frozenset)
     #: The destination's reason for each refused record, by position.
     reasons: t.Mapping[int, str] = field(default_factory=dict, hash=False)
     #: True when the destination could not be reached at all (connection error or timeout).
     unreachable: bool = False
+    #: With ``kind == "retry"``: positions to try again, when not the whole batch.
+    pending: frozenset[int] = field(default_factory=frozenset)
 
     @property
     def sent(self) -> bool:
         """True when the whole batch was accepted."""
         return self.kind == "sent"
 
+    def partition(self, count: int) -> tuple[list[int], list[int], list[int]]:
+        """Positions of a batch of ``count`` records: ``(arrived, to retry, refused)``."""
+        everything = range(count)
+        if self.kind == "sent":
+            return list(everything), [], []
+        if self.kind == "dead":
+            dead = sorted(self.failed) if self.failed else list(everything)
+            return [i for i in everything if i not in self.failed] if self.failed else [], [], dead
+        retry = (
+            sorted(self.pending)
+            if self.pending
+            else [i for i in everything if i not in self.failed]
+        )
+        chosen = set(retry) | self.failed
+        return [i for i in everything if i not in chosen], retry, sorted(self.failed)
+
     def refused_of(self, count: int) -> int:
-        """How many of the ``count`` records of the batch did not arrive."""
-        if self.sent:
-            return 0
-        return len(self.failed) if self.kind == "dead" and self.failed else count
+        """How many of the ``count`` records of the batch did not arrive (yet)."""
+        _, retry, dead = self.partition(count)
+        return len(retry) + len(dead)
 
 
 class Transport(t.Protocol):

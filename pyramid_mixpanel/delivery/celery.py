@@ -62,26 +62,28 @@ def register(celery_app: t.Any, settings: t.Mapping[str, object] | MixpanelSetti
             )
             return 0
         outcome = transport.post(endpoint, bodies)
-        if outcome.sent:
-            return len(bodies)
-        if outcome.kind == "retry":
+        arrived, retry, dead = outcome.partition(len(bodies))
+        if dead:
+            log.error(
+                f"{lane}.delivery_refused",
+                endpoint=endpoint,
+                messages=len(dead),
+                error=outcome.error,
+                reasons=sorted(set(outcome.reasons.values()))[:5],
+            )
+        if retry:
             delay = policy.delay(task.request.retries + 1, outcome.retry_after)
             log.warning(
                 f"{lane}.delivery_retry",
                 endpoint=endpoint,
-                messages=len(bodies),
+                messages=len(retry),
                 retry_in=round(delay, 2),
                 error=outcome.error,
             )
-            raise task.retry(countdown=delay)
-        refused = outcome.refused_of(len(bodies))
-        log.error(
-            f"{lane}.delivery_refused",
-            endpoint=endpoint,
-            messages=refused,
-            error=outcome.error,
-        )
-        return len(bodies) - refused
+            # Only what has not arrived and was not refused goes round again.
+            again = [bodies[i] for i in retry]
+            raise task.retry(args=(endpoint, again), kwargs={"lane": lane}, countdown=delay)
+        return len(arrived)
 
     return deliver
 

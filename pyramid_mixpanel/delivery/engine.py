@@ -232,42 +232,49 @@ class BackgroundEngine(Delivery):
         return worked
 
     def _settle(self, batch: Batch, outcome: Outcome) -> None:
-        count = len(batch.ids)
         if outcome.sent:
             self.store.ack(batch)
-            self.stats.add("sent", count)
+            self.stats.add("sent", len(batch.ids))
             self._pauses.pop(batch.endpoint, None)
             if not self._pauses:
                 self._failing_since = None
             return
-        if outcome.kind == "retry":
-            _, failures = self._pauses.get(batch.endpoint, (0.0, 0))
-            delay = self.policy.delay(max(batch.attempts, failures) + 1, outcome.retry_after)
-            until = time.time() + delay
-            self.store.retry(batch, until)
-            self.stats.add("retried", count)
-            paused = self.transport.endpoints if outcome.unreachable else (batch.endpoint,)
-            for endpoint in paused:
-                self._pauses[endpoint] = (until, failures + 1)
-            self._failing_since = self._failing_since or time.time()
-            self.log.warning(
-                self._event + "delivery_retry",
+        arrived, retry, dead = outcome.partition(len(batch.ids))
+        if dead:
+            whole = len(dead) == len(batch.ids)
+            refused = batch if whole else _part(batch, dead)
+            reasons = outcome.reasons if whole else _renumber(outcome.reasons, dead)
+            self.store.bury(refused, outcome.error, reasons=reasons)
+            self.stats.add("dead", len(dead))
+            self.log.error(
+                self._event + "delivery_refused",
                 endpoint=batch.endpoint,
-                messages=count,
-                retry_in=round(delay, 2),
+                messages=len(dead),
                 error=outcome.error,
+                detail="kept as dead letters: pmixpanel dead <config.ini>",
             )
-            return
-        refused = len(outcome.failed) if outcome.failed else count
-        self.store.bury(batch, outcome.error, outcome.failed or None)
-        self.stats.add("dead", refused)
-        self.stats.add("sent", count - refused)
-        self.log.error(
-            self._event + "delivery_refused",
+        if arrived:
+            self.store.ack(_part(batch, arrived))
+            self.stats.add("sent", len(arrived))
+        if retry:
+            self._retry(batch if len(retry) == len(batch.ids) else _part(batch, retry), outcome)
+
+    def _retry(self, batch: Batch, outcome: Outcome) -> None:
+        _, failures = self._pauses.get(batch.endpoint, (0.0, 0))
+        delay = self.policy.delay(max(batch.attempts, failures) + 1, outcome.retry_after)
+        until = time.time() + delay
+        self.store.retry(batch, until)
+        self.stats.add("retried", len(batch.ids))
+        paused = self.transport.endpoints if outcome.unreachable else (batch.endpoint,)
+        for endpoint in paused:
+            self._pauses[endpoint] = (until, failures + 1)
+        self._failing_since = self._failing_since or time.time()
+        self.log.warning(
+            self._event + "delivery_retry",
             endpoint=batch.endpoint,
-            messages=refused,
+            messages=len(batch.ids),
+            retry_in=round(delay, 2),
             error=outcome.error,
-            detail="kept as dead letters: pmixpanel dead <config.ini>",
         )
 
     def _maybe_log_failures(self) -> None:
@@ -334,6 +341,21 @@ class BackgroundEngine(Delivery):
         self.stats = Counters(COUNTERS)
         # The parent still owns (and will send) what it had queued in memory.
         self.store.after_fork()
+
+
+def _part(batch: Batch, positions: t.Sequence[int]) -> Batch:
+    """The records of ``batch`` at ``positions``, as a batch of their own."""
+    return Batch(
+        batch.endpoint,
+        tuple(batch.ids[i] for i in positions),
+        tuple(batch.bodies[i] for i in positions),
+        batch.attempts,
+    )
+
+
+def _renumber(reasons: t.Mapping[int, str], positions: t.Sequence[int]) -> dict[int, str]:
+    """``reasons`` by position in the batch made of ``positions``."""
+    return {new: reasons[old] for new, old in enumerate(positions) if old in reasons}
 
 
 def _close_all() -> None:

@@ -69,8 +69,18 @@ class Store(t.Protocol):
     def retry(self, batch: Batch, not_before: float) -> None:
         """Return a batch to the queue, due again at ``not_before``."""
 
-    def bury(self, batch: Batch, error: str, positions: t.Iterable[int] | None = None) -> None:
-        """Move a batch (or only the records at ``positions``) to the dead letters."""
+    def bury(
+        self,
+        batch: Batch,
+        error: str,
+        positions: t.Iterable[int] | None = None,
+        reasons: t.Mapping[int, str] | None = None,
+    ) -> None:
+        """Move a batch (or only the records at ``positions``) to the dead letters.
+
+        Each keeps its own reason from ``reasons`` (by position) when there is one, else
+        ``error``.
+        """
 
     def next_due(self) -> float | None:
         """When the earliest waiting message becomes due (``None`` when empty)."""
@@ -171,15 +181,29 @@ class MemoryStore:
                     self._retries[batch.endpoint], (not_before, row_id, body, batch.attempts + 1)
                 )
 
-    def bury(self, batch: Batch, error: str, positions: t.Iterable[int] | None = None) -> None:
+    def bury(
+        self,
+        batch: Batch,
+        error: str,
+        positions: t.Iterable[int] | None = None,
+        reasons: t.Mapping[int, str] | None = None,
+    ) -> None:
         """Keep refused messages as dead letters; the rest of the batch was delivered."""
         chosen = set(range(len(batch.ids)) if positions is None else positions)
+        why = reasons or {}
         now = time.time()
         with self._lock:
             for position, (row_id, body) in enumerate(zip(batch.ids, batch.bodies, strict=True)):
                 if position in chosen:
                     self._dead.append(
-                        DeadLetter(row_id, batch.endpoint, body, error, now, batch.attempts + 1)
+                        DeadLetter(
+                            row_id,
+                            batch.endpoint,
+                            body,
+                            why.get(position, error),
+                            now,
+                            batch.attempts + 1,
+                        )
                     )
             self._forget(batch)
 
@@ -413,16 +437,30 @@ class SqliteSpool:
                 [(not_before, i) for i in batch.ids],
             )
 
-    def bury(self, batch: Batch, error: str, positions: t.Iterable[int] | None = None) -> None:
+    def bury(
+        self,
+        batch: Batch,
+        error: str,
+        positions: t.Iterable[int] | None = None,
+        reasons: t.Mapping[int, str] | None = None,
+    ) -> None:
         """Move refused rows to ``dead``; the rest of the batch was delivered."""
         chosen = set(range(len(batch.ids)) if positions is None else positions)
+        why = reasons or {}
         now = time.time()
         pairs = list(zip(batch.ids, batch.bodies, strict=True))
         with self._write() as db:
             db.executemany(
                 self._sql["bury"],
                 [
-                    (row_id, batch.endpoint, body, error, now, batch.attempts + 1)
+                    (
+                        row_id,
+                        batch.endpoint,
+                        body,
+                        why.get(position, error),
+                        now,
+                        batch.attempts + 1,
+                    )
                     for position, (row_id, body) in enumerate(pairs)
                     if position in chosen
                 ],

@@ -7,11 +7,13 @@
 
 The file is streamed in constant memory. The main thread reads and validates rows, packs them
 into batches of at most ``mixpanel.batch_max_records`` records (2000) and
-``mixpanel.batch_max_bytes`` (10 MB) of JSON, and hands them to ``concurrency`` sender threads,
-each with its own :class:`~.delivery.transport.MixpanelTransport` (gzip, ``strict=1``, the
-configured credentials). At most twice ``concurrency`` batches are in memory at once. A batch
-Mixpanel cannot take now (429, 5xx, unreachable) is retried with :class:`RetryPolicy` up to
-``max_retries`` times; a refusal (400, 401, 403, 413) is final and never retried.
+``mixpanel.batch_max_bytes`` (10,000,000 bytes) of JSON, and hands them to ``concurrency``
+sender threads, each with its own :class:`~.delivery.transport.MixpanelTransport` (gzip,
+``strict=1``, the configured credentials). At most twice ``concurrency`` batches are in memory
+at once. A batch Mixpanel cannot take now (429, 5xx, unreachable) is retried with
+:class:`RetryPolicy` up to ``max_retries`` times — only its records that have not arrived yet; a
+refusal (400, 401, 403) is final and never retried; a batch Mixpanel finds too large (413) is
+split by the transport until each part fits, so only a row too large on its own is refused.
 
 Rows
     JSONL: one ``{"event": "...", "properties": {"distinct_id": ..., "time": ...}}`` per line

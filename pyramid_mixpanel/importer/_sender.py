@@ -161,7 +161,8 @@ class _Importer:
             self.file.close()
             raise
         self.transports = [
-            MixpanelTransport.from_settings(settings, compresslevel=GZIP_LEVEL)
+            # Rows are prepared and checked by the reader: posted as they are.
+            MixpanelTransport.from_settings(settings, compresslevel=GZIP_LEVEL, prepared=True)
             for _ in range(concurrency)
         ]
         self.work: queue.Queue[_Batch | None] = queue.Queue()
@@ -276,23 +277,20 @@ class _Importer:
         """Count a batch's outcome, report its failed rows, advance the checkpoint."""
         self.outstanding -= 1
         report, count = self.report, len(batch.bodies)
-        if outcome.kind == "sent":
-            report.sent += count
-        elif outcome.kind == "dead":
-            refused = outcome.failed or range(count)
-            for index in sorted(refused):
-                error = outcome.reasons.get(index) or outcome.error
-                self.failed.write(
-                    "refused", batch.lines[index], error, json.loads(batch.bodies[index])
-                )
-            report.refused += len(refused)
-            report.sent += count - len(refused)
-        else:
+        arrived, unsent, refused = outcome.partition(count)
+        report.sent += len(arrived)
+        for index in refused:
+            error = outcome.reasons.get(index) or outcome.error
+            self.failed.write("refused", batch.lines[index], error, json.loads(batch.bodies[index]))
+        report.refused += len(refused)
+        if unsent:
             error = f"not sent after {attempts} attempt(s): {outcome.error}"
-            for line, body in zip(batch.lines, batch.bodies, strict=True):
-                self.failed.write("unsent", line, error, json.loads(body))
-            report.unsent += count
-        self._advance(batch.seq, outcome.kind != "retry")
+            for index in unsent:
+                self.failed.write(
+                    "unsent", batch.lines[index], error, json.loads(batch.bodies[index])
+                )
+            report.unsent += len(unsent)
+        self._advance(batch.seq, not unsent)
         self.bar.update(batch.nbytes)
         self.bar.set_postfix(sent=report.sent, failed=report.failed, refresh=False)
         if notify and self.on_batch is not None:
@@ -314,19 +312,26 @@ class _Importer:
     def _deliver(self, transport: MixpanelTransport, batch: _Batch) -> tuple[Outcome, int]:
         """Post a batch, retrying while Mixpanel cannot take it now; the last outcome."""
         attempts = 0
-        outcome = Outcome("retry", "interrupted before it was sent")
-        while not self.stop.is_set():
+        pending = list(range(len(batch.bodies)))  # positions not yet arrived nor refused
+        refused: dict[int, str] = {}
+        error, retry_after = "interrupted before it was sent", None
+        while pending and not self.stop.is_set():
             attempts += 1
             try:
-                outcome = transport.post("imports", batch.bodies)
+                outcome = transport.post("imports", [batch.bodies[i] for i in pending])
             except Exception as exc:  # a bug must cost this batch, not hang the import
                 error = redact(f"{type(exc).__name__}: {exc}"[:500], self.settings.secrets)
-                outcome = Outcome("retry", error)
                 break
-            if outcome.kind != "retry" or attempts > self.max_retries:
+            _, retry, dead = outcome.partition(len(pending))
+            for index in dead:
+                refused[pending[index]] = outcome.reasons.get(index) or outcome.error
+            # Only what is still due goes round again: what arrived or was refused is done.
+            pending = [pending[index] for index in retry]
+            error, retry_after = outcome.error, outcome.retry_after
+            if not pending or attempts > self.max_retries:
                 break
-            self.stop.wait(self.policy.delay(attempts, outcome.retry_after))
-        return outcome, attempts
+            self.stop.wait(self.policy.delay(attempts, retry_after))
+        return _combined(len(batch.bodies), pending, refused, error), attempts
 
     # -- the checkpoint -----------------------------------------------------------------------
 
@@ -336,3 +341,22 @@ class _Importer:
             return
         self.failed.flush()  # what the checkpoint covers is reported first
         self.checkpoint.save(self.state.done, self.report.complete)
+
+
+def _combined(count: int, pending: list[int], refused: dict[int, str], error: str) -> Outcome:
+    """One outcome for a batch whose records were settled over several posts."""
+    failed = frozenset(refused)
+    if pending:
+        whole = len(pending) == count
+        return Outcome(
+            "retry",
+            error,
+            failed=failed,
+            reasons=refused,
+            pending=frozenset() if whole else frozenset(pending),
+        )
+    if refused:
+        return Outcome(
+            "dead", error, failed=failed if len(failed) < count else frozenset(), reasons=refused
+        )
+    return Outcome("sent")

@@ -12,6 +12,15 @@ import typing as t
 
 import orjson
 
+from ..rules import (
+    EARLIEST_MS,
+    FUTURE_SLACK_MS,
+    MAX_EVENT_BYTES,
+    MAX_PROPERTIES,
+    MILLISECONDS_FROM,
+    blocked_id,
+    value_problem,
+)
 from ._errors import RowRejectedError
 
 if t.TYPE_CHECKING:
@@ -29,14 +38,10 @@ __all__ = [
     "valid_insert_id",
 ]
 
-#: Mixpanel refuses an event of 1 MB of uncompressed JSON or more.
-MAX_EVENT_BYTES = 1_000_000
-#: Mixpanel refuses events dated before 1971-01-01 (milliseconds since the epoch).
-EARLIEST_MS = 31_536_000_000
-#: ... and moves events dated more than an hour ahead to the time of import.
-FUTURE_SLACK_MS = 3_600_000
-#: Epoch numbers from here up are milliseconds (10^11 seconds would be the year 5138).
-MILLISECONDS_FROM = 10**11
+# A row with fewer properties than this can take the fast path: with the $insert_id and ip
+# added it stays below Mixpanel's limit.
+MAX_FAST_PROPERTIES = MAX_PROPERTIES - 2
+COLLECTIONS = (dict, list)
 INSERT_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 ONE_MS = dt.timedelta(milliseconds=1)
@@ -148,6 +153,9 @@ class Preparer:
                 and (self.catalog is None or event in self.declared)
                 and type(properties.get("distinct_id")) is str
                 and "$insert_id" not in properties
+                and len(properties) < MAX_FAST_PROPERTIES
+                and not blocked_id(properties["distinct_id"])
+                and not any(type(value) in COLLECTIONS for value in properties.values())
             ):
                 when = properties.get("time")
                 if type(when) is int and when >= 0:
@@ -155,6 +163,8 @@ class Preparer:
                     if EARLIEST_MS <= ms <= self.latest_ms:
                         sent = properties if owned else dict(properties)
                         sent["time"] = ms
+                        # Without ip, /import geolocates the event to this machine.
+                        sent.setdefault("ip", "0")
                         try:
                             encoded = orjson.dumps(
                                 {"event": event, "properties": sent}, option=SORTED
@@ -189,6 +199,8 @@ class Preparer:
                 if distinct_id is None
                 else f"distinct_id {distinct_id!r} is not a string"
             )
+        if blocked_id(str(distinct_id)):
+            raise RowRejectedError(f"distinct_id {distinct_id!r} is a value Mixpanel refuses")
         if "time" not in properties:
             raise RowRejectedError("properties.time is missing")
         ms = event_time_ms(properties["time"], self.latest_ms)
@@ -197,9 +209,22 @@ class Preparer:
             raise RowRejectedError(
                 f"$insert_id {given!r} is invalid: Mixpanel wants 1 to 36 letters, digits or '-'"
             )
+        if blocked_id(given):
+            raise RowRejectedError(f"$insert_id {given!r} is a value Mixpanel refuses")
+        # With the $insert_id and ip that every sent event carries.
+        count = len(properties) + ("$insert_id" not in properties) + ("ip" not in properties)
+        if count >= MAX_PROPERTIES:
+            raise RowRejectedError(
+                f"{count} properties: Mixpanel takes fewer than {MAX_PROPERTIES}"
+            )
+        for key, value in properties.items():
+            problem = value_problem(value)
+            if problem is not None:
+                raise RowRejectedError(f"properties.{key} has {problem}")
         # Normalise in place when the row is ours (saves a copy per row), else on a copy.
         sent = properties if owned else dict(properties)
         sent["time"] = ms
+        sent.setdefault("ip", "0")
         if type(distinct_id) is not str:
             sent["distinct_id"] = str(distinct_id)
         if given is not None:

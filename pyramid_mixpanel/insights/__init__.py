@@ -15,7 +15,8 @@ database is opened before a view is first called: run ``pmixpanel migrate develo
 a first ``pmixpanel sync``) to create the tables; until then the views answer 503 saying so.
 
 Dates are chosen with ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (default: the last
-``mixpanel.insights.days`` days up to yesterday, UTC).
+``mixpanel.insights.days`` days up to yesterday, in the timezone of the synced days: UTC, or
+``mixpanel.project_timezone``).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import threading
 import typing as t
+import zoneinfo
 from dataclasses import dataclass, field
 
 from pyramid.httpexceptions import HTTPBadRequest, HTTPNotFound, HTTPServiceUnavailable
@@ -89,6 +90,8 @@ class InsightsState:
     thread: threading.Thread | None = None
     #: The last background sync: ``{"status": "finished"|"failed", ...}``.
     last_sync: dict[str, t.Any] | None = None
+    #: The timezone of the stored days (``mixpanel.project_timezone``): "yesterday" is there.
+    timezone: str = "UTC"
     _store: MetricsStore | None = None
     _store_lock: threading.Lock = field(default_factory=threading.Lock)
     _ready: bool = False
@@ -180,7 +183,8 @@ class InsightsViews:
         self.state = state
 
     def _range(self, request: Request) -> tuple[dt.date, dt.date]:
-        yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+        now = dt.datetime.now(zoneinfo.ZoneInfo(self.state.timezone))
+        yesterday = now.date() - dt.timedelta(days=1)
         try:
             end = dt.date.fromisoformat(request.params.get("to", yesterday.isoformat()))
             default_start = end - dt.timedelta(days=self.state.settings.days - 1)
@@ -278,8 +282,10 @@ def register(config: Configurator) -> None:
     settings = parse_insights_settings(app_settings)
     # Parsed here so a bad mixpanel.metrics.* setting stops the app at startup.
     metrics = parse_metrics_settings(app_settings)
-    log = get_runtime(config.registry).log
-    state = InsightsState(settings, app_settings, metrics, log)
+    runtime = get_runtime(config.registry)
+    state = InsightsState(
+        settings, app_settings, metrics, runtime.log, timezone=runtime.settings.project_timezone
+    )
     config.registry[INSIGHTS_KEY] = state
     views = InsightsViews(state)
     api, page = settings.api_prefix, settings.page_prefix

@@ -1,4 +1,4 @@
-"""Pure aggregation of raw Mixpanel events into per-account, per-UTC-day metrics and funnels.
+"""Pure aggregation of raw Mixpanel events into per-account, per-day metrics and funnels.
 
 Feed whole days at a time with :meth:`Aggregator.add_chunk` (oldest first, the way
 :meth:`~pyramid_mixpanel.query.MixpanelQuery.export_chunks` yields them); each call returns the
@@ -12,9 +12,18 @@ Memory grows with users x days of one chunk, not with events:
   with a fast path for events in order;
 - per local funnel and user, the first time each day the user did the first step, and the times
   of the later steps' events within the chunk (only those events), reduced at the end of every
-  chunk to one open chain per entry day.
+  chunk to one open chain per entry day;
+- per account, day and user, an 8-byte hash of each event's (name, time, ``$insert_id``): the
+  Raw Event Export is not deduplicated (reference/raw-data-export-api), so an event that was sent
+  twice (a retry, a beacon) comes back twice. An event is a duplicate when an earlier one of the
+  chunk has the same event name, ``distinct_id``, ``time`` and ``$insert_id``, Mixpanel's own
+  rule; it is counted once, as Mixpanel's reports count it. A user's event later than every
+  earlier one of the day cannot repeat one, so events in time order only append their hash.
+  These hashes are the one part that grows with events (8 bytes each), dropped with the chunk.
 
-A day's events are those whose ``properties.time`` (epoch seconds) falls on it in UTC.
+A day's events are those whose ``properties.time`` (epoch seconds) falls on it: a UTC day, or in a
+project created before 2023-01-01 a day of the project's timezone, since such a project's
+export stores ``time`` as the project's local seconds (docs/export-methods).
 """
 
 from __future__ import annotations
@@ -139,7 +148,7 @@ def label(value: object) -> str:
 class _AccountDay:
     """Counters of one account on one day (its total is the sum of its event counts)."""
 
-    __slots__ = ("breakdowns", "events", "users")
+    __slots__ = ("anonymous", "breakdowns", "events", "seen", "users")
 
     def __init__(self, breakdowns: tuple[str, ...]) -> None:
         self.events: dict[str, int] = {}
@@ -147,6 +156,10 @@ class _AccountDay:
         self.users: dict[str, list[int]] = {}
         #: (property, value -> events) per breakdown.
         self.breakdowns: list[tuple[str, dict[str, int]]] = [(p, {}) for p in breakdowns]
+        #: distinct_id -> hashes of the user's events with an ``$insert_id`` (deduplication).
+        self.seen: dict[str, array[int]] = {}
+        #: The same for events without a ``distinct_id``.
+        self.anonymous: set[int] = set()
 
 
 class _FunnelUser:
@@ -259,8 +272,11 @@ class AggregateStats:
     events: int = 0
     #: Events without an account (no account property, or the getter returned None).
     unattributed: int = 0
-    #: Events whose UTC day is outside the chunk they came with (skipped).
+    #: Events whose day is outside the chunk they came with (skipped).
     outside: int = 0
+    #: Events that repeat an earlier one of their chunk (same name, ``distinct_id``, ``time`` and
+    #: ``$insert_id``): counted once.
+    duplicates: int = 0
 
 
 class Aggregator:
@@ -303,7 +319,7 @@ class Aggregator:
         *,
         metrics: bool = True,
     ) -> ChunkResult:
-        """Consume the events of the days ``first`` to ``last`` (inclusive, UTC).
+        """Consume the events of the days ``first`` to ``last`` (inclusive).
 
         With ``metrics=False`` only local funnels are fed: the days before a sync whose funnel
         entries its events may complete. Returns the days' metrics (when ``metrics``) and the
@@ -353,7 +369,7 @@ class Aggregator:
         plain = (0, ())
         current: int | None = None  # the day of the previous event
         accounts: dict[str, _AccountDay] | None = None
-        counted = unattributed = outside = 0
+        counted = unattributed = outside = duplicates = 0
         for event in events:
             props = event["properties"]
             moment = props["time"]
@@ -371,25 +387,42 @@ class Aggregator:
             if not names:
                 unattributed += 1
                 continue
-            counted += 1
             name = event["event"]
             user = props.get("distinct_id")
             bits, refs = special.get(name, plain)
+            twin = 0
+            if accounts is not None:
+                insert_id = props.get("$insert_id")
+                if insert_id:
+                    # Mixpanel's deduplication key (the user, account and day are the bucket's).
+                    twin = hash((name, moment, insert_id)) or 1
+            fresh = True  # nothing of the event is counted yet: it may still be a copy
             for account in names:
                 if accounts is not None:
                     bucket = accounts.get(account)
                     if bucket is None:
                         bucket = accounts[account] = _AccountDay(breakdowns)
-                    counts = bucket.events
-                    counts[name] = counts.get(name, 0) + 1
                     if user:
                         clusters = bucket.users.get(user)
                         if clusters is None:
                             bucket.users[user] = [bits, moment, moment]
+                            if twin:
+                                bucket.seen[user] = array("q", (twin,))
                         else:
+                            end = clusters[-1]
+                            if twin:
+                                seen = bucket.seen.get(user)
+                                if seen is None:
+                                    bucket.seen[user] = array("q", (twin,))
+                                elif moment > end or twin not in seen:
+                                    # Later than every event of the user so far: not a copy.
+                                    seen.append(twin)
+                                elif fresh:
+                                    break
+                                # (A copy seen only by a later account: its account list
+                                # changed, so it counts for the accounts that are new.)
                             if bits:
                                 clusters[0] |= bits
-                            end = clusters[-1]
                             if moment >= end:
                                 if moment - end <= gap:
                                     clusters[-1] = moment
@@ -397,6 +430,13 @@ class Aggregator:
                                     clusters += (moment, moment)
                             elif moment < clusters[-2]:
                                 add_time(clusters, moment)
+                    elif twin:
+                        if twin not in bucket.anonymous:
+                            bucket.anonymous.add(twin)
+                        elif fresh:
+                            break
+                    counts = bucket.events
+                    counts[name] = counts.get(name, 0) + 1
                     for key, values in bucket.breakdowns:
                         key = props.get(key)
                         if key.__class__ is not str or len(key) > MAX_LABEL:
@@ -429,9 +469,15 @@ class Aggregator:
                             entry = entries.get(day)
                             if entry is None or moment < entry:
                                 entries[day] = moment
+                fresh = False
+            else:
+                counted += 1
+                continue
+            duplicates += 1  # the loop stopped at the first account: a copy, not counted
         stats.events += counted
         stats.unattributed += unattributed
         stats.outside += outside
+        stats.duplicates += duplicates
 
     def _daily(self, account: str, date: dt.date, bucket: _AccountDay) -> DailyMetrics:
         users = len(bucket.users)

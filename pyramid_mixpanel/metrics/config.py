@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..catalog import closest, normalise
 from ..converters import (
     Setting,
+    as_database_url,
     as_dotted_object,
     as_positive_float,
     as_secret,
@@ -121,23 +122,6 @@ def _properties(key: str, value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _database_url(key: str, value: object) -> str | None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    url = as_secret(key, value)
-    if url is not None:
-        try:
-            make_url(url)
-        except (ArgumentError, ValueError):
-            # Not the value: a URL may carry a password.
-            raise MixpanelConfigurationError(
-                f"{key} is not an SQLAlchemy database URL, e.g. sqlite:///mixpanel-metrics.db"
-                " or postgresql+psycopg://user@host/dbname"
-            ) from None
-    return url
-
-
 def _callable(what: str) -> t.Callable[[str, object], object]:
     def parse(key: str, value: object) -> object:
         if isinstance(value, str) and as_secret(key, value) is None:
@@ -220,7 +204,7 @@ def _min_days(key: str, value: object) -> int:
 TABLE: tuple[Setting, ...] = tuple(
     Setting(PREFIX + name, name, convert)
     for name, convert in (
-        ("database_url", _database_url),
+        ("database_url", as_database_url),
         ("account_property", _property),
         ("account_getter", _callable("taking an event dict and returning an account id or None")),
         ("breakdowns", _properties),

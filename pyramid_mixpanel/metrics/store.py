@@ -91,6 +91,15 @@ sync_days_table = sa.Table(
     sa.Column("events", sa.Integer, nullable=False),
     sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
 )
+#: Mixpanel's per-project query limits, shared by every process of the app: one row per project
+#: and limit, holding the recent calls or the held slots (see :mod:`.limits`).
+query_limits_table = sa.Table(
+    "mixpanel_query_limits",
+    metadata,
+    sa.Column("key", sa.String(128), primary_key=True),
+    sa.Column("state", Json, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
 METRICS_KEY = ("account", "metric_date")
 FUNNELS_KEY = ("account", "funnel_id", "source", "metric_date")
 

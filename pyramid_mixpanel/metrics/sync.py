@@ -3,14 +3,20 @@
 One sync:
 
 1. picks its days: ``from_date``..``to_date`` when given; otherwise from the day after the last
-   synced day (or ``days`` back from yesterday on a first run) to yesterday, UTC;
+   synced day (or ``days`` back from yesterday on a first run) to yesterday. Days are the
+   export's: UTC days, or for a project created before 2023-01-01 days of the project's timezone
+   (``mixpanel.project_timezone``, docs/export-methods), and a day is synced only once it is
+   over there;
 2. when local funnels are configured, re-reads the funnel events of the ``lookback_days`` before
    the first day, so entries still inside their window are completed by the new days;
 3. exports the days in chunks of ``chunk_days`` (Mixpanel allows 60 exports an hour),
    aggregates each chunk and stores it at once (whole days, upserted: a re-run recomputes the
    same rows and never adds to them), marks its days synced and flags its anomalies, so an
-   interrupted sync resumes after the last stored chunk;
-4. pulls the saved funnels broken down by the account property, and the profile aggregates.
+   interrupted sync resumes after the last stored chunk. An event exported twice (the export is
+   not deduplicated) is counted once;
+4. pulls the saved funnels broken down by the account property, asking Mixpanel for as many
+   values as it gives (:data:`SAVED_FUNNEL_LIMIT`), and reports (and logs) a funnel whose
+   answer may have been cut there; then the profile aggregates.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import datetime as dt
 import json
 import sys
 import typing as t
+import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -31,12 +38,26 @@ from .model import Anomaly, FunnelMetrics
 from .score import detect_anomaly, send_alert
 from .store import MetricsStore
 
-__all__ = ["ExportChunkLike", "QueryClient", "SyncError", "SyncReport", "plan_days", "sync"]
+__all__ = [
+    "SAVED_FUNNEL_LIMIT",
+    "ExportChunkLike",
+    "QueryClient",
+    "SyncError",
+    "SyncReport",
+    "plan_days",
+    "sync",
+]
 
 
 ONE_DAY = dt.timedelta(days=1)
 #: Segments of a broken-down Mixpanel funnel that are not an account.
 NOT_ACCOUNTS = frozenset({"$overall", "undefined", "null", "None", ""})
+#: How many values of the account property a saved funnel's breakdown asks for: Mixpanel's
+#: maximum (reference/funnels-query: the top ``limit`` values, 255 unless asked, at most
+#: 10,000). The answer holds only the values that occur, so asking for all costs nothing, and
+#: the accounts of the funnel's days cannot be known before (some may have events only in the
+#: lookback days, or the store may be new).
+SAVED_FUNNEL_LIMIT = 10_000
 
 
 class ExportChunkLike(t.Protocol):
@@ -78,6 +99,7 @@ class QueryClient(t.Protocol):
         *,
         unit: str = "day",
         on: str | None = None,
+        limit: int | None = None,
     ) -> dict[str, t.Any]: ...
 
 
@@ -97,6 +119,9 @@ class SyncReport:
     events: int = 0
     unattributed: int = 0
     outside: int = 0
+    #: Events exported twice (same name, ``distinct_id``, ``time`` and ``$insert_id``), counted
+    #: once.
+    duplicates: int = 0
     metrics_rows: int = 0
     funnel_rows: int = 0
     profile_accounts: int = 0
@@ -104,6 +129,10 @@ class SyncReport:
     anomalies: list[Anomaly] = field(default_factory=list)
     #: Saved funnels or profiles Mixpanel refused (the days are stored regardless).
     errors: list[str] = field(default_factory=list)
+    #: What was stored but may be incomplete, e.g. a saved funnel cut at Mixpanel's limit.
+    warnings: list[str] = field(default_factory=list)
+    #: The timezone of the days (``mixpanel.project_timezone``).
+    timezone: str = "UTC"
 
     @property
     def ok(self) -> bool:
@@ -114,8 +143,10 @@ class SyncReport:
         """One line for people."""
         if self.from_date is None:
             return "metrics are up to date: nothing to sync"
+        zone = "" if self.timezone == "UTC" else f" ({self.timezone})"
         text = (
-            f"synced {self.days} day(s) {self.from_date} to {self.to_date}: {self.events} events,"
+            f"synced {self.days} day(s) {self.from_date} to {self.to_date}{zone}:"
+            f" {self.events} events,"
             f" {self.metrics_rows} account-day(s), {self.funnel_rows} funnel row(s),"
             f" {self.profile_accounts} account profile aggregate(s),"
             f" {len(self.anomalies)} new anomaly flag(s)"
@@ -124,6 +155,10 @@ class SyncReport:
             text += f"; {self.unattributed} events without an account were skipped"
         if self.outside:
             text += f"; {self.outside} events outside their export days were skipped"
+        if self.duplicates:
+            text += f"; {self.duplicates} duplicate events (same $insert_id) were counted once"
+        if self.warnings:
+            text += f"; {len(self.warnings)} warning(s): " + "; ".join(self.warnings)
         if self.errors:
             text += f"; {len(self.errors)} error(s): " + "; ".join(self.errors)
         return text
@@ -144,18 +179,22 @@ def plan_days(
     to_date: dt.date | None,
     days: int | None,
     today: dt.date,
+    timezone: str = "UTC",
 ) -> tuple[dt.date, dt.date]:
     """The first and last day to sync (first after last when there is nothing to do).
 
     Without ``from_date``: the day after the last synced day, but no more than ``days`` days
     back when ``days`` is given; on a first run, ``days`` (default 1) days back.
+
+    :param today: the current date in ``timezone``, the timezone of the export's days: only days
+        before it are over there.
     """
     yesterday = today - ONE_DAY
     last = to_date or yesterday
     if last > yesterday:
         raise SyncError(
-            f"cannot sync {last}: only days that are over in UTC can be synced (the last is"
-            f" {yesterday})"
+            f"cannot sync {last}: only days that are over in {timezone} can be synced (the last"
+            f" is {yesterday})"
         )
     if days is not None and days < 1:
         raise SyncError(f"days must be at least 1, got {days}")
@@ -189,6 +228,16 @@ def _saved_funnel_rows(
     return rows
 
 
+def _segments(answer: t.Mapping[str, t.Any]) -> int:
+    """How many values of the ``on`` property a funnel answer holds, over all its days."""
+    found: set[str] = set()
+    for segments in (answer.get("data") or {}).values():
+        if isinstance(segments, dict):
+            found.update(segments)
+    found.discard("$overall")  # not a value: the total, when Mixpanel adds it
+    return len(found)
+
+
 class _Sync:
     def __init__(
         self,
@@ -197,13 +246,14 @@ class _Sync:
         query: QueryClient,
         bar: t.Any,
         log: Log,
+        timezone: str = "UTC",
     ) -> None:
         self.log = log
         self.config = config
         self.store = store
         self.query = query
         self.bar = bar
-        self.report = SyncReport()
+        self.report = SyncReport(timezone=timezone)
         self.aggregator = Aggregator(config)
 
     def run(self, first: dt.date, last: dt.date) -> SyncReport:
@@ -225,10 +275,11 @@ class _Sync:
             self._chunk(chunk)
         self._funnels(self.aggregator.finish())
         stats = self.aggregator.stats
-        report.events, report.unattributed, report.outside = (
+        report.events, report.unattributed, report.outside, report.duplicates = (
             stats.events,
             stats.unattributed,
             stats.outside,
+            stats.duplicates,
         )
         if config.saved_funnels:
             self._saved_funnels(first - dt.timedelta(days=lookback), last)
@@ -290,14 +341,29 @@ class _Sync:
         except MixpanelQueryError as exc:
             self.report.errors.append(f"listing saved funnels: {exc}")
             names = {}
+        limit = SAVED_FUNNEL_LIMIT
         for funnel_id in self.config.saved_funnels:
             try:
-                answer = self.query.funnel(funnel_id, first, last, unit="day", on=on)
+                answer = self.query.funnel(funnel_id, first, last, unit="day", on=on, limit=limit)
             except MixpanelQueryError as exc:
                 self.report.errors.append(f"saved funnel {funnel_id}: {exc}")
                 continue
             name = names.get(funnel_id, str(funnel_id))
             self._funnels(_saved_funnel_rows(answer, funnel_id, name))
+            segments = _segments(answer)
+            if segments >= limit:
+                # Mixpanel keeps the top ``limit`` values and drops the rest without a word.
+                self.report.warnings.append(
+                    f"saved funnel {funnel_id}: Mixpanel returned {segments} values of {prop},"
+                    f" its limit: accounts beyond those may be missing"
+                )
+                self.log.warning(
+                    "mixpanel.metrics_funnel_limit_reached",
+                    funnel_id=funnel_id,
+                    property=prop,
+                    values=segments,
+                    limit=limit,
+                )
 
     def _profiles(self) -> None:
         from ..query import MixpanelQueryError
@@ -325,6 +391,7 @@ def sync(
     *,
     store: MetricsStore | None = None,
     today: dt.date | None = None,
+    now: dt.datetime | None = None,
     out: t.TextIO | None = None,
 ) -> SyncReport:
     """Sync Mixpanel's events, funnels and profiles into the metrics store.
@@ -332,14 +399,16 @@ def sync(
     :param settings: the app's settings (``mixpanel.metrics.*`` and the service account).
     :param from_date: first day (``YYYY-MM-DD`` or a date) of a backfill; without it, the sync
         resumes after the last synced day.
-    :param to_date: last day; yesterday (UTC) by default, never later.
+    :param to_date: last day; yesterday by default, never later (in the timezone of the
+        export's days: UTC, or ``mixpanel.project_timezone``).
     :param days: without ``from_date``: how many days back at most (a first run starts there;
         default 1).
     :param progress: show a progress bar (on ``out``, default stderr).
     :param query: a :class:`~pyramid_mixpanel.query.MixpanelQuery` (built from ``settings`` by
         default).
     :param store: the store (by default opened, migrated and closed at ``database_url``).
-    :param today: the current UTC date (for tests).
+    :param today: the current date in that timezone (for tests; by default from ``now``).
+    :param now: the current time (for tests; an aware datetime).
     :raises SyncError: the days cannot be synced.
     :raises MixpanelConfigurationError: a ``mixpanel.metrics.*`` setting is invalid.
     :raises MixpanelQueryError: Mixpanel refused an export (the days before it are stored; run
@@ -351,11 +420,15 @@ def sync(
     query_settings = parse_query_settings(settings)
     log = Log(query_settings.secrets, query_settings.structlog)
     start, end = _date(from_date, "from_date"), _date(to_date, "to_date")
-    today = today or dt.datetime.now(dt.timezone.utc).date()
+    timezone = query_settings.project_timezone
+    # "Yesterday" where the export's days are: in a project west of UTC, UTC's yesterday may
+    # still be going on there, and a day synced before its end would be stored short.
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    today = today or moment.astimezone(zoneinfo.ZoneInfo(timezone)).date()
     opened = store is None
     store = store if store is not None else MetricsStore(config.database_url)
     try:
-        first, last = plan_days(store, start, end, days, today)
+        first, last = plan_days(store, start, end, days, today, timezone)
         if first > last:
             return SyncReport()
         if query is None:
@@ -369,7 +442,7 @@ def sync(
         with tqdm(
             total=total, unit="day", file=out or sys.stderr, disable=not progress, desc="sync"
         ) as bar:
-            return _Sync(config, store, query, bar, log).run(first, last)
+            return _Sync(config, store, query, bar, log, timezone).run(first, last)
     finally:
         if opened:
             store.close()
