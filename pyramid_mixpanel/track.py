@@ -1,19 +1,22 @@
 """``MixpanelTrack``: validate, build and buffer one request's Mixpanel messages.
 
-Messages are built with the official :class:`mixpanel.Mixpanel` client (available as
-:attr:`MixpanelTrack.api`) into a buffer; what happens to the buffer is decided by
-:mod:`pyramid_mixpanel.lifecycle` once the request's outcome is known, or by :meth:`flush` when
-used outside a request.
+Messages are built as the official :class:`mixpanel.Mixpanel` client (available as
+:attr:`MixpanelTrack.api`) builds them, into its consumer (a buffer); what happens to the
+buffer is decided by :mod:`pyramid_mixpanel.lifecycle` once the request's outcome is known, or
+by :meth:`flush` when used outside a request.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import os
 import time as time_module
 import typing as t
 
 import mixpanel
+import orjson
 
 from . import rules
 from .catalog import Event, Property, Section
@@ -28,6 +31,7 @@ if t.TYPE_CHECKING:
 __all__ = ["DEVICE_PROPERTIES", "IMPORT_AGE", "INSERT_ID", "MixpanelTrack", "PropsType"]
 
 PropsType = t.Mapping[Property, t.Any]
+LIB_VERSION: str = mixpanel.__version__
 # Mixpanel truncates longer strings.
 MAX_STRING_LENGTH = 255
 #: Properties the client library and the transport add to every event: they count towards
@@ -85,6 +89,7 @@ class MixpanelTrack:
             consumer = MockedConsumer()
         else:
             consumer = self._buffer = RequestBuffer(self)
+        self._token = runtime.settings.token or "testing-mode"
         #: The official client; its ``_consumer`` holds this instance's messages.
         self.api = mixpanel.Mixpanel(runtime.settings.token or "testing-mode", consumer=consumer)
         self._checked_id: str | None = None
@@ -221,11 +226,11 @@ class MixpanelTrack:
             )
         timestamp = None if time is None else _epoch(time)
         if timestamp is not None and time_module.time() - timestamp > IMPORT_AGE:
-            self.api.import_data(None, distinct_id, event.name, timestamp, properties)
+            self._event("imports", event.name, distinct_id, properties, timestamp)
         else:
             if timestamp is not None:
                 properties["time"] = timestamp
-            self.api.track(distinct_id, event.name, properties)
+            self._event("events", event.name, distinct_id, properties)
         if self._replicate and not skip_customerio:
             raw = {**_names(self.global_event_props), **_names(props or {})}
             self._customerio_calls.append(
@@ -244,7 +249,7 @@ class MixpanelTrack:
         """Set profile properties (``{ProfileProperties.x: value}``), replicated to Customer.io."""
         distinct_id = self._need_distinct_id("profile_set")
         values = self._profile_values(props)
-        self.api.people_set(distinct_id, values, meta=self._meta(meta))
+        self._profile("$set", distinct_id, values, meta)
         if self._replicate and not skip_customerio:
             self._customerio_calls.append(
                 CustomerIOCall("identify", distinct_id, cio_attributes(_names(props)))
@@ -254,13 +259,13 @@ class MixpanelTrack:
     def people_set_once(self, props: PropsType, meta: PropsType | None = None) -> None:
         """Set profile properties that are not set yet."""
         distinct_id = self._need_distinct_id("people_set_once")
-        self.api.people_set_once(distinct_id, self._profile_values(props), meta=self._meta(meta))
+        self._profile("$set_once", distinct_id, self._profile_values(props), meta)
         self._after_message()
 
     def people_append(self, props: PropsType, meta: PropsType | None = None) -> None:
         """Append values to list profile properties."""
         distinct_id = self._need_distinct_id("people_append")
-        self.api.people_append(distinct_id, self._profile_values(props), meta=self._meta(meta))
+        self._profile("$append", distinct_id, self._profile_values(props), meta)
         self._after_message()
 
     def people_union(self, props: PropsType, meta: PropsType | None = None) -> None:
@@ -268,32 +273,32 @@ class MixpanelTrack:
         distinct_id = self._need_distinct_id("people_union")
         values = self._profile_values(props)
         _require_lists(values, "people_union")
-        self.api.people_union(distinct_id, values, meta=self._meta(meta))
+        self._profile("$union", distinct_id, values, meta)
         self._after_message()
 
     def people_remove(self, props: PropsType, meta: PropsType | None = None) -> None:
         """Remove values from list profile properties."""
         distinct_id = self._need_distinct_id("people_remove")
-        self.api.people_remove(distinct_id, self._profile_values(props), meta=self._meta(meta))
+        self._profile("$remove", distinct_id, self._profile_values(props), meta)
         self._after_message()
 
     def people_unset(self, props: t.Iterable[Property], meta: PropsType | None = None) -> None:
         """Delete profile properties."""
         distinct_id = self._need_distinct_id("people_unset")
         names = self._names_of(props, self._catalog.profile_properties)
-        self.api.people_unset(distinct_id, names, meta=self._meta(meta))
+        self._profile("$unset", distinct_id, names, meta)
         self._after_message()
 
     def people_delete(self, meta: PropsType | None = None) -> None:
         """Delete the whole profile."""
         distinct_id = self._need_distinct_id("people_delete")
-        self.api.people_delete(distinct_id, meta=self._meta(meta))
+        self._profile("$delete", distinct_id, "", meta)
         self._after_message()
 
     def people_clear_charges(self, meta: PropsType | None = None) -> None:
         """Delete every charge recorded on the profile."""
         distinct_id = self._need_distinct_id("people_clear_charges")
-        self.api.people_clear_charges(distinct_id, meta=self._meta(meta))
+        self._profile("$unset", distinct_id, ["$transactions"], meta)
         self._after_message()
 
     def profile_increment(self, props: PropsType, meta: PropsType | None = None) -> None:
@@ -305,7 +310,7 @@ class MixpanelTrack:
                 raise TypeError(
                     f"profile_increment needs numbers, {name!r} is {type(value).__name__}"
                 )
-        self.api.people_increment(distinct_id, values, meta=self._meta(meta))
+        self._profile("$add", distinct_id, values, meta)
         self._after_message()
 
     def profile_track_charge(
@@ -318,7 +323,8 @@ class MixpanelTrack:
         allowed = self._catalog.profile_properties.members | self._catalog.event_property_members
         transaction = self._values(props or {}, allowed, self._catalog.profile_properties)
         transaction.setdefault("$time", _iso(dt.datetime.now(dt.timezone.utc)))
-        self.api.people_track_charge(distinct_id, amount, transaction, meta=self._meta(meta))
+        transaction["$amount"] = amount
+        self._profile("$append", distinct_id, {"$transactions": transaction}, meta)
         self._after_message()
 
     # -- groups ---------------------------------------------------------------------------
@@ -328,7 +334,7 @@ class MixpanelTrack:
     ) -> None:
         """Set properties of the group profile ``group_key = group_id``."""
         key = self._group_key(group_key)
-        self.api.group_set(key, group_id, self._group_values(props), meta=self._meta(meta))
+        self._group("$set", key, group_id, self._group_values(props), meta)
         self._after_message()
 
     def group_set_once(
@@ -336,7 +342,7 @@ class MixpanelTrack:
     ) -> None:
         """Set group profile properties that are not set yet."""
         key = self._group_key(group_key)
-        self.api.group_set_once(key, group_id, self._group_values(props), meta=self._meta(meta))
+        self._group("$set_once", key, group_id, self._group_values(props), meta)
         self._after_message()
 
     def group_union(
@@ -346,7 +352,7 @@ class MixpanelTrack:
         key = self._group_key(group_key)
         values = self._group_values(props)
         _require_lists(values, "group_union")
-        self.api.group_union(key, group_id, values, meta=self._meta(meta))
+        self._group("$union", key, group_id, values, meta)
         self._after_message()
 
     def group_unset(
@@ -359,7 +365,7 @@ class MixpanelTrack:
         """Delete properties of a group profile."""
         key = self._group_key(group_key)
         names = self._names_of(props, self._catalog.group_properties)
-        self.api.group_unset(key, group_id, names, meta=self._meta(meta))
+        self._group("$unset", key, group_id, names, meta)
         self._after_message()
 
     def group_remove(
@@ -367,7 +373,7 @@ class MixpanelTrack:
     ) -> None:
         """Remove values from list properties of a group profile."""
         key = self._group_key(group_key)
-        self.api.group_remove(key, group_id, self._group_values(props), meta=self._meta(meta))
+        self._group("$remove", key, group_id, self._group_values(props), meta)
         self._after_message()
 
     def group_delete(
@@ -375,7 +381,7 @@ class MixpanelTrack:
     ) -> None:
         """Delete a group profile."""
         key = self._group_key(group_key)
-        self.api.group_delete(key, group_id, meta=self._meta(meta))
+        self._group("$delete", key, group_id, "", meta)
         self._after_message()
 
     # -- release --------------------------------------------------------------------------
@@ -419,6 +425,48 @@ class MixpanelTrack:
             self.flush()
         else:
             self.discard("the with block raised")
+
+    # -- messages -------------------------------------------------------------------------
+    # Built as mixpanel.Mixpanel builds them (same keys, same system properties, compact JSON)
+    # but encoded with orjson and a random $insert_id from os.urandom: the official client
+    # constructs a JSON encoder and a UUID object per message, most of a message's cost.
+
+    def _event(
+        self,
+        endpoint: str,
+        name: str,
+        distinct_id: str,
+        properties: dict[str, t.Any],
+        when: float | None = None,
+    ) -> None:
+        everything = {
+            "token": self._token,
+            "distinct_id": distinct_id,
+            "time": time_module.time() if when is None else when,
+            "$insert_id": os.urandom(16).hex(),
+            "mp_lib": "python",
+            "$lib_version": LIB_VERSION,
+        }
+        everything.update(properties)
+        self.api._consumer.send(endpoint, _dumps({"event": name, "properties": everything}))
+
+    def _update(self, endpoint: str, message: dict[str, t.Any], meta: PropsType | None) -> None:
+        record = {"$token": self._token, "$time": time_module.time()}
+        record.update(message)
+        if meta:
+            record.update(self._meta(meta))
+        self.api._consumer.send(endpoint, _dumps(record))
+
+    def _profile(
+        self, operation: str, distinct_id: str, values: object, meta: PropsType | None
+    ) -> None:
+        self._update("people", {"$distinct_id": distinct_id, operation: values}, meta)
+
+    def _group(
+        self, operation: str, key: str, group_id: str, values: object, meta: PropsType | None
+    ) -> None:
+        message = {"$group_key": key, "$group_id": group_id, operation: values}
+        self._update("groups", message, meta)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -489,9 +537,7 @@ class MixpanelTrack:
         section = self._catalog.group_properties
         return self._values(props, section.members, section)
 
-    def _meta(self, meta: PropsType | None) -> dict[str, t.Any]:
-        if not meta:
-            return {}
+    def _meta(self, meta: PropsType) -> dict[str, t.Any]:
         section = self._catalog.profile_meta_properties
         values = self._values(meta, section.members, section)
         when = meta.get(Property("$time"))
@@ -565,3 +611,11 @@ def json_value(name: str, value: object) -> object:
         f"{name!r} is a {type(value).__name__}; Mixpanel properties take str, int, float,"
         " bool, None, datetime, date, lists and dicts of those"
     )
+
+
+def _dumps(value: object) -> str:
+    """Compact JSON, as the official client writes it."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer beyond 64 bits, which orjson refuses and json writes
+        return json.dumps(value, separators=(",", ":"))

@@ -497,3 +497,52 @@ def test_values_nested_beyond_mixpanels_limits_are_errors(mp: MixpanelTrack) -> 
     with pytest.raises(ValueError, match="is a value Mixpanel refuses"):
         mp.track(Events.page_viewed, insert_id="undefined")
     mp.track(Events.page_viewed, {EventProperties.title: {"a": {"b": [1, 2]}}})
+
+
+def test_messages_are_the_official_clients_messages() -> None:
+    """Built without mixpanel.Mixpanel's per-message costs, but the same JSON to Mixpanel."""
+    ours = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
+    theirs: list[tuple[str, str]] = []
+
+    class Recorder:
+        def send(self, endpoint: str, message: str, *args: object) -> None:
+            theirs.append((endpoint, message))
+
+    official = mixpanel.Mixpanel("tok", consumer=Recorder())
+    ours.track(Events.page_viewed, {EventProperties.path: "/x"})
+    official.track("u", "Page Viewed", {"Path": "/x"})
+    when = 1_600_000_000
+    ours.track(Events.page_viewed, time=when)
+    official.import_data(None, "u", "Page Viewed", when)
+    ours.profile_set(
+        {ProfileProperties.dollar_name: "N"}, meta={ProfileMetaProperties.dollar_ip: "1.2.3.4"}
+    )
+    official.people_set("u", {"$name": "N"}, meta={"$ip": "1.2.3.4"})
+    ours.profile_track_charge(3.5)
+    official.people_track_charge("u", 3.5)
+    ours.people_clear_charges()
+    official.people_clear_charges("u")
+    ours.people_delete()
+    official.people_delete("u")
+
+    def comparable(message: str) -> object:
+        data = json.loads(message)
+        for holder in (data, data.get("properties", {})):
+            for key in ("time", "$time", "$insert_id"):
+                holder.pop(key, None)
+        for charge in [data.get("$append", {}).get("$transactions")]:
+            if isinstance(charge, dict):
+                charge.pop("$time", None)  # ours dates the charge (the official client does not)
+        return data
+
+    mine = ours.history
+    assert [endpoint for endpoint, _ in mine] == [endpoint for endpoint, _ in theirs]
+    assert [comparable(m) for _, m in mine] == [comparable(m) for _, m in theirs]
+    assert json.loads(mine[1][1])["properties"]["time"] == when
+    assert len(json.loads(mine[0][1])["properties"]["$insert_id"]) == 32
+
+
+def test_integers_beyond_64_bits_are_still_json() -> None:
+    mp = MixpanelTrack({"mixpanel.token": "false"}, distinct_id="u")
+    mp.track(Events.page_viewed, {EventProperties.title: 2**70})
+    assert mp.mocked_messages[0]["msg"]["properties"]["Title"] == 2**70
