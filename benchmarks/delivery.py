@@ -9,6 +9,10 @@
    spool vs the memory queue.
 4. Peak RSS while 1,000,000 events queue up during an outage, in a fresh process, against the
    same process doing nothing: must stay within the configured cap.
+5. Added request latency in fault states, side by side: Mixpanel trickling or answering HTML,
+   the spool locked by another process, a Celery broker hung or refusing. Targets: p99 added
+   <= 2 ms for ``background``, <= 50 ms for ``celery``.
+6. Messages lost when a process ends during an outage: memory queue vs spool (target 0).
 
 Run: ``make bench`` (or ``python -m benchmarks.delivery``).
 """
@@ -19,6 +23,7 @@ import gzip
 import json
 import logging
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -101,6 +106,98 @@ def bench_latency(api: MixpanelStandIn) -> None:
                 f"{p(measured, 99) - base99:>11.2f}"
             )
     api.set_mode("up")
+
+
+def bench_faults(api: MixpanelStandIn) -> None:
+    """Added p99 per request in each fault state, side by side, and messages lost."""
+    from celery import Celery
+
+    from tests.loopback import SilentServer, free_port
+
+    print(
+        "\n5. Faults: added request latency (ms)  [targets: background p99 <= 2, celery p99 <= 50]"
+    )
+    baseline = latencies(app({"mixpanel.token": "false"}), 400)
+    base99 = p(baseline, 99)
+    print(f"   baseline (testing mode): p99 {base99:.2f}")
+    print(f"   {'fault':34}{'delivery':20}{'p99 added':>10}  target")
+    folder = tempfile.mkdtemp()
+    silent = SilentServer()
+    try:
+        cases: list[tuple[str, str, dict[str, str], str | None, float]] = [
+            ("Mixpanel trickles its answer", "background", {}, "trickle", 2),
+            ("Mixpanel answers 200 with HTML", "background", {}, "html200", 2),
+            ("spool locked by another process", "background + spool", {"spool": "lock"}, None, 2),
+            ("broker accepts, never answers", "celery", {"broker": "hung"}, None, 50),
+            ("broker refuses connections", "celery", {"broker": "refused"}, None, 50),
+        ]
+        for number, (fault, delivery, extra, mode, target) in enumerate(cases):
+            api.set_mode(mode or "up")
+            settings = {
+                "mixpanel.token": TOKEN,
+                "mixpanel.api_host": api.base_url,
+                "mixpanel.read_timeout": "1",
+                "mixpanel.connect_timeout": "1",
+            }
+            holder = None
+            if "spool" in extra:
+                path = os.path.join(folder, f"spool-{number}.db")
+                settings["mixpanel.spool_path"] = path
+                build_engine(parse_settings({**settings})).store.close()  # the file exists
+                holder = sqlite3.connect(path, isolation_level=None)
+                holder.execute("BEGIN IMMEDIATE")  # held for the whole measurement
+            if "broker" in extra:
+                port = silent.port if extra["broker"] == "hung" else free_port()
+                celery_app = Celery("bench", broker=f"redis://127.0.0.1:{port}/0")
+                celery_app.conf.broker_connection_timeout = 1
+                settings["mixpanel.delivery"] = "celery"
+                settings["mixpanel.celery_app"] = celery_app
+            test_app = app(settings)
+            measured = latencies(test_app, 400)
+            get_runtime(test_app.app.registry).close(0.1)
+            if holder is not None:
+                holder.execute("ROLLBACK")
+                holder.close()
+            added = p(measured, 99) - base99
+            verdict = "PASS" if added <= target else "FAIL"
+            print(f"   {fault:34}{delivery:20}{added:>10.2f}  <= {target:g} {verdict}")
+    finally:
+        silent.close()
+        api.set_mode("up")
+    bench_lost(api, folder)
+
+
+def bench_lost(api: MixpanelStandIn, folder: str) -> None:
+    """Events answered during an outage that ends with the process: how many never arrive."""
+    print("\n6. Messages lost when the process ends during an outage  [target: 0 with the spool]")
+    for name, extra in (
+        ("memory queue", {}),
+        ("SQLite spool", {"mixpanel.spool_path": os.path.join(folder, "lost.db")}),
+    ):
+        api.set_mode("down")
+        settings = {
+            "mixpanel.token": TOKEN,
+            "mixpanel.api_host": api.base_url,
+            "mixpanel.read_timeout": "1",
+            "mixpanel.connect_timeout": "1",
+            **extra,
+        }
+        before = len(api.events())
+        first = app(settings)
+        latencies(first, 200)  # 200 requests, 3 events each, while Mixpanel is down
+        get_runtime(first.app.registry).close(0.1)  # the process ends
+        api.set_mode("up")
+        second = app(settings)  # the next process, on the same spool (if any)
+        engine = get_runtime(second.app.registry).mixpanel
+        assert isinstance(engine, BackgroundEngine)
+        deadline = time.monotonic() + 60
+        while engine.store.pending() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the benchmark waits for the second process to catch up
+        get_runtime(second.app.registry).close(5)
+        arrived = len(api.events()) - before
+        lost = 600 - arrived
+        verdict = "" if "spool" not in name else ("PASS" if lost == 0 else "FAIL")
+        print(f"   {name:14} answered 600 events, arrived {arrived}, lost {lost} {verdict}")
 
 
 def bench_throughput() -> None:
@@ -259,6 +356,8 @@ def main() -> int:
     with MixpanelStandIn() as api:
         bench_latency(api)
     bench_throughput()
+    with MixpanelStandIn() as api:
+        bench_faults(api)
     bench_spool_cost()
     bench_rss()
     return 0

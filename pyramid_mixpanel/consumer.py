@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import typing as t
 import weakref
@@ -25,6 +26,8 @@ if t.TYPE_CHECKING:
 
 __all__ = ["MockedConsumer", "PoliteBufferedConsumer", "RequestBuffer"]
 
+#: How many messages :attr:`RequestBuffer.history` keeps.
+HISTORY = 1000
 SYSTEM_EVENT_PROPERTIES = ("token", "time", "$insert_id", "mp_lib", "$lib_version")
 SYSTEM_PROFILE_KEYS = ("$token", "$time")
 
@@ -166,8 +169,9 @@ class RequestBuffer:
 
     def __init__(self, owner: t.Any) -> None:
         self.messages: list[tuple[str, str]] = []
-        #: Every message ever held, also after release (for the debug toolbar panel).
-        self.history: list[tuple[str, str]] = []
+        #: The last :data:`HISTORY` messages held, also after release (for the debug toolbar
+        #: panel); bounded, so a long-lived instance in a script or worker does not grow.
+        self.history: collections.deque[tuple[str, str]] = collections.deque(maxlen=HISTORY)
         # A weak reference: the owner holds this buffer (through its client), and a strong
         # one back would make a reference cycle per request, left for the cyclic garbage
         # collector to find instead of being freed when the request ends.

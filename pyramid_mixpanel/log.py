@@ -10,6 +10,12 @@ __all__ = ["REDACTED", "Log", "redact"]
 
 STDLIB_LOGGER = logging.getLogger("pyramid_mixpanel")
 REDACTED = "***"
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def redact(text: str, secrets: t.Iterable[str]) -> str:
@@ -46,6 +52,10 @@ class Log:
         elif STDLIB_LOGGER.isEnabledFor(level):
             tail = " ".join(f"{key}={value!r}" for key, value in clean.items())
             STDLIB_LOGGER.log(level, "%s %s" if tail else "%s%s", event, tail)
+
+    def log(self, level: str, event: str, **fields: object) -> None:
+        """Log at ``level`` (``"debug"``, ``"info"``, ``"warning"`` or ``"error"``)."""
+        self._emit(LEVELS[level], event, fields)
 
     def debug(self, event: str, **fields: object) -> None:
         """Log at DEBUG."""

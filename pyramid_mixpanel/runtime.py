@@ -49,8 +49,8 @@ class Runtime:
     :param settings: the parsed settings.
     :param source: the settings mapping they were parsed from (the registry's), if any.
     :param standalone: built outside an app (``MixpanelTrack(settings)`` with settings that no
-        registry owns): nothing would ever close a background engine, so ``background``
-        delivery becomes ``sync`` — messages are posted by ``flush()``.
+        registry owns): nothing would ever close a background engine (``celery`` hands over
+        through one too), so those modes become ``sync`` — messages are posted by ``flush()``.
     """
 
     def __init__(
@@ -90,7 +90,7 @@ class Runtime:
         settings = self.settings
         if transport.name == "mixpanel" and settings.consumer is not None:
             return ConsumerDelivery(settings.consumer, settings, self.log)
-        if standalone and settings.delivery == "background":
+        if standalone and settings.delivery in ("background", "celery"):
             return SyncDelivery(transport, settings, self.log)
         return build_delivery(transport, settings, self.log)
 
@@ -181,6 +181,14 @@ class Runtime:
             self.log.warning(
                 "mixpanel.testing_mode",
                 detail="mixpanel.token is not set: messages are recorded, nothing is sent",
+            )
+        if not settings.testing and settings.delivery == "background" and not settings.spool_path:
+            # The documented trade-off (README, "Delivery"): the memory queue costs a few
+            # microseconds per request, the spool tens; only the spool survives a crash.
+            self.log.warning(
+                "mixpanel.memory_queue",
+                detail="messages waiting for Mixpanel are lost if the process is killed"
+                " (kill -9, out of memory): set mixpanel.spool_path to keep them",
             )
         if settings.api_secret and not settings.has_service_account:
             # reference/project-secret: the API secret is deprecated and retires on 2027-03-03.

@@ -120,6 +120,8 @@ class MixpanelSettings:
     #: The custom backend factory named by ``mixpanel.delivery`` (``None`` for built-in modes).
     delivery_factory: t.Callable[..., t.Any] | None = None
     spool_path: str | None = None
+    #: Move a corrupted spool file aside and start an empty one instead of refusing to start.
+    spool_repair: bool = False
     celery_app: object = None
     queue_max_messages: int = 100_000
     queue_max_bytes: int = 64 * 1024 * 1024
@@ -251,6 +253,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mixpanel.release_policy", "release_policy", one_of(RELEASE_POLICIES)),
     Setting("mixpanel.delivery", "delivery", as_delivery),
     Setting("mixpanel.spool_path", "spool_path", as_secret),
+    Setting("mixpanel.spool_repair", "spool_repair", as_bool),
     Setting("mixpanel.celery_app", "celery_app", as_dotted_object),
     Setting("mixpanel.queue_max_messages", "queue_max_messages", positive_int(10**9)),
     Setting("mixpanel.queue_max_bytes", "queue_max_bytes", positive_int(2**40)),
@@ -294,8 +297,13 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
                 f" mixpanel.delivery = {values['delivery']} (drop one of them)"
             )
         values["delivery"] = "sync"
-    if "spool_path" in values and values.get("delivery", "background") != "background":
-        raise MixpanelConfigurationError("mixpanel.spool_path needs mixpanel.delivery = background")
+    if "spool_path" in values and values.get("delivery", "background") not in (
+        "background",
+        "celery",
+    ):
+        raise MixpanelConfigurationError(
+            "mixpanel.spool_path needs mixpanel.delivery = background (or celery)"
+        )
     if (values.get("delivery") == "celery") != ("celery_app" in values):
         raise MixpanelConfigurationError(
             "mixpanel.delivery = celery and mixpanel.celery_app (the dotted name of your Celery"

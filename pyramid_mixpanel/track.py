@@ -146,10 +146,10 @@ class MixpanelTrack:
 
     @property
     def history(self) -> list[tuple[str, str]]:
-        """Every ``(endpoint, JSON)`` message built outside testing mode, also once released."""
+        """The last 1000 ``(endpoint, JSON)`` messages built outside testing mode, released too."""
         if self.testing:
             return []
-        return self._buffer.history
+        return list(self._buffer.history)
 
     @property
     def customerio_messages(self) -> list[CustomerIOCall]:

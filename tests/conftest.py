@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import typing as t
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from pyramid_mixpanel.delivery import engine as engine_module
 
 from .browser import browser  # noqa: F401  # headless Chromium, for the end-to-end tests
+
+# Property-based tests: CI runs a bounded, reproducible number of examples (derandomized, so a
+# failure is the same failure on every rerun); `HYPOTHESIS_PROFILE=long make unit` searches far
+# wider on a laptop. Examples are never timed (a loaded 2-CPU machine is not a benchmark).
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile("long", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True, scope="session")

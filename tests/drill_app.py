@@ -7,7 +7,9 @@ Mixpanel and spool file.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
+import sys
 import typing as t
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from pyramid_mixpanel import (
 class DrillGroupKeys(GroupKeys):
     """The drill's group key."""
 
-    company_id: Property = Property("company_id", "The customer account.")
+    company_id: Property = Property("Company Id", "The customer account.")
 
 
 def track(request: Request) -> dict[str, int]:
@@ -90,6 +92,12 @@ def app(*args: object, **kwargs: object) -> t.Any:
     }
     if os.environ.get("DRILL_SPOOL"):
         settings["mixpanel.spool_path"] = os.environ["DRILL_SPOOL"]
+    if os.environ.get("DRILL_REPAIR"):
+        settings["mixpanel.spool_repair"] = "true"
+    if os.environ.get("DRILL_SHUTDOWN"):
+        settings["mixpanel.shutdown_timeout"] = os.environ["DRILL_SHUTDOWN"]
+    # The drills read what the engines log (shutdown lines, sender errors) on stderr.
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
     with Configurator(settings=settings) as config:
         config.include("pyramid_mixpanel")
         config.add_route("track", "/track")

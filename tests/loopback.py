@@ -13,7 +13,9 @@ invalid events and events older than five days (see :attr:`MixpanelStandIn.dropp
 size; at most 2000 records; events deduplicated on (event, time, distinct_id, ``$insert_id``).
 It can be put in a mode at any time: ``up``, ``down`` (connections refused), ``slow`` (answers
 after ``delay`` seconds), ``hang`` (accepts, never answers), ``error500``, ``rate_limited``
-(429, with ``Retry-After`` only when ``retry_after`` is set) or ``bad_request`` (400).
+(429, with ``Retry-After`` only when ``retry_after`` is set), ``bad_request`` (400),
+``trickle`` (a 200 whose body comes a byte every 0.1 s) or ``html200`` (a 200 that is an HTML
+page, as from a proxy).
 """
 
 from __future__ import annotations
@@ -31,7 +33,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ENDPOINTS = {"/track": "events", "/engage": "people", "/groups": "groups", "/import": "imports"}
-MODES = ("up", "down", "slow", "hang", "error500", "rate_limited", "bad_request")
+MODES = (
+    "up",
+    "down",
+    "slow",
+    "hang",
+    "error500",
+    "rate_limited",
+    "bad_request",
+    "trickle",
+    "html200",
+)
 
 
 @dataclass
@@ -165,8 +177,10 @@ class MixpanelStandIn(_Base):
             self.mode = mode
             self.stop()
             return
-        if self.mode == "hang" and mode != "hang":
-            self.release.set()
+        if self.mode in ("hang", "trickle") and mode != self.mode:
+            self.release.set()  # free the handlers held back
+        elif mode in ("hang", "trickle"):
+            self.release.clear()
         self.mode = mode
         self.start()
 
@@ -335,6 +349,33 @@ class _MixpanelHandler(BaseHTTPRequestHandler):
             headers = {"Retry-After": owner.retry_after} if owner.retry_after else {}
             body = {"code": 429, "error": "Project exceeded rate limits.", "status": 0}
             return self._answer(seen, 429, body, headers)
+        if mode == "trickle":
+            # Headers at once, then the body a byte at a time: no single read ever times out.
+            seen.status = 200
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                if owner.release.wait(0.1):
+                    break
+                try:
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                except OSError:  # the client gave up: what the mode is for
+                    break
+            self.close_connection = True
+            return
+        if mode == "html200":
+            # What a proxy or a captive portal answers in Mixpanel's place.
+            seen.status = 200
+            payload = b"<html><body>Service temporarily unavailable</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if mode == "bad_request":
             return self._answer(seen, 400, {"status": 0, "error": "bad request: invalid data"})
         gzipped = self.headers.get("Content-Encoding") == "gzip"
@@ -572,3 +613,34 @@ def wait_until(predicate: t.Callable[[], bool], timeout: float, result: t.Callab
             raise AssertionError(f"not reached within {timeout}s: {result()!r}"[:2000])
         time.sleep(0.02)
     return result()
+
+
+class SilentServer:
+    """A TCP server on loopback that accepts connections and never answers (a hung broker)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connections: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        """Stop accepting and drop every connection."""
+        self.sock.close()
+        for connection in self.connections:
+            connection.close()
+
+    def __enter__(self) -> t.Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 import uuid
@@ -20,16 +22,16 @@ import webtest
 from pyramid.config import Configurator
 from pyramid.request import Request
 
-from pyramid_mixpanel import EventProperties, Events
+from pyramid_mixpanel import EventProperties, Events, get_runtime
 from pyramid_mixpanel.customerio import CustomerIOTransport
-from pyramid_mixpanel.delivery.base import Outcome
-from pyramid_mixpanel.delivery.celery import CeleryDelivery, register
+from pyramid_mixpanel.delivery import BackgroundEngine
+from pyramid_mixpanel.delivery.celery import CeleryDelivery, CeleryPublisher, register
 from pyramid_mixpanel.delivery.transport import MixpanelTransport
 from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.settings import MixpanelConfigurationError, parse_settings
 
 from . import drill_app
-from .loopback import MixpanelStandIn, free_port, wait_until
+from .loopback import MixpanelStandIn, SilentServer, free_port, wait_until
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BIN = pathlib.Path(sys.executable).parent
@@ -127,8 +129,7 @@ def test_workers_deliver_what_requests_released(
     api.set_mode("error500")  # the first attempts fail: the worker retries with backoff
     app.get("/x?n=3", status=200)
     app.get("/x?n=2", status=200)
-    time.sleep(1)
-    assert api.requests, "the worker tried"
+    wait_until(lambda: len(api.requests) > 0, 30, lambda: api.requests)  # the worker tried
     for n in range(2):
         app.get(f"/track?n={n}", status=200)
     api.set_mode("up")
@@ -144,20 +145,39 @@ def test_workers_deliver_what_requests_released(
     assert api.refused == [] and api.dropped == []
 
 
-def test_a_broker_outage_never_reaches_the_request(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    port = free_port()  # nothing listens there
-    app = make_app(
-        {"DRILL_BROKER": f"redis://127.0.0.1:{port}/0", "DRILL_QUEUE": "nowhere"}, monkeypatch
-    )
+def broker_app(monkeypatch: pytest.MonkeyPatch, broker: str, **extra: str) -> webtest.TestApp:
+    """The web app with its Celery app pointed at ``broker``."""
+    app = make_app({"DRILL_BROKER": broker, "DRILL_QUEUE": "nowhere", **extra}, monkeypatch)
     import tests.celery_app
 
     tests.celery_app.app.conf.broker_connection_timeout = 0.2
-    tests.celery_app.app.conf.task_publish_retry = False
-    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
-        app.get("/x", status=200)
-    assert "mixpanel.celery_send_failed" in caplog.text
+    return app
+
+
+@pytest.mark.parametrize("kind", ["refusing", "hung"])
+def test_a_broker_outage_never_reaches_the_request_and_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    with contextlib.ExitStack() as stack:
+        # A hung broker accepts connections and never answers; a refusing one has no listener.
+        port = stack.enter_context(SilentServer()).port if kind == "hung" else free_port()
+        app = broker_app(monkeypatch, f"redis://127.0.0.1:{port}/0")
+        engine = get_runtime(app.app.registry).lanes["mixpanel"]
+        assert isinstance(engine, BackgroundEngine)
+        slowest = 0.0
+        with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+            for _ in range(20):
+                started = time.monotonic()
+                app.get("/x", status=200)
+                slowest = max(slowest, time.monotonic() - started)
+            wait_until(lambda: engine.stats["retried"] >= 1, 30, engine.stats.snapshot)
+        # A behaviour bound, not a benchmark: no request waited for the broker.
+        assert slowest < 0.5
+        assert "mixpanel.delivery_retry" in caplog.text
+        # Nothing was dropped: the 20 events wait for the broker.
+        assert engine.stats["dropped"] == 0
+        assert engine.store.pending() + engine.overflow.pending() == 20
+        engine.close(0.1)
 
 
 class FakeTask:
@@ -205,11 +225,14 @@ def test_the_task_settles_like_the_engine(
     assert "mixpanel.celery_unknown_lane lane='customerio'" in caplog.text
 
 
-def test_handover_batches_per_endpoint_within_each_lane() -> None:
+def test_handover_batches_per_endpoint_within_each_lane(tmp_path: pathlib.Path) -> None:
     sent: list[tuple[str, str, int]] = []
 
     class App:
-        def send_task(self, name: str, args: tuple[str, list[str]], kwargs: dict[str, str]) -> None:
+        def send_task(
+            self, name: str, args: tuple[str, list[str]], kwargs: dict[str, str], retry: bool
+        ) -> None:
+            assert retry is False  # retries are the engine's, with Mixpanel's backoff
             sent.append((kwargs["lane"], args[0], len(args[1])))
 
     settings = parse_settings(
@@ -218,6 +241,9 @@ def test_handover_batches_per_endpoint_within_each_lane() -> None:
             "mixpanel.delivery": "celery",
             "mixpanel.celery_app": App(),
             "mixpanel.batch_max_records": "2",
+            "mixpanel.flush_interval": "0.05",
+            # The spool works with Celery too: what the broker has not taken survives a crash.
+            "mixpanel.spool_path": str(tmp_path / "spool.db"),
             "customerio.tracking.site_id": "s",
             "customerio.tracking.api_key": "k",
             "customerio.tracking.region": "us",
@@ -227,14 +253,46 @@ def test_handover_batches_per_endpoint_within_each_lane() -> None:
     assert mixpanel.submit([("events", "{}")] * 3) == 0
     customerio = CeleryDelivery(CustomerIOTransport.from_settings(settings), settings, Log())
     assert customerio.submit([("track", "{}")] * 2) == 0
-    assert sent == [
-        ("mixpanel", "events", 2),
+    wait_until(lambda: len(sent) == 4, 10, lambda: sent)
+    assert sorted(sent) == [
+        ("customerio", "track", 1),
+        ("customerio", "track", 1),
         ("mixpanel", "events", 1),
-        ("customerio", "track", 1),
-        ("customerio", "track", 1),
+        ("mixpanel", "events", 2),
     ]
-    assert mixpanel.stats.snapshot() == {"handed_over": 3}
-    assert Outcome("sent").sent
+    assert mixpanel.stats["sent"] == 3 and mixpanel.stats["spooled"] == 3
+    mixpanel.close(1)
+    customerio.close(1)
+
+
+def test_one_stuck_publish_at_a_time() -> None:
+    release = threading.Event()
+    calls: list[int] = []
+
+    class App:
+        def send_task(self, *args: t.Any, **kwargs: t.Any) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                release.wait(10)  # the broker hangs on the first publish
+            else:
+                raise ConnectionError("broker gone")
+
+    lane = MixpanelTransport()
+    publisher = CeleryPublisher(lane, App(), timeout=0.05)
+    assert (publisher.name, publisher.endpoints) == ("mixpanel", lane.endpoints)
+    first = publisher.post("events", [b"{}"])
+    assert (first.kind, first.unreachable) == ("retry", True)
+    assert "did not answer within 0.05s" in first.error
+    second = publisher.post("events", ["{}"])
+    assert second.error == "the broker has not answered an earlier hand-over"
+    assert calls == [1]  # no second thread piled up behind the stuck one
+    release.set()
+    wait_until(
+        lambda: publisher._stuck is not None and not publisher._stuck.is_alive(), 5, calls.copy
+    )
+    third = publisher.post("events", ["{}"])
+    assert third.error == "ConnectionError: broker gone"
+    publisher.close()
 
 
 def test_celery_settings_go_together() -> None:

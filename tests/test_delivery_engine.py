@@ -22,7 +22,7 @@ from pyramid_mixpanel.delivery import engine as engine_module
 from pyramid_mixpanel.delivery.base import Outcome
 from pyramid_mixpanel.delivery.engine import BackgroundEngine
 from pyramid_mixpanel.delivery.policy import RetryPolicy, parse_retry_after
-from pyramid_mixpanel.delivery.store import MemoryStore
+from pyramid_mixpanel.delivery.store import MemoryStore, SpoolError, SqliteSpool
 from pyramid_mixpanel.log import Log
 
 
@@ -147,7 +147,7 @@ def test_failures_are_logged_periodically_with_counters(
     assert "mixpanel.delivery_failing" in caplog.text
     assert "retried=1" in caplog.text
     assert "tok-secret" not in caplog.text
-    wait_for(lambda: engine._pauses["events"][0] < time.time())
+    wait_for(lambda: engine._pauses["events"][0] < time.monotonic())
     engine.send_due()  # success clears the failure state
     assert engine._failing_since is None
 
@@ -162,17 +162,46 @@ def test_queue_cap_drops_are_counted_and_logged(caplog: pytest.LogCaptureFixture
     engine.close(1)
 
 
-def test_a_broken_store_never_reaches_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_store_that_cannot_take_messages_never_loses_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     class Broken(MemoryStore):
         def put(self, messages: t.Sequence[tuple[str, str]]) -> int:
-            raise OSError("disk full")
+            raise SpoolError("/var/spool.db", "is on a full disk")
 
-    engine = make_engine(ScriptedTransport(), store=Broken(10, 10))
+    transport = ScriptedTransport()
+    engine = make_engine(transport, store=Broken(10, 10**6))
     with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        assert engine.submit([("events", "{}")]) == 0
         engine.submit([("events", "{}")])
-    assert engine.stats.snapshot()["dropped"] == 1
-    assert "mixpanel.spool_write_failed" in caplog.text
+    # Kept in memory, logged once (not once per request), and sent from there.
+    assert caplog.text.count("mixpanel.spool_unavailable problem='is on a full disk'") == 1
+    wait_for(lambda: engine.stats["sent"] == 2)
+    assert engine.stats["overflowed"] == 2 and engine.stats["dropped"] == 0
     engine.close(0.5)
+
+
+def test_the_overflow_goes_back_into_the_spool_when_it_can(tmp_path: t.Any) -> None:
+    spool = SqliteSpool(str(tmp_path / "s.db"), 100, 10**6)
+    engine = make_engine(ScriptedTransport(), store=spool, spooled=True)
+    transport = t.cast(ScriptedTransport, engine.transport)
+    transport.gate = threading.Event()  # nothing is sent until the test says so
+    real_put, refusals = spool.put, [1]
+
+    def put_once_refused(messages: t.Sequence[tuple[str, str]]) -> int:
+        if refusals:
+            refusals.pop()
+            raise SpoolError(spool.path, "is locked by another process")
+        return real_put(messages)
+
+    spool.put = put_once_refused  # type: ignore[method-assign]  # the fault under test
+    engine.submit([("events", '{"a":1}')])  # the spool refuses: kept in memory
+    assert engine.stats["overflowed"] == 1
+    wait_for(lambda: engine.overflow.pending() == 0)  # the sender spooled it
+    assert engine.stats["spooled"] == 1
+    transport.gate.set()
+    wait_for(lambda: engine.stats["sent"] == 1)
+    engine.close(1)
 
 
 def test_sender_survives_an_unexpected_error(caplog: pytest.LogCaptureFixture) -> None:
@@ -205,7 +234,8 @@ def test_close_drains_within_the_timeout_and_reports_leftovers(
         left = engine.close(0.3)
     assert time.monotonic() - started < 2
     assert left == 1
-    assert "lost (set mixpanel.spool_path)" in caplog.text
+    assert "mixpanel.shutdown left=1 kept_in_spool=0 lost=1" in caplog.text
+    assert "set mixpanel.spool_path" in caplog.text
     transport.gate.set()
 
 
@@ -226,7 +256,7 @@ def test_spooled_leftovers_are_reported_as_kept(caplog: pytest.LogCaptureFixture
     engine.submit([("events", "{}")])
     with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
         assert engine.close(0.1) == 1
-    assert "kept='in the spool'" in caplog.text
+    assert "mixpanel.shutdown left=1 kept_in_spool=1 lost=0" in caplog.text
     transport.gate.set()
 
 

@@ -11,7 +11,7 @@ import typing as t
 
 import pytest
 
-from pyramid_mixpanel.delivery.store import MemoryStore, SqliteSpool, Store
+from pyramid_mixpanel.delivery.store import MemoryStore, SpoolError, SqliteSpool, Store
 
 
 @pytest.fixture(params=["memory", "spool"])
@@ -130,6 +130,24 @@ def test_requeue_dead_letters(make_store: t.Callable[..., Store]) -> None:
     store.close()
 
 
+def test_memory_dead_letters_stay_within_the_byte_cap() -> None:
+    size = len(body(0))
+    store = MemoryStore(100, 2 * size)  # room for two messages' bytes
+    store.put([("events", body(i)) for i in range(2)])
+    batch = store.claim("events", NOW, 10, 10**6)
+    assert batch is not None
+    assert store.bury(batch, "HTTP 400") == 0
+    store.put([("events", body(2))])
+    batch = store.claim("events", NOW, 10, 10**6)
+    assert batch is not None
+    assert store.bury(batch, "HTTP 400") == 1  # a third body would exceed the bytes: dropped
+    assert store.dead_count() == 2
+    assert store.requeue_dead() == 2  # their bytes are freed with them
+    batch = store.claim("events", NOW, 10, 10**6)
+    assert batch is not None
+    assert store.bury(batch, "HTTP 400") == 0
+
+
 def test_memory_store_forgets_the_parents_queue_after_fork() -> None:
     store = MemoryStore(10, 10**6)
     store.put([("events", body(1))])
@@ -179,7 +197,7 @@ def test_spool_reconnects_in_a_forked_child(tmp_path: pathlib.Path) -> None:
 
 def test_spool_rolls_back_a_failed_write(tmp_path: pathlib.Path) -> None:
     spool = SqliteSpool(str(tmp_path / "spool.db"), 100, 10**6)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(SpoolError, match="cannot be written: NOT NULL constraint failed"):
         spool.put([(None, body(0))])  # type: ignore[list-item]  # NOT NULL violation
     assert spool.pending() == 0
     spool.put([("events", body(1))])  # the connection is usable again

@@ -140,3 +140,168 @@ def test_gunicorn_prefork_workers_both_deliver(api: MixpanelStandIn) -> None:
         server.wait(15)
     assert len(pids) == 2, "both workers answered"
     assert set(paths(api)) == {str(i) for i in range(n)}
+
+
+def waitress(port: int) -> list[str]:
+    return [
+        str(BIN / "waitress-serve"),
+        f"--listen=127.0.0.1:{port}",
+        "--call",
+        "tests.drill_app:app",
+    ]
+
+
+def stop(server: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20) -> str:
+    """Send ``sig``, wait for the process to end, return what it wrote on stderr."""
+    server.send_signal(sig)
+    _, err = server.communicate(timeout=timeout)
+    return err.decode()
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+def test_sigterm_under_waitress_drains_and_says_what_is_left(
+    api: MixpanelStandIn, tmp_path: pathlib.Path, spooled: bool
+) -> None:
+    port = free_port()
+    env = {"DRILL_API_HOST": api.base_url, "DRILL_SHUTDOWN": "1"}
+    if spooled:
+        env["DRILL_SPOOL"] = str(tmp_path / "spool.db")
+    api.set_mode("down")
+    server = start(waitress(port), env, port)
+    for n in range(3):
+        get(port, n)
+    started = time.monotonic()
+    err = stop(server)  # what docker, systemd and Kubernetes send
+    # Drained for mixpanel.shutdown_timeout (1 s), then gone: not killed before the exit hooks.
+    assert time.monotonic() - started < 10
+    assert server.returncode >= 0  # it exited; a negative code would mean killed by the signal
+    if spooled:
+        assert "mixpanel.shutdown left=12 kept_in_spool=12 lost=0" in err
+    else:
+        assert "mixpanel.shutdown left=12 kept_in_spool=0 lost=12" in err
+        assert "set mixpanel.spool_path" in err
+
+
+def test_sigterm_under_waitress_sends_what_it_can_first(api: MixpanelStandIn) -> None:
+    port = free_port()
+    server = start(waitress(port), {"DRILL_API_HOST": api.base_url, "DRILL_SHUTDOWN": "5"}, port)
+    for n in range(5):
+        get(port, n)
+    err = stop(server)
+    assert "mixpanel.shutdown left=0 kept_in_spool=0 lost=0" in err
+    assert every_kind_arrived(api, 5)
+
+
+def test_sigterm_under_gunicorn_drains_every_worker(api: MixpanelStandIn) -> None:
+    port = free_port()
+    command = [
+        str(BIN / "gunicorn"),
+        "--preload",
+        "--workers=2",
+        f"--bind=127.0.0.1:{port}",
+        "tests.drill_app:app()",
+    ]
+    server = start(command, {"DRILL_API_HOST": api.base_url, "DRILL_SHUTDOWN": "5"}, port)
+    pids: set[int] = set()
+    n = 0
+    deadline = time.monotonic() + 30
+    while len(pids) < 2 and time.monotonic() < deadline:
+        _, body = get(port, n)
+        pids.add(body["pid"])
+        n += 1
+    err = stop(server)
+    assert len(pids) == 2
+    # Each worker that handled requests drained on its way out, and said so.
+    assert err.count("mixpanel.shutdown left=0") >= 2, err[-3000:]
+    assert every_kind_arrived(api, n)
+
+
+@pytest.mark.parametrize("processes", [1, 3])
+def test_kill_9_loops_with_processes_sharing_a_spool(
+    api: MixpanelStandIn, tmp_path: pathlib.Path, processes: int
+) -> None:
+    """Servers are killed hard while Mixpanel hangs; every acknowledged event still arrives."""
+    env = {"DRILL_API_HOST": api.base_url, "DRILL_SPOOL": str(tmp_path / "spool.db")}
+    ports = [free_port() for _ in range(processes)]
+    servers = [start(waitress(port), env, port) for port in ports]
+    answered = 0
+    try:
+        for round_ in range(3):
+            api.set_mode("hang" if round_ % 2 == 0 else "error500")
+            for _ in range(6):
+                get(ports[answered % processes], answered)
+                answered += 1
+            victim = round_ % processes
+            servers[victim].send_signal(signal.SIGKILL)
+            servers[victim].wait(10)
+            servers[victim] = start(waitress(ports[victim]), env, ports[victim])
+        api.set_mode("up")
+        wait_until(lambda: every_kind_arrived(api, answered), 90, lambda: len(api.events()))
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait(10)
+    for event in ("Page Viewed", "User Charged"):
+        counts = paths(api, event)
+        assert set(counts) == {str(n) for n in range(answered)}
+        assert set(counts.values()) == {1}  # duplicates only as resends of one $insert_id
+
+
+def test_a_spool_locked_by_another_process_never_slows_a_request(
+    api: MixpanelStandIn, tmp_path: pathlib.Path
+) -> None:
+    spool = tmp_path / "spool.db"
+    port = free_port()
+    server = start(
+        waitress(port), {"DRILL_API_HOST": api.base_url, "DRILL_SPOOL": str(spool)}, port
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(spool)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        slowest = 0.0
+        for n in range(10):
+            elapsed, _ = get(port, n)
+            slowest = max(slowest, elapsed)
+        holder.stdin = None
+        holder.terminate()  # lets go of the lock
+        holder.wait(10)
+        wait_until(lambda: every_kind_arrived(api, 10), 30, lambda: len(api.events()))
+    finally:
+        holder.kill()
+        server.kill()
+        server.wait(10)
+    assert slowest < 1.0  # a behaviour bound: the request never waited out the other's lock
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(30)  # holds the lock until terminated
+"""
+
+
+def test_a_corrupted_spool_stops_the_boot_with_a_clear_error_or_is_repaired(
+    api: MixpanelStandIn, tmp_path: pathlib.Path
+) -> None:
+    spool = tmp_path / "spool.db"
+    spool.write_bytes(b"not a database at all " * 200)
+    port = free_port()
+    env = {"DRILL_API_HOST": api.base_url, "DRILL_SPOOL": str(spool)}
+    process = subprocess.run(
+        waitress(port), cwd=ROOT, env={**os.environ, **env}, capture_output=True, timeout=60
+    )
+    assert process.returncode != 0
+    assert f"mixpanel.spool_path = {str(spool)!r}: cannot be used: file is not a database" in (
+        process.stderr.decode()
+    )
+    server = start(waitress(port), {**env, "DRILL_REPAIR": "1"}, port)
+    try:
+        get(port, 0)
+        wait_until(lambda: every_kind_arrived(api, 1), 30, lambda: len(api.events()))
+    finally:
+        err = stop(server)
+    assert "mixpanel.spool_repaired" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pathlib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -162,7 +163,7 @@ def test_status_shows_a_pending_retry(tmp_path: pathlib.Path, api: MixpanelStand
     spool = fill_spool(tmp_path, 1)
     batch = spool.claim("events", 0, 10, 10**6)
     assert batch is not None
-    spool.retry(batch, 10**10)
+    spool.retry(batch, time.time() + 120)  # within any backoff: a retry, not a clock step
     code, out, _ = run(["status", ini, "unused=var"])
     assert code == 0
     assert "next attempt in:" in out
@@ -211,3 +212,19 @@ def test_dead_letters_of_a_lane_the_app_does_not_have(
 ) -> None:
     code, out, _ = run(["dead", write_ini(tmp_path, api), "--lane", "customerio"])
     assert (code, out) == (1, "customerio is not configured in this app.\n")
+
+
+def test_status_shows_when_each_sender_last_made_progress(
+    tmp_path: pathlib.Path, api: MixpanelStandIn
+) -> None:
+    ini = write_ini(tmp_path, api)
+    spool = fill_spool(tmp_path, 0)
+    now = time.time()
+    with sqlite3.connect(spool.path) as db:  # what the app's own senders recorded
+        db.execute(
+            "INSERT INTO senders VALUES (?, ?, ?, ?, ?)",
+            ("web-1", 4242, now - 300, "OperationalError: database is locked", now),
+        )
+    code, out, _ = run(["status", ini])
+    assert code == 0
+    assert "sender web-1:4242: progress 300s ago (last error: OperationalError" in out

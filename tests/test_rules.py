@@ -77,7 +77,7 @@ json_values = st.recursive(
 ids = st.sampled_from(["u", "anon", "NULL", "0", "", "abc-123", "x" * 40, " none "])
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(
     props=st.dictionaries(st.text(min_size=1, max_size=4), json_values, max_size=6),
     distinct_id=ids,

@@ -70,7 +70,7 @@ def test_standalone_runtimes_post_on_flush_and_start_no_thread() -> None:
             "mixpanel.celery_app": "tests.celery_app:app",
         }
     )
-    assert type(celery.mixpanel).__name__ == "CeleryDelivery"
+    assert isinstance(celery.mixpanel, SyncDelivery)
     assert threading.active_count() == before
 
 

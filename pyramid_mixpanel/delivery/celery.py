@@ -1,8 +1,9 @@
 """``mixpanel.delivery = celery``: hand batches to your Celery workers.
 
-For apps that outgrow one process group. The web process groups a request's released messages
-into batches (the lane's limits) and sends each as a ``pyramid_mixpanel.deliver`` task to the
-Celery app named by ``mixpanel.celery_app``; it never talks to Mixpanel itself. Workers post
+For apps that outgrow one process group. The web process queues a request's released messages
+(in memory, or in the spool) and a sender thread publishes them in batches (the lane's limits)
+as ``pyramid_mixpanel.deliver`` tasks to the Celery app named by ``mixpanel.celery_app``, so a
+broker that is down or hung never slows a request; it never talks to Mixpanel itself. Workers post
 the batch with the same transport as every other mode and retry with the same policy
 (capped exponential backoff with full jitter, ``Retry-After`` honoured). Tasks are
 ``acks_late``, so a worker that dies mid-post leaves the task to another worker, and a resend is
@@ -20,16 +21,18 @@ Workers register the task with their own settings (secrets never travel through 
 
 from __future__ import annotations
 
+import threading
 import typing as t
 
 from ..customerio import CustomerIOTransport
 from ..log import Log
 from ..settings import MixpanelSettings, parse_settings
-from .base import Delivery, Message, Transport, batches
+from .base import Outcome, Transport
+from .engine import BackgroundEngine
 from .policy import RetryPolicy
 from .transport import MixpanelTransport
 
-__all__ = ["MAX_RETRIES", "TASK_NAME", "CeleryDelivery", "register"]
+__all__ = ["MAX_RETRIES", "TASK_NAME", "CeleryDelivery", "CeleryPublisher", "register"]
 
 TASK_NAME = "pyramid_mixpanel.deliver"
 # With the 60 s cap this keeps a batch alive through about an hour of outage.
@@ -88,41 +91,69 @@ def register(celery_app: t.Any, settings: t.Mapping[str, object] | MixpanelSetti
     return deliver
 
 
-class CeleryDelivery(Delivery):
-    """The web side: send released messages as tasks, never raising into the request."""
+class CeleryPublisher:
+    """The lane's hand-over to Celery, posed as a transport so the engine can drive it.
 
-    def __init__(self, transport: Transport, settings: MixpanelSettings, log: Log) -> None:
-        super().__init__()
-        self.celery_app: t.Any = settings.celery_app
-        self.lane = transport.name
-        self.endpoints = transport.endpoints
-        self.max_records = transport.max_records
-        self.max_bytes = transport.max_bytes
-        self.log = log
+    Same name, endpoints and batch limits as the lane's transport. A "post" sends one task; it
+    is given ``timeout`` seconds (in a thread of its own), so a broker that accepts connections
+    and never answers costs the sender that long, and never a request anything. While one
+    publish is still stuck, the next ones are not started: the engine backs off instead.
+    """
 
-    def submit(self, messages: t.Sequence[Message]) -> int:
-        """Send one task per batch; return how many messages could not be handed over."""
-        by_endpoint: dict[str, list[str]] = {}
-        for endpoint, body in messages:
-            by_endpoint.setdefault(endpoint, []).append(body)
-        lost = 0
-        for endpoint, bodies in by_endpoint.items():
-            for batch in batches(bodies, self.max_records, self.max_bytes):
-                try:
-                    self.celery_app.send_task(
-                        TASK_NAME, args=(endpoint, batch), kwargs={"lane": self.lane}
-                    )
-                except Exception as exc:  # the broker is down: the request must not see it
-                    lost += len(batch)
-                    self.log.error(
-                        "mixpanel.celery_send_failed",
-                        lane=self.lane,
-                        endpoint=endpoint,
-                        messages=len(batch),
-                        error=f"{type(exc).__name__}: {str(exc)[:200]}",
-                    )
-                else:
-                    self.stats.add("handed_over", len(batch))
-        if lost:
-            self.stats.add("failed", lost)
-        return lost
+    def __init__(self, lane: Transport, celery_app: t.Any, timeout: float) -> None:
+        self.name = lane.name
+        self.endpoints = lane.endpoints
+        self.max_records = lane.max_records
+        self.max_bytes = lane.max_bytes
+        self.celery_app = celery_app
+        self.timeout = timeout
+        self._stuck: threading.Thread | None = None
+
+    def post(self, endpoint: str, bodies: t.Sequence[str] | t.Sequence[bytes]) -> Outcome:
+        """Send one ``pyramid_mixpanel.deliver`` task with the batch."""
+        if self._stuck is not None and self._stuck.is_alive():
+            return Outcome(
+                "retry", "the broker has not answered an earlier hand-over", unreachable=True
+            )
+        batch = [body if isinstance(body, str) else body.decode() for body in bodies]
+        failure: list[BaseException] = []
+
+        def publish() -> None:
+            try:
+                # No retry inside Celery: the engine retries, with Mixpanel's backoff.
+                self.celery_app.send_task(
+                    TASK_NAME, args=(endpoint, batch), kwargs={"lane": self.name}, retry=False
+                )
+            except Exception as exc:  # the broker refused or is gone: retried by the engine
+                failure.append(exc)
+
+        thread = threading.Thread(target=publish, name="pyramid_mixpanel-celery", daemon=True)
+        thread.start()
+        thread.join(self.timeout)
+        if thread.is_alive():
+            self._stuck = thread
+            error = f"the broker did not answer within {self.timeout:g}s"
+            return Outcome("retry", error, unreachable=True)
+        if failure:
+            exc = failure[0]
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            return Outcome("retry", error, unreachable=True)
+        return Outcome("sent")
+
+    def close(self) -> None:
+        """Nothing of ours to release: the Celery app is the app's."""
+
+
+def CeleryDelivery(  # noqa: N802  # a factory, named like the delivery it builds
+    transport: Transport, settings: MixpanelSettings, log: Log
+) -> BackgroundEngine:
+    """The web side: released messages wait in the engine's queue (or spool) for a publisher.
+
+    Requests never talk to the broker: they hand their messages to a
+    :class:`~.engine.BackgroundEngine` whose "transport" publishes tasks. A broker that is down
+    or hung is retried with the same backoff as Mixpanel (one publish at a time, each bounded by
+    ``mixpanel.connect_timeout``), and nothing is dropped because the broker blinked: the
+    messages wait in the bounded queue, or in the spool when ``mixpanel.spool_path`` is set.
+    """
+    publisher = CeleryPublisher(transport, settings.celery_app, settings.connect_timeout)
+    return BackgroundEngine.from_settings(publisher, settings, log)

@@ -8,48 +8,82 @@ claims due batches per endpoint of the lane, posts them through the lane's trans
 each batch:
 
 * delivered → deleted;
-* connection error, timeout, 408, 429, 5xx → held back with capped exponential backoff and full
-  jitter (``Retry-After`` honoured). The endpoint — every endpoint, when Mixpanel could not be
-  reached at all — pauses for that delay, so one failing batch costs one timeout, not one per
-  batch, and other endpoints keep flowing;
-* any other refusal → dead letters with Mixpanel's error text (for a strict ``/import``, only the
-  refused records; the rest were accepted).
+* connection error, timeout, 408, 429, 5xx → held back with Mixpanel's backoff (``Retry-After``
+  honoured). The endpoint — every endpoint, when the destination could not be reached at all —
+  pauses for that delay, so one failing batch costs one timeout, not one per batch, and other
+  endpoints keep flowing;
+* any other refusal → dead letters with the destination's reason (for a strict ``/import``,
+  only the refused records; the rest were accepted).
 
-At interpreter exit (and on :meth:`BackgroundEngine.close`) the engine drains for at most
-``mixpanel.shutdown_timeout`` seconds and never joins without a timeout: what is left stays in
-the spool, or is counted and logged as lost when there is none. The exit and fork hooks are
-installed when the first sender starts, not when this module is imported.
+Nothing stops it for good. The sender is supervised: any exception in a cycle (a broken spool,
+a bug) is logged, counted as ``sender_errors`` and the loop goes on after a short, growing pause;
+:meth:`BackgroundEngine.health` (and ``pmixpanel status`` through the spool) says when it last
+made progress. When the spool cannot take a request's messages at once (another process holds
+its lock, the disk is full), they wait in a bounded in-memory overflow — counted as
+``overflowed`` — and are spooled, or sent, by the sender; the request never waits.
+
+At interpreter exit, and on ``SIGTERM`` for servers that would otherwise die without running
+exit hooks (``pserve``/waitress), the engine drains for at most ``mixpanel.shutdown_timeout``
+seconds and logs how many messages were left and where (the spool, or lost). The exit, fork and
+signal hooks are installed when an engine is first used, not when this module is imported; a
+``SIGTERM`` handler the app already has is kept and called instead.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
 import threading
 import time
 import typing as t
 import weakref
 
 from ..counters import Counters
+from ..exceptions import MixpanelConfigurationError
 from ..log import Log
 from .base import Delivery, Message, Outcome, Transport
 from .policy import RetryPolicy
-from .store import Batch, MemoryStore, SqliteSpool, Store
+from .store import Batch, MemoryStore, SpoolError, SqliteSpool, Store
+from .store.spool import CORRUPT
 
 if t.TYPE_CHECKING:
+    import types
+
     from ..settings import MixpanelSettings
 
 __all__ = ["COUNTERS", "BackgroundEngine"]
 
-COUNTERS = ("queued", "sent", "retried", "spooled", "dead", "dropped")
+COUNTERS = (
+    "queued",
+    "sent",
+    "retried",
+    "spooled",
+    "overflowed",
+    "dead",
+    "dropped",
+    "sender_errors",
+)
 # While anything fails, counters are logged at most this often (seconds).
 FAILURE_LOG_INTERVAL = 30.0
+# How often the sender checks its store (a spool file replaced or deleted) and records that it
+# is alive, in seconds.
+CHECK_INTERVAL = 2.0
+# The longest pause of a sender whose cycles keep failing, in seconds.
+SUPERVISOR_CAP = 30.0
+# After the store failed a request, the next requests skip it for this long (seconds): one
+# request in this interval pays the spool's lock wait, not every request.
+STORE_RETRY = 1.0
+# A problem writing the spool on the request path is logged at most this often (seconds).
+SPOOL_LOG_INTERVAL = 10.0
 
 # Engines whose sender started in this process: what the exit and fork hooks act on. Weak, so
 # an app that is gone takes its engine with it; the runtime, not this set, owns an engine.
 _STARTED: weakref.WeakSet[BackgroundEngine] = weakref.WeakSet()
 _HOOKS_LOCK = threading.Lock()
 _hooks_installed = False
+#: The signal handlers this module replaced, called in their turn.
+_PREVIOUS: dict[int, t.Any] = {}
 
 
 def _install_hooks() -> None:
@@ -61,6 +95,30 @@ def _install_hooks() -> None:
         _hooks_installed = True
         atexit.register(_close_all)
         os.register_at_fork(after_in_child=_after_fork)
+
+
+def _on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+    """Let the process end through its exit hooks, so the engines drain and say what is left."""
+    previous = _PREVIOUS.get(signum)
+    if callable(previous):
+        # The app (or its server: gunicorn) has its own way of stopping: keep it. Its exit
+        # runs the exit hooks.
+        previous(signum, frame)
+        return
+    # The default action would kill the process without running any exit hook (waitress,
+    # pserve): exit instead, which runs them.
+    raise SystemExit(128 + signum)
+
+
+def _install_signal_handlers() -> None:
+    """Chain ``SIGTERM`` (only possible from the main thread; elsewhere, exit hooks only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm or current == signal.SIG_IGN:
+        return
+    _PREVIOUS[signal.SIGTERM] = current
+    signal.signal(signal.SIGTERM, _on_sigterm)
 
 
 class BackgroundEngine(Delivery):
@@ -92,29 +150,65 @@ class BackgroundEngine(Delivery):
         self.flush_interval = flush_interval
         self.shutdown_timeout = shutdown_timeout
         self.stats = Counters(COUNTERS)
+        #: Where a request's messages wait when the store cannot take them at once (bounded
+        #: like the store; what does not fit is dropped, counted and logged).
+        self.overflow = MemoryStore(
+            getattr(store, "max_messages", 100_000), getattr(store, "max_bytes", 64 << 20)
+        )
+        #: When the sender last completed a cycle (wall clock), and the last error of a cycle.
+        self.last_progress: float | None = None
+        self.last_error = ""
         self._event = f"{transport.name}."
         self._closed = False
+        self._spool_logged = 0.0
+        # Until then, requests skip a store that just failed (the sender tries it meanwhile).
+        self._store_retry_at = 0.0
         self._reset_process_state()
 
     @classmethod
     def from_settings(
         cls, transport: Transport, settings: MixpanelSettings, log: Log
     ) -> BackgroundEngine:
-        """The engine of one lane: the SQLite spool when ``mixpanel.spool_path`` is set."""
+        """The engine of one lane: the SQLite spool when ``mixpanel.spool_path`` is set.
+
+        :raises MixpanelConfigurationError: the spool file cannot be used; the message names
+            ``mixpanel.spool_path``, the file and the reason.
+        """
         store: Store
         if settings.spool_path:
             # A claimed batch is leased for a few times the longest a post may take: long
             # enough that a live sender keeps it, short enough that a crashed sender's rows
             # soon come back.
             lease = 4 * (settings.connect_timeout + settings.read_timeout) + 5
-            store = SqliteSpool(
-                settings.spool_path,
-                settings.queue_max_messages,
-                settings.queue_max_bytes,
-                lease,
-                endpoints=transport.endpoints,
-                lane=transport.name,
-            )
+            try:
+                spool = SqliteSpool(
+                    settings.spool_path,
+                    settings.queue_max_messages,
+                    settings.queue_max_bytes,
+                    lease,
+                    endpoints=transport.endpoints,
+                    lane=transport.name,
+                    repair=settings.spool_repair,
+                )
+            except SpoolError as error:
+                corrupted = any(word in error.problem for word in CORRUPT)
+                hint = (
+                    " (set mixpanel.spool_repair = true to move a corrupted file aside and"
+                    " start an empty one)"
+                    if corrupted and not settings.spool_repair
+                    else ""
+                )
+                raise MixpanelConfigurationError(
+                    f"mixpanel.spool_path = {settings.spool_path!r}: {error.problem}{hint}"
+                ) from None
+            if spool.repaired:
+                log.error(
+                    transport.name + ".spool_repaired",
+                    path=settings.spool_path,
+                    moved_to=spool.repaired,
+                    detail="the file was corrupted: it was moved aside, an empty spool started",
+                )
+            store = spool
         else:
             store = MemoryStore(settings.queue_max_messages, settings.queue_max_bytes)
         return cls(
@@ -133,7 +227,7 @@ class BackgroundEngine(Delivery):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # endpoint -> (paused until, consecutive failures)
+        # endpoint -> (paused until, on the monotonic clock; consecutive failures)
         self._pauses: dict[str, tuple[float, int]] = {}
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
@@ -143,21 +237,29 @@ class BackgroundEngine(Delivery):
     def submit(self, messages: t.Sequence[Message]) -> int:
         """Accept a request's messages without any network I/O; return how many were refused.
 
-        Never raises: refusals are counted as ``dropped`` and logged.
+        Never raises and never waits on another process: what the store cannot take at once
+        waits in the bounded overflow; refusals are counted as ``dropped`` and logged.
         """
         if not messages:
             return 0
         try:
+            if time.monotonic() < self._store_retry_at:
+                # The store just failed: do not make every request wait to learn it again.
+                raise SpoolError(getattr(self.store, "path", ""), "was just unavailable")
             refused = self.store.put(messages)
+            accepted = len(messages) - refused
+            if self.spooled:
+                self.stats.add("spooled", accepted)
         except Exception as exc:
-            # The spool file may be unwritable (disk full, permissions): say so loudly, but the
-            # request that produced the messages must still succeed.
-            refused = len(messages)
-            self.log.error(self._event + "spool_write_failed", error=str(exc)[:300])
-        accepted = len(messages) - refused
+            # The spool is locked by another process, full, or unwritable: the request that
+            # produced the messages must still succeed at once, and the messages be kept.
+            if not (isinstance(exc, SpoolError) and exc.problem == "was just unavailable"):
+                self._store_retry_at = time.monotonic() + STORE_RETRY
+            refused = self.overflow.put(messages)
+            accepted = len(messages) - refused
+            self.stats.add("overflowed", accepted)
+            self._spool_trouble(exc, accepted)
         self.stats.add("queued", accepted)
-        if self.spooled:
-            self.stats.add("spooled", accepted)
         if refused:
             self.stats.add("dropped", refused)
             self.log.error(
@@ -168,6 +270,20 @@ class BackgroundEngine(Delivery):
         self._ensure_sender()
         self._wake.set()
         return refused
+
+    def _spool_trouble(self, exc: Exception, kept: int) -> None:
+        now = time.monotonic()
+        if now - self._spool_logged < SPOOL_LOG_INTERVAL:
+            return
+        self._spool_logged = now
+        problem = exc.problem if isinstance(exc, SpoolError) else f"{type(exc).__name__}: {exc}"
+        self.log.error(
+            self._event + "spool_unavailable",
+            problem=problem[:300],
+            kept_in_memory=kept,
+            overflowed=self.stats["overflowed"],
+            detail="kept in memory until the spool takes them again",
+        )
 
     def _ensure_sender(self) -> None:
         if self._pid != os.getpid():
@@ -188,30 +304,94 @@ class BackgroundEngine(Delivery):
         self._wake.set()
 
     def open(self) -> None:
-        """When the app is configured: send what an earlier run left in the spool right away."""
+        """When the app is configured: hook ``SIGTERM``; send what a spool kept, right away."""
+        _install_signal_handlers()
         if self.store.pending():
             self.start()
+
+    def health(self) -> dict[str, t.Any]:
+        """Whether the sender runs, when it last completed a cycle, and its last error."""
+        thread = self._thread
+        progress = self.last_progress
+        return {
+            "sender_alive": bool(thread is not None and thread.is_alive()),
+            "last_progress": progress,
+            "seconds_since_progress": (
+                None if progress is None else round(max(0.0, time.time() - progress), 3)
+            ),
+            "last_error": self.last_error,
+            "pending": self.store.pending() + self.overflow.pending(),
+        }
 
     # -- the sender thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        failures = 0
+        next_check = 0.0
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + CHECK_INTERVAL
+                    self._check_store()
+                self._spool_overflow()
                 worked = self.send_due()
+                self.last_progress = time.time()
+                failures = 0
+                wait = 0.0 if worked else self._idle_wait()
             except Exception as exc:  # a bug or a broken spool must not kill delivery for good
-                self.log.error(self._event + "sender_error", error=f"{type(exc).__name__}: {exc}")
-                worked = False
-            if not worked:
-                self._wake.wait(self._idle_wait())
+                failures += 1
+                wait = min(SUPERVISOR_CAP, 0.1 * 2.0 ** min(failures, 16))
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.stats.add("sender_errors")
+                self.log.error(
+                    self._event + "sender_error",
+                    error=self.last_error,
+                    failures=failures,
+                    restart_in=round(wait, 2),
+                )
+            if wait > 0:
+                self._wake.wait(wait)
                 self._wake.clear()
 
+    def _check_store(self) -> None:
+        """A spool file replaced or deleted under us is said, and what it held carried over."""
+        problem = self.store.check()
+        if problem is not None:
+            self.log.error(
+                self._event + "spool_replaced",
+                path=getattr(self.store, "path", ""),
+                problem=problem,
+            )
+        self.store.beat(self.last_progress or time.time(), self.last_error)
+
+    def _spool_overflow(self) -> None:
+        """Move what waited in memory into the spool, now that it may take it again."""
+        if not self.overflow.pending() or self.store is self.overflow:
+            return
+        for endpoint in self.transport.endpoints:
+            batch = self.overflow.claim(endpoint, self.overflow.clock(), 10_000, 1 << 40)
+            if batch is None:
+                continue
+            try:
+                refused = self.store.put([(endpoint, body) for body in batch.bodies])
+            except SpoolError:
+                self.overflow.retry(batch, self.overflow.clock())  # still not: sent from memory
+                return
+            self.overflow.ack(batch)
+            self._store_retry_at = 0.0  # the spool takes messages again: so may requests
+            self.stats.add("spooled", len(batch.ids) - refused)
+            if refused:
+                self.stats.add("dropped", refused)
+                self.log.error(self._event + "queue_full_dropped", messages=refused)
+
     def _idle_wait(self) -> float:
-        due = self.store.next_due()
-        now = time.time()
         waits = [self.flush_interval]
-        if due is not None:
-            waits.append(max(0.0, due - now))
-        waits.extend(max(0.0, until - now) for until, _ in self._pauses.values() if until > now)
+        for store in (self.store, self.overflow):
+            due = store.next_due()
+            if due is not None:
+                waits.append(max(0.0, due - store.clock()))
+        now = time.monotonic()
+        waits.extend(until - now for until, _ in self._pauses.values() if until > now)
         return max(0.01, min(waits))
 
     def send_due(self) -> bool:
@@ -219,21 +399,25 @@ class BackgroundEngine(Delivery):
         worked = False
         transport = self.transport
         for endpoint in transport.endpoints:
-            now = time.time()
             paused_until, _ = self._pauses.get(endpoint, (0.0, 0))
-            if paused_until > now:
+            if paused_until > time.monotonic():
                 continue
-            batch = self.store.claim(endpoint, now, transport.max_records, transport.max_bytes)
-            if batch is None:
-                continue
-            worked = True
-            self._settle(batch, self.transport.post(endpoint, batch.bodies))
+            # The spool first; what waits in memory because the spool could not take it is
+            # sent from there rather than held back for as long as the spool is in trouble.
+            for store in (self.store, self.overflow):
+                batch = store.claim(
+                    endpoint, store.clock(), transport.max_records, transport.max_bytes
+                )
+                if batch is not None:
+                    worked = True
+                    self._settle(store, batch, transport.post(endpoint, batch.bodies))
+                    break
         self._maybe_log_failures()
         return worked
 
-    def _settle(self, batch: Batch, outcome: Outcome) -> None:
+    def _settle(self, store: Store, batch: Batch, outcome: Outcome) -> None:
         if outcome.sent:
-            self.store.ack(batch)
+            store.ack(batch)
             self.stats.add("sent", len(batch.ids))
             self._pauses.pop(batch.endpoint, None)
             if not self._pauses:
@@ -244,8 +428,8 @@ class BackgroundEngine(Delivery):
             whole = len(dead) == len(batch.ids)
             refused = batch if whole else _part(batch, dead)
             reasons = outcome.reasons if whole else _renumber(outcome.reasons, dead)
-            self.store.bury(refused, outcome.error, reasons=reasons)
-            self.stats.add("dead", len(dead))
+            dropped = store.bury(refused, outcome.error, reasons=reasons)
+            self.stats.add("dead", len(dead) - dropped)
             self.log.error(
                 self._event + "delivery_refused",
                 endpoint=batch.endpoint,
@@ -253,22 +437,30 @@ class BackgroundEngine(Delivery):
                 error=outcome.error,
                 detail="kept as dead letters: pmixpanel dead <config.ini>",
             )
+            if dropped:
+                self.stats.add("dropped", dropped)
+                self.log.error(
+                    self._event + "dead_letters_full_dropped",
+                    messages=dropped,
+                    detail="the dead letters kept in memory reached mixpanel.queue_max_messages",
+                )
         if arrived:
-            self.store.ack(_part(batch, arrived))
+            store.ack(_part(batch, arrived))
             self.stats.add("sent", len(arrived))
         if retry:
-            self._retry(batch if len(retry) == len(batch.ids) else _part(batch, retry), outcome)
+            again = batch if len(retry) == len(batch.ids) else _part(batch, retry)
+            self._retry(store, again, outcome)
 
-    def _retry(self, batch: Batch, outcome: Outcome) -> None:
+    def _retry(self, store: Store, batch: Batch, outcome: Outcome) -> None:
         _, failures = self._pauses.get(batch.endpoint, (0.0, 0))
         delay = self.policy.delay(max(batch.attempts, failures) + 1, outcome.retry_after)
-        until = time.time() + delay
-        self.store.retry(batch, until)
+        store.retry(batch, store.clock() + delay)
         self.stats.add("retried", len(batch.ids))
         paused = self.transport.endpoints if outcome.unreachable else (batch.endpoint,)
+        until = time.monotonic() + delay
         for endpoint in paused:
             self._pauses[endpoint] = (until, failures + 1)
-        self._failing_since = self._failing_since or time.time()
+        self._failing_since = self._failing_since or time.monotonic()
         self.log.warning(
             self._event + "delivery_retry",
             endpoint=batch.endpoint,
@@ -280,14 +472,14 @@ class BackgroundEngine(Delivery):
     def _maybe_log_failures(self) -> None:
         if self._failing_since is None:
             return
-        now = time.time()
+        now = time.monotonic()
         if now - self._last_failure_log < FAILURE_LOG_INTERVAL:
             return
         self._last_failure_log = now
         self.log.warning(
             self._event + "delivery_failing",
             failing_for=round(now - self._failing_since, 1),
-            pending=self.store.pending(),
+            pending=self.store.pending() + self.overflow.pending(),
             **self.stats.snapshot(),
         )
 
@@ -297,8 +489,8 @@ class BackgroundEngine(Delivery):
         """Drain for at most ``timeout`` seconds (default ``shutdown_timeout``), then stop.
 
         Returns how many messages were left undelivered: they stay in the spool, or are lost
-        (and logged as such) with the memory store. Never blocks longer than ``timeout`` plus
-        one store operation.
+        (and logged as such) when they were in memory. Never blocks longer than ``timeout``
+        plus one store operation.
         """
         if self._closed:
             return 0
@@ -308,7 +500,7 @@ class BackgroundEngine(Delivery):
         if thread is not None:
             while time.monotonic() < deadline and thread.is_alive() and self._drainable(deadline):
                 self._wake.set()
-                time.sleep(0.02)
+                time.sleep(0.02)  # a drain's pace, not a test waiting for something
             self._stop.set()
             self._wake.set()
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -317,13 +509,24 @@ class BackgroundEngine(Delivery):
             self.store.close()
             self.transport.close()
             return 0
-        left = self.store.pending()
-        if left:
-            self.log.warning(
-                self._event + "shutdown_left_messages",
-                messages=left,
-                kept="in the spool" if self.spooled else "nowhere: lost (set mixpanel.spool_path)",
-            )
+        if self.spooled and self.overflow.pending() and not thread.is_alive():
+            # A last chance for what waited in memory: into the spool, not lost with us.
+            try:
+                self._spool_overflow()
+            except Exception as exc:  # the spool is still unusable: they are counted as lost
+                self.log.error(self._event + "spool_unavailable", problem=str(exc)[:300])
+        spooled = self.store.pending() if self.spooled else 0
+        lost = self.overflow.pending() + (0 if self.spooled else self.store.pending())
+        left = spooled + lost
+        self.log.log(
+            "warning" if left else "info",
+            self._event + "shutdown",
+            left=left,
+            kept_in_spool=spooled,
+            lost=lost,
+            sent=self.stats["sent"],
+            detail="" if not lost else "messages in memory are lost: set mixpanel.spool_path",
+        )
         if not thread.is_alive():
             self.store.close()
             self.transport.close()
@@ -331,16 +534,20 @@ class BackgroundEngine(Delivery):
 
     def _drainable(self, deadline: float) -> bool:
         """Whether something is pending that could still be sent before ``deadline``."""
-        if not self.store.pending():
-            return False
-        due = self.store.next_due()
-        return due is not None and due <= time.time() + (deadline - time.monotonic())
+        remaining = deadline - time.monotonic()
+        for store in (self.store, self.overflow):
+            if store.pending():
+                due = store.next_due()
+                if due is not None and due <= store.clock() + remaining:
+                    return True
+        return False
 
     def _after_fork_in_child(self) -> None:
         self._reset_process_state()
         self.stats = Counters(COUNTERS)
         # The parent still owns (and will send) what it had queued in memory.
         self.store.after_fork()
+        self.overflow.after_fork()
 
 
 def _part(batch: Batch, positions: t.Sequence[int]) -> Batch:

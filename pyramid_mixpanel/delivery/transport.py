@@ -42,6 +42,7 @@ import requests
 
 from .. import rules
 from ..log import redact
+from . import deadline
 from .base import Outcome
 from .policy import is_retryable, parse_retry_after
 
@@ -134,7 +135,10 @@ class MixpanelTransport:
         self.max_bytes = max(1, min(max_bytes, MAX_BYTES))
         self.compresslevel = compresslevel
         self.prepared = prepared
-        self.session = session or requests.Session()
+        self.session = session or deadline.session()
+        # requests bounds each socket operation; this bounds the whole exchange (a trickling
+        # answer would otherwise hold the sender for as long as the server likes).
+        self.total_timeout = timeout[0] + timeout[1]
         self.clock = clock
         strict = {"strict": "1"}
         self.params: dict[str, dict[str, str]] = {
@@ -259,18 +263,22 @@ class MixpanelTransport:
         if endpoint in GZIP_ENDPOINTS:
             raw = gzip.compress(raw, compresslevel=self.compresslevel)
             headers["Content-Encoding"] = "gzip"
-        try:
-            response = self.session.post(
-                self.urls[endpoint],
-                params=self.params[endpoint],
-                data=raw,
-                headers=headers,
-                auth=auth,
-                timeout=self.timeout,
-            )
-        except requests.RequestException as exc:
-            error = self._clean(f"{type(exc).__name__}: {exc}")
-            return Outcome("retry", error, unreachable=True), False
+        with deadline.deadline(self.total_timeout) as limit:
+            try:
+                response = self.session.post(
+                    self.urls[endpoint],
+                    params=self.params[endpoint],
+                    data=raw,
+                    headers=headers,
+                    auth=auth,
+                    timeout=self.timeout,
+                )
+            except requests.RequestException as exc:
+                if limit.expired:
+                    error = f"no whole answer within {self.total_timeout:g}s"
+                else:
+                    error = self._clean(f"{type(exc).__name__}: {exc}")
+                return Outcome("retry", error, unreachable=True), False
         return self._classify(response, len(bodies)), response.status_code == 413
 
     def close(self) -> None:
@@ -339,6 +347,10 @@ class MixpanelTransport:
         if is_retryable(status):
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             return Outcome("retry", f"HTTP {status}: {error}", retry_after)
+        if status == 200 and answer is None and response.text.strip() not in ("1", "0"):
+            # Mixpanel answers JSON (or 1/0). Anything else comes from something in between
+            # (a proxy's error page, a captive portal): the records did not reach Mixpanel.
+            return Outcome("retry", f"HTTP 200 with an answer that is not Mixpanel's: {error}")
         refused = _failed_records(answer, count)
         reasons = {index: self._clean(message) for index, message in refused.items() if message}
         if status == 200 and not refused and _accepted(answer):

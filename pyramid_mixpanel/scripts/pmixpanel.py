@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
 import typing as t
@@ -112,8 +113,8 @@ class PMixpanelCommand:
         try:
             return self.dispatch(runtime, env["registry"].settings)
         finally:
-            # The app's runtime: drain what this command queued, release the spool and sessions.
-            runtime.close()
+            # Release the spool and sessions; only replay waits for what is left to be sent.
+            runtime.close(None if self.args.command == "replay" else 0)
             env["closer"]()
 
     def dispatch(self, runtime: Runtime, settings: t.Mapping[str, object]) -> int:
@@ -170,7 +171,13 @@ class PMixpanelCommand:
         due = engine.store.next_due()
         if due is not None and due > time.time():
             self.print(f"next attempt in: {due - time.time():.1f}s")
-        self.print(f"dead letters: {len(engine.store.dead(limit=1_000_000))}")
+        self.print(f"dead letters: {engine.store.dead_count()}")
+        now = time.time()
+        for beat in engine.store.beats():
+            if beat.pid == os.getpid():
+                continue  # this command's own process, not a sender of the app
+            line = f"sender {beat.host}:{beat.pid}: progress {now - beat.progress:.0f}s ago"
+            self.print(line + (f" (last error: {beat.error})" if beat.error else ""))
         return 0
 
     def do_replay(self, engine: BackgroundEngine) -> int:
