@@ -37,12 +37,14 @@ __all__ = [
     "as_database_url",
     "as_dotted_object",
     "as_lines",
+    "as_name_list",
     "as_positive_float",
     "as_secret",
     "as_timezone",
     "one_of",
     "parse_table",
     "positive_int",
+    "redact_url",
     "subclass_of",
 ]
 
@@ -138,11 +140,23 @@ def as_base_url(key: str, value: object) -> str | None:
 
 def _safe(value: object) -> object:
     """A URL without the user and password it may carry, for an error message."""
-    if not isinstance(value, str) or "@" not in value:
-        return value
-    head, _, host = value.rpartition("@")
-    scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
-    return f"{scheme}***@{host}"
+    return redact_url(value) if isinstance(value, str) else value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the user and password of its authority replaced by ``***`` (for logs).
+
+    Only the authority is looked at (before the first ``/`` after the scheme), so an ``@`` in a
+    path or query is not mistaken for credentials.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, tail = rest.partition("/")
+    if "@" not in authority:
+        return url
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}***@{host}{slash}{tail}"
 
 
 def one_of(choices: t.Sequence[str]) -> Converter:
@@ -206,6 +220,13 @@ def as_lines(key: str, value: object) -> list[str]:
     if isinstance(value, (list, tuple, set, frozenset)):
         return [str(item).strip() for item in value if str(item).strip()]
     raise MixpanelConfigurationError(f"{key}: expected a list, got {value!r}")
+
+
+def as_name_list(key: str, value: object) -> tuple[str, ...]:
+    """Names, one per line or comma-separated; ``off``/``false``/empty mean none at all."""
+    if isinstance(value, str) and value.strip().lower() in FALSE_WORDS:
+        return ()
+    return tuple(as_lines(key, value))
 
 
 @functools.cache

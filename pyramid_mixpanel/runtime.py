@@ -12,7 +12,8 @@ from __future__ import annotations
 import typing as t
 import weakref
 
-from .catalog import Property, normalise
+from .catalog import Property, Section, closest, normalise
+from .converters import redact_url
 from .counters import Counters
 from .customerio import CustomerIOTransport
 from .delivery import Delivery, build_delivery
@@ -78,11 +79,7 @@ class Runtime:
                 )
         # X-Mixpanel-<Name> headers: matched on folded names, so "X-Mixpanel-Dark-Mode" finds
         # both Property("Dark Mode") and an attribute called dark_mode.
-        self.header_properties: dict[str, Property] = {}
-        section = self.catalog.event_properties
-        for attr, prop in section.by_attr.items():
-            self.header_properties.setdefault(normalise(attr.removeprefix("dollar_")), prop)
-            self.header_properties.setdefault(normalise(prop.name), prop)
+        self.header_properties = _header_properties(self.catalog.event_properties, settings)
 
     def _build(
         self, transport: MixpanelTransport | CustomerIOTransport, standalone: bool
@@ -110,12 +107,23 @@ class Runtime:
                 return found
         except TypeError:  # a key that is not a string: not WSGI, but no reason to fail
             pass
+        limit = self.settings.header_max_length
         for key in [key for key in environ if str(key).startswith(HEADER_PREFIX)]:
             value = environ[key]
             prop = self.header_properties.get(normalise(key[len(HEADER_PREFIX) :]))
+            header = "X-Mixpanel-" + key[len(HEADER_PREFIX) :].replace("_", "-").title()
             if prop is None:
-                header = "X-Mixpanel-" + key[len(HEADER_PREFIX) :].replace("_", "-").title()
+                # Undeclared, or declared but not in mixpanel.header_properties: headers come
+                # from clients, so only the allowed ones may set a property.
                 self.log.warning("mixpanel.unknown_header_ignored", header=header)
+                continue
+            if not isinstance(value, str) or len(value) > limit:
+                self.log.warning(
+                    "mixpanel.header_too_long_ignored",
+                    header=header,
+                    length=len(value) if isinstance(value, str) else None,
+                    limit=limit,
+                )
                 continue
             found[prop] = value
         return found
@@ -170,7 +178,7 @@ class Runtime:
             delivery="none (testing mode)" if settings.testing else settings.delivery,
             consumer=_qualname(settings.consumer) if settings.consumer else None,
             spool_path=settings.spool_path,
-            api_host=settings.api_host,
+            api_host=redact_url(settings.api_host),
             events=_qualname(settings.events),
             event_properties=_qualname(settings.event_properties),
             profile_properties=_qualname(settings.profile_properties),
@@ -180,7 +188,7 @@ class Runtime:
         if settings.testing:
             self.log.warning(
                 "mixpanel.testing_mode",
-                detail="mixpanel.token is not set: messages are recorded, nothing is sent",
+                detail="mixpanel.token is off or not set: messages are recorded, nothing is sent",
             )
         if not settings.testing and settings.delivery == "background" and not settings.spool_path:
             # The documented trade-off (README, "Delivery"): the memory queue costs a few
@@ -240,3 +248,31 @@ def runtime_for(settings: t.Mapping[str, object] | MixpanelSettings | Runtime) -
     if found is not None and found.source is settings:
         return found
     return Runtime(parse_settings(settings), source=settings, standalone=True)
+
+
+def _header_properties(
+    section: Section[Property], settings: MixpanelSettings
+) -> dict[str, Property]:
+    """Folded header name -> property, for the properties headers may set.
+
+    Names match loosely, so ``X-Mixpanel-Dark-Mode`` finds both ``Property("Dark Mode")`` and an
+    attribute called ``dark_mode``. ``mixpanel.header_properties`` narrows the set (by
+    Mixpanel name or attribute name); a name that is not declared is a startup error.
+    """
+    everything: dict[str, Property] = {}
+    for attr, prop in section.by_attr.items():
+        everything.setdefault(normalise(attr.removeprefix("dollar_")), prop)
+        everything.setdefault(normalise(prop.name), prop)
+    allowed = settings.header_properties
+    if allowed is None:
+        return everything
+    chosen: set[Property] = set()
+    for name in allowed:
+        found = everything.get(normalise(name))
+        if found is None:
+            hint = closest(name, [p.name for p in section.by_attr.values()])
+            raise MixpanelConfigurationError(
+                f"mixpanel.header_properties: {name!r} is not a declared event property.{hint}"
+            )
+        chosen.add(found)
+    return {key: prop for key, prop in everything.items() if prop in chosen}

@@ -27,6 +27,7 @@ from .converters import (
     as_bool,
     as_database_url,
     as_dotted_object,
+    as_name_list,
     as_positive_float,
     as_secret,
     as_timezone,
@@ -131,6 +132,11 @@ class MixpanelSettings:
     #: Mixpanel's limit is 10 MB, decimal, of uncompressed JSON per request.
     batch_max_bytes: int = 10_000_000
     structlog: bool = False
+    #: Event properties ``X-Mixpanel-<Name>`` headers may set (``None``: every declared one, the
+    #: original package's behaviour; empty: none).
+    header_properties: tuple[str, ...] | None = None
+    #: Longer header values are ignored (Mixpanel keeps 255 bytes of a string value).
+    header_max_length: int = 255
     customerio_site_id: str | None = field(default=None, repr=False)
     customerio_api_key: str | None = field(default=None, repr=False)
     customerio_region: str | None = None
@@ -263,6 +269,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mixpanel.batch_max_bytes", "batch_max_bytes", positive_int(10 * 1000 * 1000)),
     # pyramid_heroku's key, which the original package read, still works.
     Setting("mixpanel.structlog", "structlog", as_bool, fallback="pyramid_heroku.structlog"),
+    Setting("mixpanel.header_properties", "header_properties", as_name_list),
+    Setting("mixpanel.header_max_length", "header_max_length", positive_int(65_536)),
     Setting("customerio.tracking.site_id", "customerio_site_id", as_secret),
     Setting("customerio.tracking.api_key", "customerio_api_key", as_secret),
     Setting("customerio.tracking.region", "customerio_region", one_of(CUSTOMERIO_REGIONS)),

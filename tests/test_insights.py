@@ -35,6 +35,7 @@ from pyramid_mixpanel.settings import MixpanelConfigurationError
 from .browser import serve
 from .loopback import wait_until
 from .metrics_helpers import DAY, JAN1, day, event
+from .postgres import postgres  # noqa: F401  # the fixture, for request.getfixturevalue
 from .query_standin import QueryStandIn, RateLimits
 
 FUNNEL = "Signup: Page Viewed > User Signed Up"
@@ -171,6 +172,74 @@ def test_unknown_accounts_and_bad_ranges(settings: dict[str, str]) -> None:
     for bad in ({"from": "yesterday"}, {"from": "2026-01-03", "to": "2026-01-01"},
                 {"from": "2024-01-01", "to": "2026-01-01"}):  # fmt: skip
         assert "error" in app.get("/api/mixpanel/events/acme", bad, status=400).json
+
+
+#: Ranges a link, a typo or a probe may ask for: each answered 400 (they were 500s: a date
+#: before year 1 computing the default start, for one), never a traceback.
+BAD_RANGES: list[dict[str, str]] = [
+    {"to": "0001-01-05"},  # the default start would be before year 1
+    {"from": "9999-12-31"},  # after the default end (yesterday)
+    {"from": "2024-13-01"},
+    {"from": "2023-02-29"},
+    {"from": ""},
+    {"to": ""},
+    {"to": "20260101"},  # date.fromisoformat takes it: not YYYY-MM-DD
+    {"from": "2026-W01-1"},  # a week date, likewise
+    {"to": "\uff12\uff10\uff12\uff16-\uff10\uff11-\uff10\uff11"},  # full-width digits
+    {"to": "2026-01-01\n"},
+    {"from": "1969-12-31", "to": "1970-01-02"},  # before any Mixpanel time
+    {"from": "0001-01-01", "to": "9999-12-31"},  # a huge range
+    {"from": "2025-01-01", "to": "2026-01-02"},  # 367 days
+    {"from": "2026-01-03", "to": "2026-01-01"},  # backwards
+]
+
+
+def test_bad_ranges_answer_400_with_what_is_expected(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    for params in BAD_RANGES:
+        for path in ("/api/mixpanel/events/acme", "/api/mixpanel/funnels/acme"):
+            error = app.get(path, params, status=400).json["error"]
+            assert error.startswith("from and to must be days") or error.startswith(
+                "from must not be after to, and a range spans at most 366 days"
+            ), (path, params, error)
+        # The page answers a page (what a browser asks for) saying the same.
+        page = app.get(
+            "/mixpanel/accounts/acme", params, headers={"Accept": "text/html"}, status=400
+        )
+        assert page.content_type == "text/html"
+        assert "from and to must be days" in page.text or "a range spans at most" in page.text
+
+
+def test_ranges_at_the_edges(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    # The default start of a range ending near 1970 stops at 1970-01-01.
+    answer = app.get("/api/mixpanel/events/acme", {"to": "1970-01-03"}).json
+    assert (answer["from"], answer["to"], answer["days"]) == ("1970-01-01", "1970-01-03", [])
+    answer = app.get("/api/mixpanel/events/acme", {"to": "9999-12-31"}).json
+    assert (answer["from"], answer["to"]) == ("9999-12-25", "9999-12-31")  # insights.days = 7
+    full = {"from": "2025-01-04", "to": "2026-01-04"}  # 366 days: the most
+    assert len(app.get("/api/mixpanel/events/acme", full).json["days"]) == 3
+    html = app.get("/mixpanel/accounts/acme", {"from": "9999-12-30", "to": "9999-12-31"}).text
+    assert "0 events from 9999-12-30 to 9999-12-31" in html
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_account_ids_no_store_can_hold_are_not_found(
+    backend: str, settings: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    if backend == "postgresql":  # where a NUL in a query was a DataError: a 500
+        settings = dict(settings)
+        database = request.getfixturevalue("postgres").database()
+        settings["mixpanel.metrics.database_url"] = database
+        sync(settings, "2026-01-01", "2026-01-03", progress=False, today=day(30))
+    app = make_app(settings)
+    for account in ("a%00b", "x" * 256, "%00"):
+        for path in ("events", "funnels", "users"):
+            answer = app.get(f"/api/mixpanel/{path}/{account}", status=404).json
+            assert answer["error"].startswith("no ")
+            assert len(answer["error"]) < 150  # the id is cut in the answer
+        app.get(f"/mixpanel/accounts/{account}", status=404)
+    assert app.get("/api/mixpanel/events/acme", RANGE).json["account"] == "acme"
 
 
 def test_default_range_is_the_last_days_up_to_yesterday(settings: dict[str, str]) -> None:

@@ -24,6 +24,7 @@ from pyramid_mixpanel.metrics.aggregate import (
     NOT_SET,
     OTHER,
     SESSION_GAP,
+    TOO_LONG,
     accounts_of,
     add_time,
     day_number,
@@ -209,7 +210,8 @@ def test_label_and_accounts_of() -> None:
         "2.5",
     ]
     assert label({"b": 1, "a": [1, 2]}) == '{"a": [1, 2], "b": 1}'
-    assert label("y" * 300) == "y" * 255
+    assert label("y" * 255) == "y" * 255
+    assert label("y" * 256) == TOO_LONG  # counted apart, never cut: cut values would merge
     assert accounts_of("acme") == ("acme",)
     assert accounts_of(12) == ("12",)
     assert accounts_of(12.0) == ("12",)

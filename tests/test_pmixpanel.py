@@ -228,3 +228,70 @@ def test_status_shows_when_each_sender_last_made_progress(
     code, out, _ = run(["status", ini])
     assert code == 0
     assert "sender web-1:4242: progress 300s ago (last error: OperationalError" in out
+
+
+# -- the operator's mistakes: one line, exit 2 ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("mixpanel.read_timeout = inf", "mixpanel.read_timeout must be a finite number"),
+        ("mixpanel.delivery = carrier-pigeon", "mixpanel.delivery"),
+        ("mixpanel.spool_path = /nonexistent-dir/spool.db", "mixpanel.spool_path"),
+    ],
+)
+def test_a_configuration_error_is_one_line_and_exit_2(
+    tmp_path: pathlib.Path, api: MixpanelStandIn, setting: str, expected: str
+) -> None:
+    ini = pathlib.Path(write_ini(tmp_path, api))
+    key = setting.split(" =", 1)[0]
+    lines = [line for line in ini.read_text().splitlines() if not line.startswith(key + " ")]
+    lines.insert(lines.index("[loggers]"), setting)
+    ini.write_text("\n".join(lines) + "\n")
+    code, out, _ = run(["status", str(ini)])
+    assert code == 2
+    assert out.startswith("pmixpanel: ") and expected in out
+    assert out.count("\n") == 1 and "Traceback" not in out
+
+
+def test_a_missing_or_broken_config_file_is_one_line_and_exit_2(tmp_path: pathlib.Path) -> None:
+    code, out, _ = run(["status", str(tmp_path / "nope.ini")])
+    assert (code, out) == (
+        2,
+        f"pmixpanel: cannot read {tmp_path / 'nope.ini'}: No such file or directory\n",
+    )
+    broken = tmp_path / "broken.ini"
+    broken.write_text("[app:main]\nuse = call:tests.no_such_module:app\n")
+    code, out, _ = run(["status", str(broken)])
+    assert code == 2
+    assert out.startswith(f"pmixpanel: cannot load the app from {broken}: ModuleNotFoundError")
+
+
+def test_a_bug_while_loading_keeps_its_traceback(
+    tmp_path: pathlib.Path, api: MixpanelStandIn
+) -> None:
+    command = PMixpanelCommand(["pmixpanel", "status", write_ini(tmp_path, api)], io.StringIO())
+
+    def bootstrap(uri: str, options: dict[str, str] | None = None) -> t.Any:
+        raise ZeroDivisionError("a bug, not a mistake in the .ini file")
+
+    command.bootstrap = bootstrap  # the documented seam
+    with pytest.raises(ZeroDivisionError):
+        command.run()
+
+
+def test_an_input_error_in_a_sub_command_is_one_line_and_exit_2(
+    tmp_path: pathlib.Path, api: MixpanelStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyramid_mixpanel.exceptions import MixpanelError
+
+    def refuse(*args: object) -> int:
+        raise MixpanelError("the spool at /x is locked (token Zq8secret must never show)")
+
+    monkeypatch.setattr(PMixpanelCommand, "dispatch", refuse)
+    code, out, _ = run(["status", write_ini(tmp_path, api, token="Zq8secret")])
+    assert (code, out) == (
+        2,
+        "pmixpanel status: the spool at /x is locked (token *** must never show)\n",
+    )

@@ -34,12 +34,13 @@ from pyramid_mixpanel import (
     lifecycle,
 )
 from pyramid_mixpanel.catalog import Catalog
-from pyramid_mixpanel.relay import RELAY_KEY, RelayState
+from pyramid_mixpanel.relay import RELAY_KEY, RelayState, RelayView
 from pyramid_mixpanel.relay.client import client_ip, device_properties, same_origin
 from pyramid_mixpanel.relay.config import parse_relay_settings
 from pyramid_mixpanel.relay.ratelimit import TokenBuckets, retry_after
 
 ORIGIN = "http://localhost"
+COOKIE_SECRET = "relay-tests-cookie-secret-0123456789"  # a test value
 CHROME = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
     " Chrome/126.0.0.0 Safari/537.36"
@@ -99,6 +100,8 @@ def make_app(
         "mixpanel.event_properties": f"{__name__}.AppEventProperties",
         "mixpanel.profile_properties": f"{__name__}.AppProfileProperties",
     }
+    if "device_cookie" in settings:
+        settings.setdefault("cookie_secret", COOKIE_SECRET)  # required with a device cookie
     base.update({f"mixpanel.relay.{key}": value for key, value in settings.items()})
     base.update(core or {})
     with Configurator(settings=base) as config:
@@ -145,6 +148,11 @@ def post(
 
 def state_of(app: webtest.TestApp) -> RelayState:
     return t.cast(RelayState, app.app.registry[RELAY_KEY])
+
+
+def signed_device_id(app: webtest.TestApp, cookie: str) -> str | None:
+    """The device id in a device cookie's value, if the app's relay signed it."""
+    return RelayView(state_of(app))._device_id(cookie)
 
 
 # -- accepted calls --------------------------------------------------------------------------
@@ -380,7 +388,8 @@ def test_anonymous_visitors_get_a_stable_first_party_device_id(
     assert cookie.startswith("mp_device=")
     for attribute in ("Max-Age=600", "Path=/", "HttpOnly", "SameSite=Lax"):
         assert attribute in cookie
-    device_id = app.cookies["mp_device"]
+    device_id = signed_device_id(app, app.cookies["mp_device"])
+    assert device_id is not None  # the cookie holds the id, signed
     second = post(app, {"event": "Page Viewed"}, 200, user=None)
     assert "Set-Cookie" not in second.headers
     for message in messages(tracks)[1:]:
@@ -389,7 +398,7 @@ def test_anonymous_visitors_get_a_stable_first_party_device_id(
 
     app.set_cookie("mp_device", "forged-value")
     third = post(app, {"event": "Page Viewed"}, 200, user=None)
-    assert app.cookies["mp_device"] != device_id
+    assert signed_device_id(app, app.cookies["mp_device"]) not in (None, device_id)
     assert "mp_device=" in third.headers["Set-Cookie"]
 
 

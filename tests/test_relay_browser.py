@@ -6,7 +6,8 @@ Mixpanel stand-in); Chromium, driven by Selenium and Debian's chromedriver, load
 left), and the events must arrive at the stand-in with a first-party device id, the parsed
 browser and the client address. Twice: with ``mixpanel.relay.csrf = origin`` the link's click
 can only travel by ``navigator.sendBeacon`` (fetch is disabled first); with ``pyramid`` it
-travels by the keepalive ``fetch`` that carries the session's CSRF token.
+travels by the keepalive ``fetch`` that carries the session's CSRF token. A page whose title
+and address are longer than the relay takes still has its page view relayed, cut to fit.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from collections.abc import Iterator
 import pytest
 from pyramid.config import Configurator
 from pyramid.csrf import get_csrf_token
+from pyramid.registry import Registry
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.session import SignedCookieSessionFactory
+
+from pyramid_mixpanel.relay import RELAY_KEY, RelayView
 
 from .browser import serve
 from .loopback import MixpanelStandIn
@@ -34,8 +38,13 @@ PAGE = """<!doctype html>
 """
 
 
+# Longer than the relay's 1024 characters, with a character of two UTF-16 units across the cut.
+LONG_TITLE = "x" * 1023 + "\N{GRINNING FACE}" + "y" * 4000
+TITLES = {"/": "Home", "/next": "Next page", "/long": LONG_TITLE}
+
+
 def page(request: Request) -> Response:
-    title = "Home" if request.path == "/" else "Next page"
+    title = TITLES[request.path]
     script = request.static_url("pyramid_mixpanel:static/relay.js")
     csrf = ""
     if request.registry.settings.get("mixpanel.relay.csrf") == "pyramid":
@@ -52,13 +61,14 @@ def mixpanel_api() -> Iterator[MixpanelStandIn]:
 @pytest.fixture(params=["origin", "pyramid"])
 def site(
     mixpanel_api: MixpanelStandIn, request: pytest.FixtureRequest
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[tuple[str, str, Registry]]:
     settings = {
         "mixpanel.relay.csrf": request.param,
         "mixpanel.token": "tok-browser-test",
         "mixpanel.api_host": mixpanel_api.base_url,
         "mixpanel.flush_interval": "0.05",
         "mixpanel.relay.device_cookie": "mp_device",
+        "mixpanel.relay.cookie_secret": "browser-test-cookie-secret-0123456789",
         "mixpanel.relay.cookie_secure": "false",  # plain http on loopback
     }
     with Configurator(settings=settings) as config:
@@ -68,19 +78,26 @@ def site(
         config.include("pyramid_mixpanel.relay")
         config.add_route("home", "/")
         config.add_route("next", "/next")
+        config.add_route("long", "/long")
         config.add_view(page, route_name="home")
         config.add_view(page, route_name="next")
+        config.add_view(page, route_name="long")
         app = config.make_wsgi_app()
     with serve(app) as url:
-        yield url, request.param
+        yield url, request.param, app.registry
+
+
+def device_id_in(registry: Registry, cookie: str) -> str | None:
+    """The device id the relay signed into its cookie."""
+    return RelayView(registry[RELAY_KEY])._device_id(cookie)
 
 
 def test_page_views_and_clicks_reach_mixpanel(
-    browser: t.Any, site: tuple[str, str], mixpanel_api: MixpanelStandIn
+    browser: t.Any, site: tuple[str, str, Registry], mixpanel_api: MixpanelStandIn
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    site_url, csrf = site
+    site_url, csrf, registry = site
 
     browser.get(site_url + "/")
     browser.find_element(By.ID, "buy").click()
@@ -108,7 +125,7 @@ def test_page_views_and_clicks_reach_mixpanel(
     assert device_id.startswith("$device:")
     cookie = browser.get_cookie("mp_device")
     assert cookie is not None
-    assert device_id == f"$device:{cookie['value']}"
+    assert device_id == f"$device:{device_id_in(registry, cookie['value'])}"  # signed
     assert cookie["httpOnly"] is True
     for event in events:
         properties = event["properties"]
@@ -119,3 +136,26 @@ def test_page_views_and_clicks_reach_mixpanel(
         assert len(properties["$insert_id"]) == 32  # set by relay.js: a resend counts once
     next_view = next(e for e in events if e["properties"].get("Path") == "/next")
     assert next_view["properties"]["$referrer"] == site_url + "/"
+
+
+@pytest.mark.parametrize("site", ["origin"], indirect=True)
+def test_long_titles_and_referrers_are_cut_not_lost(
+    browser: t.Any, site: tuple[str, str, Registry], mixpanel_api: MixpanelStandIn
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    site_url = site[0]
+    long_url = f"{site_url}/long?q={'a' * 3000}"
+    browser.get(long_url)
+    mixpanel_api.wait_for_events(1, timeout=20)  # the page view, although its title is long
+    browser.find_element(By.ID, "next").click()
+    events = mixpanel_api.wait_for_events(3, timeout=20)
+
+    views = {
+        e["properties"]["Path"]: e["properties"] for e in events if e["event"] == "Page Viewed"
+    }
+    # Cut at 1024 UTF-16 units, less the half of the emoji that the cut would leave.
+    assert views["/long"]["Title"] == "x" * 1023
+    assert views["/next"]["$referrer"] == long_url[:1024]
+    click = next(e for e in events if e["event"] == "Button/Link Clicked")
+    assert click["properties"]["Path"] == "/long"

@@ -236,6 +236,61 @@ def test_header_properties_are_found_among_any_environ_keys() -> None:
     assert {prop.name: value for prop, value in found.items()} == {"Path": "/p"}
 
 
+def test_header_properties_can_be_narrowed_or_turned_off(caplog: pytest.LogCaptureFixture) -> None:
+    settings = {"mixpanel.token": "false", "mixpanel.header_properties": "title, $referrer"}
+    runtime = Runtime(parse_settings(settings))
+    environ = {
+        "HTTP_X_MIXPANEL_TITLE": "Hi",
+        "HTTP_X_MIXPANEL_REFERRER": "https://a.example/",
+        "HTTP_X_MIXPANEL_PATH": "/not-allowed",
+    }
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        found = runtime.header_props(environ)
+    assert {prop.name: value for prop, value in found.items()} == {
+        "Title": "Hi",
+        "$referrer": "https://a.example/",
+    }
+    assert "mixpanel.unknown_header_ignored header='X-Mixpanel-Path'" in caplog.text
+    off = Runtime(parse_settings({"mixpanel.token": "false", "mixpanel.header_properties": "off"}))
+    assert off.header_props(environ) == {}
+
+
+def test_a_header_property_that_is_not_declared_is_a_startup_error() -> None:
+    settings = {"mixpanel.token": "false", "mixpanel.header_properties": "Titel"}
+    with pytest.raises(MixpanelConfigurationError) as error:
+        Runtime(parse_settings(settings))
+    assert str(error.value) == (
+        "mixpanel.header_properties: 'Titel' is not a declared event property."
+        " Did you mean 'Title'?"
+    )
+
+
+def test_header_values_over_the_limit_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    runtime = Runtime(parse_settings({"mixpanel.token": "false"}))
+    with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
+        found = runtime.header_props({"HTTP_X_MIXPANEL_TITLE": "x" * 5000})
+        odd = runtime.header_props({"HTTP_X_MIXPANEL_PATH": b"/bytes"})  # not WSGI text
+    assert found == {} and odd == {}
+    assert "header_too_long_ignored header='X-Mixpanel-Title' length=5000 limit=255" in caplog.text
+    assert "x" * 300 not in caplog.text  # never the value
+    short = Runtime(parse_settings({"mixpanel.token": "false", "mixpanel.header_max_length": 3}))
+    assert len(short.header_props({"HTTP_X_MIXPANEL_TITLE": "abc"})) == 1
+    assert short.header_props({"HTTP_X_MIXPANEL_TITLE": "abcd"}) == {}
+
+
+def test_credentials_in_the_api_host_are_never_logged(caplog: pytest.LogCaptureFixture) -> None:
+    settings = parse_settings(
+        {
+            "mixpanel.token": "false",
+            "mixpanel.api_host": "https://proxyuser:hunter2@proxy.example:8443/mp",
+        }
+    )
+    with caplog.at_level(logging.INFO, logger="pyramid_mixpanel"):
+        Runtime(settings).log_configured()
+    assert "hunter2" not in caplog.text and "proxyuser" not in caplog.text
+    assert "api_host='https://***@proxy.example:8443/mp'" in caplog.text
+
+
 def test_counters_show_themselves() -> None:
     counters = Counters(["sent"])
     counters.add("dead", 2)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sys
 
+import hypothesis.strategies as st
 import mixpanel
 import pytest
+from hypothesis import given, settings
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationExecutionError
 
@@ -21,8 +24,10 @@ from pyramid_mixpanel.converters import (
     as_lines,
     as_positive_float,
     as_secret,
+    redact_url,
 )
 from pyramid_mixpanel.delivery import SyncDelivery
+from pyramid_mixpanel.settings import SETTINGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,3 +280,42 @@ def test_delivery_settings() -> None:
     assert (settings.queue_max_messages, settings.batch_max_bytes) == (5, 1000)
     assert settings.region == "us"
     assert parse_settings({"mixpanel.consumer": "mixpanel.Consumer"}).delivery == "sync"
+
+
+# -- arbitrary values ----------------------------------------------------------------------------
+
+VALUES = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["inf", "-inf", "nan", "1e400", "0", "-1", "off", "on", " ", "x" * 300]),
+    st.sampled_from(["pyramid_mixpanel.Events", "os.path:join", "a.b:c", "{x}", "http://u:p@h"]),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.none(),
+)
+
+
+@settings(deadline=None)
+@given(values=st.dictionaries(st.sampled_from([s.key for s in SETTINGS]), VALUES, max_size=6))
+def test_arbitrary_values_are_parsed_or_refused_by_name(values: dict[str, object]) -> None:
+    """Whatever an .ini file says, parsing either works or names the setting; nothing else."""
+    try:
+        parsed = parse_settings(values)
+    except MixpanelConfigurationError as error:
+        assert any(key in str(error) for key in values) or "mixpanel." in str(error)
+    else:
+        for value in (parsed.connect_timeout, parsed.read_timeout, parsed.query_timeout):
+            assert math.isfinite(value) and value > 0
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("https://u:p@host:1/x", "https://***@host:1/x"),
+        ("u:p@host", "***@host"),
+        ("https://host/path@x", "https://host/path@x"),  # an @ in a path is not a credential
+        ("https://host", "https://host"),
+    ],
+)
+def test_redact_url(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted

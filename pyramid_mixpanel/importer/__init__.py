@@ -24,7 +24,12 @@ Rows
     milliseconds. A row without an event, a distinct_id or a usable time, dated before
     1971-01-01 or more than an hour ahead, with an invalid ``$insert_id``, larger than 1 MB, or
     (unless ``allow_undeclared``) naming an event the catalogue does not declare, is rejected
-    before sending.
+    before sending. A UTF-8 byte-order mark at the start of the file is skipped.
+Hostile input
+    Whatever a row holds (any bytes, any JSON, any CSV) it is imported or rejected with a
+    reason: it never stops the import. No line is held whole beyond ``max_line_bytes``
+    (default 1 MiB, :data:`MAX_LINE_BYTES`; for CSV, a record over all its lines): the rest of a
+    longer one is read past in chunks and the row rejected.
 ``$insert_id``
     A valid one in the row (at most 36 letters, digits or ``-``) is kept. Otherwise it is the
     first 32 hex digits of the SHA-256 of the row as sent (event, distinct_id, time in ms and
@@ -34,7 +39,10 @@ Checkpoint (``<input>.checkpoint``)
     Where every row before is done (imported, refused or rejected): batches finish out of order,
     so it is the end of the longest run of finished batches. A rerun of an unchanged input
     resumes there; a finished run marks it complete. Rows given up after ``max_retries`` hold it
-    back, so a rerun sends them again.
+    back, so a rerun sends them again. A checkpoint that cannot be read, or holds no place in
+    the input, raises :class:`CheckpointError` (an :class:`ImportSetupError`) naming it and the
+    fix (delete it, or ``restart``), before anything is sent: resuming from a guess could skip
+    rows, and starting over unasked could send a whole file again.
 Report (``<input>.failed.jsonl``)
     One line per row that was not imported: ``{"line", "status", "error", "row"}`` with status
     ``rejected`` (before sending), ``refused`` (by Mixpanel: its ``failed_records`` message, or
@@ -44,8 +52,8 @@ Report (``<input>.failed.jsonl``)
 
 from __future__ import annotations
 
-from ._errors import ImportSetupError, RowRejectedError
-from ._reader import FIELDS, FORMATS, parse_mapping
+from ._errors import CheckpointError, ImportSetupError, RowRejectedError
+from ._reader import FIELDS, FORMATS, MAX_LINE_BYTES, parse_mapping
 from ._report import ImportReport
 from ._sender import GZIP_LEVEL, MAX_CONCURRENCY, import_file
 from ._validation import derive_insert_id, event_time_ms, prepare_record, valid_insert_id
@@ -55,6 +63,8 @@ __all__ = [
     "FORMATS",
     "GZIP_LEVEL",
     "MAX_CONCURRENCY",
+    "MAX_LINE_BYTES",
+    "CheckpointError",
     "ImportReport",
     "ImportSetupError",
     "RowRejectedError",

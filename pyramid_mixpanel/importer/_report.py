@@ -8,6 +8,8 @@ import os
 import typing as t
 from dataclasses import dataclass
 
+from ._errors import ImportSetupError
+
 __all__ = ["FailedRows", "ImportReport"]
 
 
@@ -83,10 +85,20 @@ class FailedRows:
 
         ``done_line``: the last input line the checkpoint covers.
         """
+        try:
+            self._start(resuming, done_line)
+        except OSError as exc:
+            raise ImportSetupError(
+                f"cannot use the report {self.path} ({exc.strerror or exc}): it must be a file"
+                " in a folder this user can write to"
+            ) from None
+
+    def _start(self, resuming: bool, done_line: int) -> None:
         kept: list[str] = []
         if resuming:
             try:
-                with open(self.path, encoding="utf-8") as old:
+                # A damaged line (even one not UTF-8) is dropped, not a reason to stop.
+                with open(self.path, encoding="utf-8", errors="replace") as old:
                     kept = [text for text in old if _line_of(text) <= done_line]
             except FileNotFoundError:
                 pass
@@ -104,7 +116,15 @@ class FailedRows:
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self.report.failed_report = self.path
         entry = {"line": line, "status": status, "error": error, "row": row}
-        self._file.write(json.dumps(entry) + "\n")
+        try:
+            text = json.dumps(entry)
+        except RecursionError:
+            # A row parsed from the input may nest deeper than json.dumps() recurses: its line
+            # number says where it is.
+            entry["row"] = None
+            entry["error"] = f"{error} (the row nests too deep to be written here)"
+            text = json.dumps(entry)
+        self._file.write(text + "\n")
 
     def flush(self) -> None:
         """Write out what is reported so far."""
@@ -121,5 +141,5 @@ def _line_of(report_line: str) -> float:
     """The input line a report line is about (infinity when unreadable: dropped on resume)."""
     try:
         return float(json.loads(report_line)["line"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return math.inf

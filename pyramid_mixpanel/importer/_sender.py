@@ -19,7 +19,7 @@ from ..delivery.transport import MixpanelTransport
 from ..log import redact
 from ._checkpoint import CHECKPOINT_EVERY, Checkpoint, Done, State, input_identity
 from ._errors import ImportSetupError, RowRejectedError
-from ._reader import FORMATS, CsvRows, Lines, Row, jsonl_rows
+from ._reader import FORMATS, MAX_LINE_BYTES, CsvRows, Lines, Row, jsonl_rows
 from ._report import FailedRows, ImportReport
 from ._validation import FUTURE_SLACK_MS, Preparer
 
@@ -54,6 +54,7 @@ def import_file(
     progress: bool = True,
     allow_undeclared: bool = False,
     max_retries: int = 8,
+    max_line_bytes: int = MAX_LINE_BYTES,
     policy: RetryPolicy | None = None,
     out: t.TextIO | None = None,
     on_batch: t.Callable[[ImportReport], None] | None = None,
@@ -64,9 +65,13 @@ def import_file(
     :param mapping: for CSV, ``{field: column}`` for ``event``, ``distinct_id`` and ``time``.
     :param checkpoint: read and write ``<path>.checkpoint``; ``restart`` ignores the old one.
     :param max_retries: retries of a batch Mixpanel cannot take now before giving up on it.
+    :param max_line_bytes: a longer line (line ending included; a CSV record over all its lines)
+        is a rejected row, read past without being held whole. Default 1 MiB.
     :param out: where the progress bar and notices go (default: standard error).
     :param on_batch: called with the report after each batch is settled.
     :raises ImportSetupError: before anything is sent, when the import cannot start.
+    :raises CheckpointError: (an ``ImportSetupError``) when the checkpoint is damaged or cannot
+        be read or written; before anything is sent, but for a write failing mid-way.
 
     Ctrl-C stops the import cleanly (batches in flight are settled, the checkpoint written)
     and returns the report with ``interrupted`` set.
@@ -82,6 +87,7 @@ def import_file(
         progress=progress,
         allow_undeclared=allow_undeclared,
         max_retries=max_retries,
+        max_line_bytes=max_line_bytes,
         policy=policy or RetryPolicy(),
         out=out,
         on_batch=on_batch,
@@ -102,6 +108,7 @@ class _Importer:
         progress: bool,
         allow_undeclared: bool,
         max_retries: int,
+        max_line_bytes: int,
         policy: RetryPolicy,
         out: t.TextIO | None,
         on_batch: t.Callable[[ImportReport], None] | None,
@@ -117,6 +124,8 @@ class _Importer:
             )
         if max_retries < 0:
             raise ImportSetupError(f"max_retries must be 0 or more, got {max_retries}")
+        if max_line_bytes < 1:
+            raise ImportSetupError(f"max_line_bytes must be 1 or more, got {max_line_bytes}")
         fmt = fmt or ("csv" if path.lower().endswith(".csv") else "jsonl")
         if fmt not in FORMATS:
             raise ImportSetupError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -146,11 +155,11 @@ class _Importer:
             raise ImportSetupError(f"cannot read {path}: {exc.strerror or exc}") from None
         self.size = size
         self.checkpoint = (
-            Checkpoint(self.checkpoint_path, self.name, identity, self.out)
+            Checkpoint(self.checkpoint_path, self.name, identity, self.out, self.file)
             if self.checkpoint_path is not None
             else None
         )
-        self.lines = Lines(self.file)
+        self.lines = Lines(self.file, max_line_bytes)
         try:
             self.rows: t.Iterable[Row] = (
                 CsvRows(self.lines, mapping or {}, self.name)
@@ -175,11 +184,24 @@ class _Importer:
 
     def run(self) -> ImportReport:
         started = time.monotonic()
-        resume = None if self.checkpoint is None or self.restart else self.checkpoint.load()
-        self.state = State(resume or (self.lines.line, self.lines.offset, 0))
-        self.lines.seek(*self.state.done[:2])
-        self.report.skipped_by_checkpoint = self.state.done[2]
-        self.failed.start(resume is not None, self.state.done[0])
+        start = (self.lines.line, self.lines.offset)  # the first row's (after a CSV header)
+        try:
+            resume = None
+            if self.checkpoint is not None and not self.restart:
+                resume = self.checkpoint.load(start)
+            self.state = State(resume or (*start, 0))
+            self.lines.seek(*self.state.done[:2])
+            self.report.skipped_by_checkpoint = self.state.done[2]
+            self.failed.start(resume is not None, self.state.done[0])
+            # Written now, so a checkpoint that cannot be written stops the import before
+            # anything is sent rather than after.
+            self._save()
+        except BaseException:
+            self.file.close()
+            self.failed.close()
+            for transport in self.transports:
+                transport.close()
+            raise
         self.bar = tqdm(
             total=self.size,
             initial=self.state.done[1],
@@ -211,12 +233,14 @@ class _Importer:
             for sender in senders:
                 sender.join()
             self.file.close()
-            self._save()
-            self.failed.close()
-            self.bar.close()
-            for transport in self.transports:
-                transport.close()
-            self.report.elapsed = time.monotonic() - started
+            try:
+                self._save()
+            finally:
+                self.failed.close()
+                self.bar.close()
+                for transport in self.transports:
+                    transport.close()
+                self.report.elapsed = time.monotonic() - started
         return self.report
 
     def _read(self) -> Done:
@@ -337,10 +361,15 @@ class _Importer:
 
     def _save(self) -> None:
         self._saved_at = time.monotonic()
-        if self.checkpoint is None:
+        checkpoint = self.checkpoint
+        if checkpoint is None:
             return
         self.failed.flush()  # what the checkpoint covers is reported first
-        self.checkpoint.save(self.state.done, self.report.complete)
+        # After a failed write, no other is tried: the import stops with that error (and the
+        # batches in flight are settled without tripping over it again).
+        self.checkpoint = None
+        checkpoint.save(self.state.done, self.report.complete)
+        self.checkpoint = checkpoint
 
 
 def _combined(count: int, pending: list[int], refused: dict[int, str], error: str) -> Outcome:

@@ -21,7 +21,7 @@ from ..rules import (
     blocked_id,
     value_problem,
 )
-from ._errors import RowRejectedError
+from ._errors import RowRejectedError, clipped, shown
 
 if t.TYPE_CHECKING:
     from ..catalog import Catalog
@@ -45,6 +45,14 @@ COLLECTIONS = (dict, list)
 INSERT_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 ONE_MS = dt.timedelta(milliseconds=1)
+# No time needs more characters than this (an ISO 8601 one with nanoseconds and an offset has
+# 35): a longer one is refused before int() or float() parse thousands of digits.
+MAX_TIME_CHARS = 64
+# Undeclared event names up to this long get a "did you mean" hint, cached per name; a longer
+# one is not matched (nor kept in the cache) as they may be up to a line long.
+MAX_HINTED_CHARS = 255
+# orjson.dumps() raises on values nested 255 levels deep or more.
+ORJSON_MAX_DEPTH = 255
 
 # orjson parses and encodes about five times faster than the standard library, which is most
 # of an import's CPU. One encoding serves both the body and the hash behind $insert_id. Keys are
@@ -62,6 +70,10 @@ def event_time_ms(value: object, latest_ms: int | None = None) -> int:
     number: object = value
     if isinstance(value, str):
         text = value.strip()
+        if len(text) > MAX_TIME_CHARS:
+            raise RowRejectedError(
+                f"time {shown(value)} is {len(text):,} characters long: not a time"
+            )
         try:
             number = int(text)
         except ValueError:
@@ -71,10 +83,12 @@ def event_time_ms(value: object, latest_ms: int | None = None) -> int:
                 return _in_range(_iso_ms(text, value), value, latest_ms)
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise RowRejectedError(
-            f"time {value!r} is not epoch seconds, epoch milliseconds or ISO 8601"
+            f"time {shown(value)} is not epoch seconds, epoch milliseconds or ISO 8601"
         )
-    if not math.isfinite(number):
-        raise RowRejectedError(f"time {value!r} is not a finite number")
+    # Only a float can be infinite or NaN: math.isfinite() would turn an int into a float, and
+    # one of 310 digits or more overflows.
+    if isinstance(number, float) and not math.isfinite(number):
+        raise RowRejectedError(f"time {shown(value)} is not a finite number")
     if abs(number) >= MILLISECONDS_FROM:
         ms = round(number)
     else:
@@ -84,12 +98,12 @@ def event_time_ms(value: object, latest_ms: int | None = None) -> int:
 
 def _in_range(ms: int, value: object, latest_ms: int | None) -> int:
     if ms < EARLIEST_MS:
-        raise RowRejectedError(f"time {value!r} is before 1971-01-01: Mixpanel refuses it")
+        raise RowRejectedError(f"time {shown(value)} is before 1971-01-01: Mixpanel refuses it")
     if latest_ms is None:
         latest_ms = int(time.time() * 1000) + FUTURE_SLACK_MS
     if ms > latest_ms:
         raise RowRejectedError(
-            f"time {value!r} is more than an hour in the future: Mixpanel would move the"
+            f"time {shown(value)} is more than an hour in the future: Mixpanel would move the"
             " event to the time of import"
         )
     return ms
@@ -102,7 +116,7 @@ def _iso_ms(text: str, value: object) -> int:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
         raise RowRejectedError(
-            f"time {value!r} is not epoch seconds, epoch milliseconds or ISO 8601"
+            f"time {shown(value)} is not epoch seconds, epoch milliseconds or ISO 8601"
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
@@ -188,7 +202,11 @@ class Preparer:
                 "event is missing" if event in (None, "") else "event is not a string"
             )
         if self.catalog is not None and event not in self.declared:
-            raise RowRejectedError(self.undeclared(event))
+            raise RowRejectedError(
+                self.undeclared(event)
+                if len(event) <= MAX_HINTED_CHARS
+                else f"event {shown(event)} is not declared (--allow-undeclared imports it anyway)"
+            )
         properties = record.get("properties")
         if not isinstance(properties, dict):
             raise RowRejectedError("properties is missing or not an object")
@@ -197,20 +215,24 @@ class Preparer:
             raise RowRejectedError(
                 "properties.distinct_id is missing"
                 if distinct_id is None
-                else f"distinct_id {distinct_id!r} is not a string"
+                else f"distinct_id {shown(distinct_id)} is not a string"
             )
+        # A Python caller's int may have more digits than str() converts (4300).
+        if type(distinct_id) is int and distinct_id.bit_length() > 64:
+            raise RowRejectedError(f"distinct_id {shown(distinct_id)} is too large a number")
         if blocked_id(str(distinct_id)):
-            raise RowRejectedError(f"distinct_id {distinct_id!r} is a value Mixpanel refuses")
+            raise RowRejectedError(f"distinct_id {shown(distinct_id)} is a value Mixpanel refuses")
         if "time" not in properties:
             raise RowRejectedError("properties.time is missing")
         ms = event_time_ms(properties["time"], self.latest_ms)
         given = properties.get("$insert_id")
         if given is not None and not valid_insert_id(given):
             raise RowRejectedError(
-                f"$insert_id {given!r} is invalid: Mixpanel wants 1 to 36 letters, digits or '-'"
+                f"$insert_id {shown(given)} is invalid: Mixpanel wants 1 to 36 letters, digits"
+                " or '-'"
             )
         if blocked_id(given):
-            raise RowRejectedError(f"$insert_id {given!r} is a value Mixpanel refuses")
+            raise RowRejectedError(f"$insert_id {shown(given)} is a value Mixpanel refuses")
         # With the $insert_id and ip that every sent event carries.
         count = len(properties) + ("$insert_id" not in properties) + ("ip" not in properties)
         if count >= MAX_PROPERTIES:
@@ -220,7 +242,7 @@ class Preparer:
         for key, value in properties.items():
             problem = value_problem(value)
             if problem is not None:
-                raise RowRejectedError(f"properties.{key} has {problem}")
+                raise RowRejectedError(f"properties.{clipped(str(key))} has {problem}")
         # Normalise in place when the row is ours (saves a copy per row), else on a copy.
         sent = properties if owned else dict(properties)
         sent["time"] = ms
@@ -256,11 +278,15 @@ def prepare_record(record: object, catalog: Catalog | None = None) -> str:
     return Preparer(catalog, int(time.time() * 1000) + FUTURE_SLACK_MS)(record).decode()
 
 
-def _finite(value: object) -> bool:
+def _finite(value: object, depth: int = 0) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
+    # orjson refuses to encode anything nested this deep (a rejected row), so the search stops
+    # there rather than recursing as deep as a caller's value goes.
+    if depth >= ORJSON_MAX_DEPTH:
+        return True
     if isinstance(value, dict):
-        return all(_finite(item) for item in value.values())
+        return all(_finite(item, depth + 1) for item in value.values())
     if isinstance(value, (list, tuple)):
-        return all(_finite(item) for item in value)
+        return all(_finite(item, depth + 1) for item in value)
     return True

@@ -16,7 +16,8 @@ a first ``pmixpanel sync``) to create the tables; until then the views answer 50
 
 Dates are chosen with ``?from=YYYY-MM-DD&to=YYYY-MM-DD`` (default: the last
 ``mixpanel.insights.days`` days up to yesterday, in the timezone of the synced days: UTC, or
-``mixpanel.project_timezone``).
+``mixpanel.project_timezone``): days from 1970-01-01 on, at most 366 of them, else 400 with
+``{"error": ...}`` (an HTML page for the account page).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import threading
 import typing as t
 import zoneinfo
@@ -16,7 +17,7 @@ from ..converters import Setting, as_secret, parse_table, positive_int
 from ..exceptions import MixpanelConfigurationError
 from ..log import Log
 from ..metrics.config import MetricsSettings, parse_metrics_settings
-from ..metrics.model import DailyMetrics, FunnelMetrics
+from ..metrics.model import DailyMetrics, FunnelMetrics, storable
 from ..metrics.store import MetricsStore, rank_events
 from . import INSIGHTS_KEY
 from .render import account_page
@@ -39,7 +40,15 @@ NOT_MIGRATED = (
 )
 
 PREFIX = "mixpanel.insights."
+#: The longest range of days a view answers (``from`` to ``to``, both included).
 MAX_RANGE_DAYS = 366
+#: The first day a view answers: Mixpanel's times are epoch seconds, nothing is older.
+FIRST_DAY = dt.date(1970, 1, 1)
+#: ``from`` and ``to``: ``YYYY-MM-DD`` and nothing else (``date.fromisoformat`` also takes
+#: ``20260101`` and week dates; without ``re.ASCII``, ``\d`` takes any script's digits).
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+BAD_DAY = f"from and to must be days as YYYY-MM-DD, from {FIRST_DAY} on"
+BAD_RANGE = f"from must not be after to, and a range spans at most {MAX_RANGE_DAYS} days"
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,24 @@ class InsightsState:
         }
 
 
+def _day(text: str | None, default: dt.date) -> dt.date | None:
+    """The day ``text`` names (``default`` when absent), or ``None`` when it names none."""
+    if text is None:
+        return default
+    if DAY.fullmatch(text) is None:
+        return None
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:  # 2024-13-01, 2023-02-29
+        return None
+    return day if day >= FIRST_DAY else None
+
+
+def _bad_request(error: str, page: bool) -> HTTPBadRequest:
+    """A 400 saying ``error``: JSON for the API, an HTML page (Pyramid's) for the page."""
+    return HTTPBadRequest(error) if page else HTTPBadRequest(json_body={"error": error})
+
+
 def _jsonable(value: object) -> t.Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {key: _jsonable(item) for key, item in dataclasses.asdict(value).items()}
@@ -182,25 +209,28 @@ class InsightsViews:
     def __init__(self, state: InsightsState) -> None:
         self.state = state
 
-    def _range(self, request: Request) -> tuple[dt.date, dt.date]:
+    def _range(self, request: Request, page: bool = False) -> tuple[dt.date, dt.date]:
+        """``from`` and ``to`` (400 unless both are days from 1970 on, at most a year apart)."""
         now = dt.datetime.now(zoneinfo.ZoneInfo(self.state.timezone))
         yesterday = now.date() - dt.timedelta(days=1)
-        try:
-            end = dt.date.fromisoformat(request.params.get("to", yesterday.isoformat()))
-            default_start = end - dt.timedelta(days=self.state.settings.days - 1)
-            start = dt.date.fromisoformat(request.params.get("from", default_start.isoformat()))
-        except ValueError:
-            raise HTTPBadRequest(json_body={"error": "from and to must be YYYY-MM-DD"}) from None
+        end = _day(request.params.get("to"), yesterday)
+        if end is None:
+            raise _bad_request(BAD_DAY, page)
+        # Clamped: the default start of a range ending near 1970 (or year 1) must not overflow.
+        default_start = max(FIRST_DAY, end - dt.timedelta(days=self.state.settings.days - 1))
+        start = _day(request.params.get("from"), default_start)
+        if start is None:
+            raise _bad_request(BAD_DAY, page)
         if start > end or (end - start).days >= MAX_RANGE_DAYS:
-            raise HTTPBadRequest(
-                json_body={"error": f"from must be before to, at most {MAX_RANGE_DAYS} days"}
-            )
+            raise _bad_request(BAD_RANGE, page)
         return start, end
 
     def _account(self, request: Request, page: bool = False) -> str:
         account = t.cast(str, request.matchdict["account"])
-        if not self.state.store.has_account(account):
-            error = f"no metrics for account {account!r}"
+        # An id the store cannot hold (too long, a NUL: PostgreSQL would refuse the query) is
+        # no account: asked for, it is not found.
+        if not storable(account) or not self.state.store.has_account(account):
+            error = f"no metrics for account {account[:100]!r}"
             raise HTTPNotFound(error) if page else HTTPNotFound(json_body={"error": error})
         return account
 
@@ -232,9 +262,10 @@ class InsightsViews:
     def users(self, request: Request) -> dict[str, t.Any]:
         """The account's profiles, counted (no one is named)."""
         account = t.cast(str, request.matchdict["account"])
-        users = self.state.store.users(account)
+        users = self.state.store.users(account) if storable(account) else None
         if users is None:
-            raise HTTPNotFound(json_body={"error": f"no profiles for account {account!r}"})
+            error = f"no profiles for account {account[:100]!r}"
+            raise HTTPNotFound(json_body={"error": error})
         return t.cast(dict[str, t.Any], _jsonable(users))
 
     def start_sync(self, request: Request) -> Response:
@@ -256,7 +287,7 @@ class InsightsViews:
     def page(self, request: Request) -> Response:
         """The account's HTML page."""
         account = self._account(request, page=True)
-        start, end = self._range(request)
+        start, end = self._range(request, page=True)
         store = self.state.store
         days = store.daily(account, start, end)
         html = account_page(

@@ -25,7 +25,7 @@ from .config import LocalFunnel, MetricsSettings, parse_metrics_settings
 from .model import Anomaly, DailyMetrics, FunnelMetrics, ProfileAggregate
 from .score import detect_anomaly, engagement_score, log_anomaly
 from .store import MetricsStore
-from .sync import SyncError, SyncReport, sync
+from .sync import MalformedExportError, SyncError, SyncReport, sync
 
 __all__ = [
     "AggregateResult",
@@ -34,6 +34,7 @@ __all__ = [
     "DailyMetrics",
     "FunnelMetrics",
     "LocalFunnel",
+    "MalformedExportError",
     "MetricsSettings",
     "MetricsStore",
     "ProfileAggregate",

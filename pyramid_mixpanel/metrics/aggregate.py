@@ -24,6 +24,17 @@ Memory grows with users x days of one chunk, not with events:
 A day's events are those whose ``properties.time`` (epoch seconds) falls on it: a UTC day, or in a
 project created before 2023-01-01 a day of the project's timezone, since such a project's
 export stores ``time`` as the project's local seconds (docs/export-methods).
+
+Events come from whoever could send one, and everything stored must fit the store:
+
+- events must be well formed (:func:`~pyramid_mixpanel.metrics.lines.parse_line` checks a
+  line; the sync skips and counts the others);
+- an account id that cannot be stored (over :data:`~.model.MAX_KEY` characters, a NUL, a lone
+  surrogate: see :func:`~.model.storable`) is refused and counted, never truncated: two long ids
+  that share a prefix are different accounts, and a cut one could name someone else's;
+- a breakdown or profile value over :data:`MAX_LABEL` characters is counted under
+  :data:`TOO_LONG` (it is a label, not a key: the event still counts), and NUL or lone
+  surrogates in event names and labels become U+FFFD.
 """
 
 from __future__ import annotations
@@ -36,7 +47,14 @@ from array import array
 from dataclasses import dataclass, field
 
 from .config import MetricsSettings
-from .model import DailyMetrics, FunnelMetrics, ProfileAggregate
+from .model import (
+    MAX_KEY,
+    DailyMetrics,
+    FunnelMetrics,
+    ProfileAggregate,
+    clean_text,
+    storable,
+)
 from .score import engagement_score
 
 __all__ = [
@@ -47,6 +65,8 @@ __all__ = [
     "accounts_of",
     "aggregate_events",
     "aggregate_profiles",
+    "label",
+    "storable_accounts",
 ]
 
 
@@ -58,6 +78,9 @@ EPOCH = dt.date(1970, 1, 1)
 NOT_SET = "(not set)"
 #: Breakdown label collecting values beyond :data:`MAX_BREAKDOWN_VALUES` per account-day.
 OTHER = "(other)"
+#: Breakdown label of values longer than :data:`MAX_LABEL` characters (counted, not cut: two
+#: long values sharing a prefix would otherwise merge, and a cut one could read as another).
+TOO_LONG = "(too long)"
 MAX_BREAKDOWN_VALUES = 1000
 MAX_LABEL = 255
 
@@ -131,7 +154,7 @@ def accounts_of(value: object) -> tuple[str, ...]:
 
 
 def label(value: object) -> str:
-    """A breakdown label for a property value (at most 255 characters)."""
+    """A breakdown label for a property value: :data:`TOO_LONG` past 255 characters."""
     if value is None:
         return NOT_SET
     if isinstance(value, bool):
@@ -141,8 +164,27 @@ def label(value: object) -> str:
     elif isinstance(value, (int, float)):
         text = repr(value)
     else:
-        text = json.dumps(value, sort_keys=True, default=str)
-    return text[:MAX_LABEL]
+        try:
+            text = json.dumps(value, sort_keys=True, default=str)
+        except RecursionError:  # nested deeper than the interpreter recurses: far over 255
+            return TOO_LONG
+    return text if len(text) <= MAX_LABEL else TOO_LONG
+
+
+def storable_accounts(value: object) -> tuple[tuple[str, ...], int]:
+    """The account ids ``value`` names that the store can keep, and how many it cannot."""
+    names = accounts_of(value)
+    kept = tuple(name for name in names if storable(name))
+    return kept, len(names) - len(kept)
+
+
+def _clean_counts(counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` sorted, with NUL and lone surrogates replaced in its keys (merging twins)."""
+    out: dict[str, int] = {}
+    for key, count in counts.items():
+        key = clean_text(key)
+        out[key] = out.get(key, 0) + count
+    return dict(sorted(out.items()))
 
 
 class _AccountDay:
@@ -244,6 +286,25 @@ class _Funnel:
                     self.record(account, day, step)
         self.users.clear()
 
+    def peek(self) -> list[FunnelMetrics]:
+        """The entry days not handed out yet, counted where their users stand (nothing changes).
+
+        What :meth:`settle_open` then :meth:`take` would give if the data ended here: the sync
+        stores it with the days it belongs to, so a sync stopped before those days settle still
+        leaves them their rows (later syncs complete them).
+        """
+        counts = {key: list(steps) for key, steps in self.counts.items()}
+        for account, users in self.users.items():
+            for user in users.values():
+                for day, step, _, _ in user.open:
+                    row = counts.setdefault((account, day), [0] * len(self.steps))
+                    for reached in range(step + 1):
+                        row[reached] += 1
+        return [
+            FunnelMetrics(account, self.name, self.name, from_day_number(day), steps)
+            for (account, day), steps in sorted(counts.items())
+        ]
+
     def take(self, before: int | None) -> list[FunnelMetrics]:
         """Hand out the counts of entry days before day number ``before`` (all with None)."""
         out = []
@@ -262,6 +323,9 @@ class ChunkResult:
 
     daily: list[DailyMetrics] = field(default_factory=list)
     funnels: list[FunnelMetrics] = field(default_factory=list)
+    #: The entry days not settled yet (their window is still open), counted where their users
+    #: stand: what :meth:`Aggregator.finish` would give if the data ended with this chunk.
+    open_funnels: list[FunnelMetrics] = field(default_factory=list)
 
 
 @dataclass
@@ -277,6 +341,12 @@ class AggregateStats:
     #: Events that repeat an earlier one of their chunk (same name, ``distinct_id``, ``time`` and
     #: ``$insert_id``): counted once.
     duplicates: int = 0
+    #: Account ids the store cannot keep (see :func:`~.model.storable`), once per event naming
+    #: one: refused (an event left without an account is also counted in ``unattributed``).
+    rejected_accounts: int = 0
+    #: Breakdown values (once per account counted) over :data:`MAX_LABEL` characters, counted
+    #: under :data:`TOO_LONG`.
+    long_values: int = 0
 
 
 class Aggregator:
@@ -322,8 +392,10 @@ class Aggregator:
         """Consume the events of the days ``first`` to ``last`` (inclusive).
 
         With ``metrics=False`` only local funnels are fed: the days before a sync whose funnel
-        entries its events may complete. Returns the days' metrics (when ``metrics``) and the
-        funnel entry days whose window has closed.
+        entries its events may complete. Returns the days' metrics (when ``metrics``), the
+        funnel entry days whose window has closed, and those still open counted where their
+        users stand. Events must be well formed (see
+        :func:`~pyramid_mixpanel.metrics.lines.parse_line`).
         """
         first_day, last_day = day_number(first), day_number(last)
         by_day: dict[int, dict[str, _AccountDay]] = (
@@ -341,6 +413,7 @@ class Aggregator:
             # Day D is settled once every entry of D (at the latest, its last second) has had its
             # whole window: (D + 1) * DAY + window <= end.
             result.funnels.extend(funnel.take(before=(end - funnel.window) // DAY))
+            result.open_funnels.extend(funnel.peek())
         return result
 
     def finish(self) -> list[FunnelMetrics]:
@@ -369,7 +442,8 @@ class Aggregator:
         plain = (0, ())
         current: int | None = None  # the day of the previous event
         accounts: dict[str, _AccountDay] | None = None
-        counted = unattributed = outside = duplicates = 0
+        counted = unattributed = outside = duplicates = rejected = long_values = 0
+        too_long = TOO_LONG
         for event in events:
             props = event["properties"]
             moment = props["time"]
@@ -383,7 +457,18 @@ class Aggregator:
                 current = day
                 accounts = by_day.get(day)
             value = props.get(prop) if getter is None else getter(event)
-            names = (value,) if value.__class__ is str and value else accounts_of(value)
+            names: tuple[str, ...]
+            if (
+                value.__class__ is str
+                and value
+                and len(value) <= MAX_KEY
+                and value.isascii()  # O(1) in CPython
+                and "\x00" not in value
+            ):
+                names = (value,)  # the common case, checked inline: this runs once per event
+            else:
+                names, refused = storable_accounts(value)
+                rejected += refused
             if not names:
                 unattributed += 1
                 continue
@@ -441,6 +526,8 @@ class Aggregator:
                         key = props.get(key)
                         if key.__class__ is not str or len(key) > MAX_LABEL:
                             key = label(key)
+                            if key is too_long:
+                                long_values += 1
                         if key in values:
                             values[key] += 1
                         elif len(values) < MAX_BREAKDOWN_VALUES:
@@ -478,6 +565,8 @@ class Aggregator:
         stats.unattributed += unattributed
         stats.outside += outside
         stats.duplicates += duplicates
+        stats.rejected_accounts += rejected
+        stats.long_values += long_values
 
     def _daily(self, account: str, date: dt.date, bucket: _AccountDay) -> DailyMetrics:
         users = len(bucket.users)
@@ -499,8 +588,10 @@ class Aggregator:
             unique_users=users,
             sessions=sessions,
             avg_events_per_user=round(total / users, 4) if users else 0.0,
-            event_counts=dict(sorted(bucket.events.items())),
-            breakdowns={prop: dict(sorted(values.items())) for prop, values in bucket.breakdowns},
+            # Names and values are stored as JSON, where PostgreSQL refuses NUL and lone
+            # surrogates: cleaned once per account-day here rather than once per event.
+            event_counts=_clean_counts(bucket.events),
+            breakdowns={prop: _clean_counts(values) for prop, values in bucket.breakdowns},
             engagement_score=engagement_score(by_category, users, self.settings),
         )
 
@@ -528,26 +619,36 @@ def aggregate_events(
 
 
 def aggregate_profiles(
-    profiles: t.Iterable[t.Mapping[str, t.Any]], settings: MetricsSettings
+    profiles: t.Iterable[t.Mapping[str, t.Any]],
+    settings: MetricsSettings,
+    stats: AggregateStats | None = None,
 ) -> list[ProfileAggregate]:
     """Count Engage profiles per account, and per value of each configured profile property.
 
     Profiles come as Engage returns them (``{"$distinct_id": ..., "$properties": {...}}``);
-    only the counts are kept.
+    only the counts are kept. Account ids the store cannot keep are refused, and long values
+    counted under :data:`TOO_LONG`, as for events; ``stats`` (when given) counts both.
     """
     prop = settings.profile_account_property
     names = settings.profile_properties
+    stats = stats if stats is not None else AggregateStats()
     users: dict[str, int] = {}
     counts: dict[str, list[dict[str, int]]] = {}
     for profile in profiles:
-        properties = profile.get("$properties") or {}
-        for account in accounts_of(properties.get(prop)) if prop else ():
+        properties = profile.get("$properties")
+        if not isinstance(properties, dict):
+            continue
+        accounts, refused = storable_accounts(properties.get(prop) if prop else None)
+        stats.rejected_accounts += refused
+        for account in accounts:
             if account not in users:
                 users[account] = 0
                 counts[account] = [{} for _ in names]
             users[account] += 1
             for values, name in zip(counts[account], names, strict=True):
                 key = label(properties.get(name))
+                if key is TOO_LONG:
+                    stats.long_values += 1
                 if key in values or len(values) < MAX_BREAKDOWN_VALUES:
                     values[key] = values.get(key, 0) + 1
                 else:
@@ -557,7 +658,7 @@ def aggregate_profiles(
             account,
             users[account],
             {
-                name: dict(sorted(values.items()))
+                name: _clean_counts(values)
                 for name, values in zip(names, counts[account], strict=True)
             },
         )

@@ -23,6 +23,7 @@ from ..converters import (
     positive_int,
 )
 from ..exceptions import MixpanelConfigurationError
+from .model import MAX_KEY, storable
 
 if t.TYPE_CHECKING:
     from .model import Anomaly
@@ -145,6 +146,12 @@ def _funnels(key: str, value: object) -> tuple[LocalFunnel, ...]:
             )
         if name.strip() in funnels:
             raise MixpanelConfigurationError(f"{key}: the funnel {name.strip()!r} is defined twice")
+        if not storable(name.strip()):
+            # The name is the funnel's id in the store, a VARCHAR(255) column.
+            raise MixpanelConfigurationError(
+                f"{key}: a funnel name has at most {MAX_KEY} characters and no NUL, got one"
+                f" of {len(name.strip())} characters"
+            )
         funnels[name.strip()] = LocalFunnel(name.strip(), steps)
     return tuple(funnels.values())
 

@@ -7,17 +7,50 @@ key) and holds counts only: no distinct ids, emails or names, hashed or not.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import typing as t
 from dataclasses import dataclass, field
 
 __all__ = [
+    "MAX_KEY",
     "Anomaly",
     "AnomalyKind",
     "DailyMetrics",
     "FunnelMetrics",
     "FunnelSource",
     "ProfileAggregate",
+    "clean_text",
+    "storable",
 ]
+
+#: The longest account id, funnel id or funnel name the store keeps: its columns are
+#: ``VARCHAR(255)`` (PostgreSQL refuses a longer value; SQLite would keep it).
+MAX_KEY = 255
+#: What no database column takes: NUL (PostgreSQL's text and JSONB refuse it) and the halves of
+#: a surrogate pair on their own (``"\ud800"`` in JSON decodes to one; UTF-8 cannot encode it, so
+#: neither SQLite nor PostgreSQL can store it).
+UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+
+
+def storable(text: str, limit: int = MAX_KEY) -> bool:
+    """Whether ``text`` fits a ``VARCHAR(limit)`` column of every database the store supports.
+
+    At most ``limit`` characters, no NUL, no lone surrogate. Account ids come from event
+    properties, which anyone who can send an event controls: one that does not fit must be
+    refused before the write, or the write (and every later sync) fails.
+    """
+    if len(text) > limit:
+        return False
+    if text.isascii():  # O(1) in CPython: the string knows whether it is ASCII
+        return "\x00" not in text
+    return UNSTORABLE.search(text) is None
+
+
+def clean_text(text: str) -> str:
+    """``text`` with NUL and lone surrogates replaced by U+FFFD, for values stored as JSON."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return UNSTORABLE.sub("\ufffd", text)
 
 
 #: Where a funnel's numbers come from: computed here from the export, or pulled from Mixpanel.

@@ -4,10 +4,19 @@ The schema is created and migrated by the Alembic migrations shipped in
 ``pyramid_mixpanel/metrics/migrations`` (with their own version table, so they can share a
 database with the app's own migrations). Writes are idempotent upserts keyed by account and
 day: syncing a day twice leaves the same rows. Only counts and account ids are stored.
+
+The sync's write and read methods take an optional ``connection`` (from
+:meth:`MetricsStore.begin`), so the sync stores a chunk's days, their funnel rows, their anomaly
+flags and their synced mark in one transaction: a sync killed at any point leaves each day's
+rows as they were, or as they are meant to be, never half of them. A value that does not fit
+its column (an account id over 255 characters, a NUL, a lone surrogate) is refused with
+:class:`ValueError` before anything is written, on every database alike (SQLite would store it,
+PostgreSQL would fail the transaction).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import typing as t
 from collections import defaultdict
@@ -16,7 +25,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .model import Anomaly, DailyMetrics, FunnelMetrics, ProfileAggregate
+from .model import MAX_KEY, Anomaly, DailyMetrics, FunnelMetrics, ProfileAggregate, storable
 
 __all__ = [
     "SCRIPT_LOCATION",
@@ -43,7 +52,7 @@ metrics_table = sa.Table(
     "mixpanel_metrics",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("account", sa.String(255), nullable=False),
+    sa.Column("account", sa.String(MAX_KEY), nullable=False),
     sa.Column("metric_date", sa.Date, nullable=False),
     sa.Column("total_events", sa.Integer, nullable=False),
     sa.Column("unique_users", sa.Integer, nullable=False),
@@ -62,9 +71,9 @@ funnels_table = sa.Table(
     "mixpanel_funnels",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("account", sa.String(255), nullable=False),
-    sa.Column("funnel_id", sa.String(255), nullable=False),
-    sa.Column("funnel_name", sa.String(255), nullable=False),
+    sa.Column("account", sa.String(MAX_KEY), nullable=False),
+    sa.Column("funnel_id", sa.String(MAX_KEY), nullable=False),
+    sa.Column("funnel_name", sa.String(MAX_KEY), nullable=False),
     sa.Column("source", sa.String(16), nullable=False),
     sa.Column("metric_date", sa.Date, nullable=False),
     sa.Column("steps", Json, nullable=False),
@@ -79,7 +88,7 @@ funnels_table = sa.Table(
 profiles_table = sa.Table(
     "mixpanel_profiles",
     metadata,
-    sa.Column("account", sa.String(255), primary_key=True),
+    sa.Column("account", sa.String(MAX_KEY), primary_key=True),
     sa.Column("users", sa.Integer, nullable=False),
     sa.Column("properties", Json, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -135,6 +144,26 @@ def make_engine(url: str) -> sa.Engine:
     return engine
 
 
+def check_sizes(table: sa.Table, rows: t.Iterable[t.Mapping[str, t.Any]]) -> None:
+    """Refuse a string that does not fit its ``VARCHAR(n)`` column (see :func:`.model.storable`).
+
+    :raises ValueError: naming the column, never the value (it may be personal data).
+    """
+    sized = [
+        (column.name, column.type.length)
+        for column in table.columns
+        if isinstance(column.type, sa.String) and column.type.length
+    ]
+    for row in rows:
+        for name, length in sized:
+            value = row.get(name)
+            if isinstance(value, str) and not storable(value, length):
+                raise ValueError(
+                    f"{table.name}.{name} takes at most {length} characters and no NUL or lone"
+                    f" surrogate: a value of {len(value)} characters does not fit"
+                )
+
+
 def upsert(
     connection: sa.Connection,
     table: sa.Table,
@@ -148,9 +177,13 @@ def upsert(
     SQLite and PostgreSQL use ``INSERT ... ON CONFLICT DO UPDATE``; other databases (or
     ``portable=True``) an ``UPDATE`` then an ``INSERT`` for rows the update missed, inside the
     caller's transaction.
+
+    :raises ValueError: a value does not fit its column (:func:`check_sizes`); nothing is
+        written.
     """
     if not rows:
         return
+    check_sizes(table, rows)
     dialect = connection.dialect.name
     if not portable and dialect in ("sqlite", "postgresql"):
         insert = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
@@ -199,7 +232,10 @@ def _funnel_row(funnel: FunnelMetrics, now: dt.datetime) -> dict[str, t.Any]:
     }
 
 
-def _batches(items: t.Sequence[str]) -> t.Iterator[t.Sequence[str]]:
+T = t.TypeVar("T")
+
+
+def _batches(items: t.Sequence[T]) -> t.Iterator[t.Sequence[T]]:
     for start in range(0, len(items), BATCH):
         yield items[start : start + BATCH]
 
@@ -250,6 +286,27 @@ class MetricsStore:
         if self._owned:
             self.engine.dispose()
 
+    def begin(self) -> t.ContextManager[sa.Connection]:
+        """One transaction for several writes: pass its connection to them (all or nothing).
+
+        ::
+
+            with store.begin() as connection:
+                store.write_days(days, metrics, connection=connection)
+                store.mark_synced(counts, connection=connection)
+        """
+        return self.engine.begin()
+
+    def _writing(self, connection: sa.Connection | None) -> t.ContextManager[sa.Connection]:
+        """The caller's transaction, or a new one."""
+        return contextlib.nullcontext(connection) if connection is not None else self.begin()
+
+    def _reading(self, connection: sa.Connection | None) -> t.ContextManager[sa.Connection]:
+        """The caller's connection (which sees its transaction's writes), or a new one."""
+        if connection is not None:
+            return contextlib.nullcontext(connection)
+        return self.engine.connect()
+
     # -- schema -----------------------------------------------------------------------------
 
     def _alembic(self, connection: sa.Connection) -> t.Any:
@@ -298,7 +355,13 @@ class MetricsStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write_days(self, days: t.Sequence[dt.date], metrics: t.Sequence[DailyMetrics]) -> None:
+    def write_days(
+        self,
+        days: t.Sequence[dt.date],
+        metrics: t.Sequence[DailyMetrics],
+        *,
+        connection: sa.Connection | None = None,
+    ) -> None:
         """Store the metrics of whole ``days``: upsert their rows, delete their stale rows.
 
         Accounts that had a row on one of ``days`` but are not in ``metrics`` lose it, so a
@@ -306,7 +369,7 @@ class MetricsStore:
         """
         now = _now()
         table = metrics_table
-        with self.engine.begin() as connection:
+        with self._writing(connection) as connection:
             upsert(connection, table, [_metrics_row(m, now) for m in metrics], METRICS_KEY)
             fresh: dict[dt.date, set[str]] = defaultdict(set)
             for row in metrics:
@@ -323,11 +386,32 @@ class MetricsStore:
                         )
                     )
 
-    def write_funnels(self, funnels: t.Sequence[FunnelMetrics]) -> None:
-        """Upsert funnel rows (keyed by account, funnel, source and day)."""
+    def write_funnels(
+        self,
+        funnels: t.Sequence[FunnelMetrics],
+        *,
+        days: t.Sequence[dt.date] = (),
+        connection: sa.Connection | None = None,
+    ) -> None:
+        """Upsert funnel rows (keyed by account, funnel, source and day).
+
+        :param days: days whose local funnel entries were all recomputed: their local rows not
+            in ``funnels`` are deleted, as :meth:`write_days` does for metrics.
+        """
         now = _now()
-        with self.engine.begin() as connection:
-            upsert(connection, funnels_table, [_funnel_row(f, now) for f in funnels], FUNNELS_KEY)
+        table = funnels_table
+        with self._writing(connection) as connection:
+            upsert(connection, table, [_funnel_row(f, now) for f in funnels], FUNNELS_KEY)
+            fresh = {(f.account, f.funnel_id, f.date) for f in funnels if f.source == "local"}
+            for day in days:
+                stored = connection.execute(
+                    sa.select(table.c.id, table.c.account, table.c.funnel_id).where(
+                        table.c.metric_date == day, table.c.source == "local"
+                    )
+                ).all()
+                stale = [row.id for row in stored if (row.account, row.funnel_id, day) not in fresh]
+                for batch in _batches(stale):
+                    connection.execute(sa.delete(table).where(table.c.id.in_(batch)))
 
     def replace_profiles(self, aggregates: t.Sequence[ProfileAggregate]) -> None:
         """Make the profile aggregates exactly ``aggregates`` (accounts not in it are removed)."""
@@ -344,14 +428,22 @@ class MetricsStore:
             for batch in _batches(stale):
                 connection.execute(sa.delete(table).where(table.c.account.in_(batch)))
 
-    def mark_synced(self, events: t.Mapping[dt.date, int]) -> None:
+    def mark_synced(
+        self, events: t.Mapping[dt.date, int], *, connection: sa.Connection | None = None
+    ) -> None:
         """Record days as synced, with the events counted on each."""
         now = _now()
         rows = [{"day": day, "events": count, "synced_at": now} for day, count in events.items()]
-        with self.engine.begin() as connection:
+        with self._writing(connection) as connection:
             upsert(connection, sync_days_table, rows, ("day",))
 
-    def set_anomalies(self, day: dt.date, anomalies: t.Sequence[Anomaly]) -> None:
+    def set_anomalies(
+        self,
+        day: dt.date,
+        anomalies: t.Sequence[Anomaly],
+        *,
+        connection: sa.Connection | None = None,
+    ) -> None:
         """Make ``anomalies`` the day's flags (clearing others).
 
         A flagged account without a row that day (a day without any event) gets a zero row, so
@@ -359,7 +451,7 @@ class MetricsStore:
         """
         table = metrics_table
         now = _now()
-        with self.engine.begin() as connection:
+        with self._writing(connection) as connection:
             connection.execute(
                 sa.update(table)
                 .where(table.c.metric_date == day, table.c.anomaly.is_not(None))
@@ -378,12 +470,14 @@ class MetricsStore:
 
     # -- reading for the sync ---------------------------------------------------------------
 
-    def history(self, day: dt.date, days: int) -> History:
+    def history(
+        self, day: dt.date, days: int, *, connection: sa.Connection | None = None
+    ) -> History:
         """Volumes of the ``days`` days before ``day``, for :func:`~.score.detect_anomaly`."""
         start = day - dt.timedelta(days=days)
         table = metrics_table
         volumes: dict[str, dict[dt.date, int]] = defaultdict(dict)
-        with self.engine.connect() as connection:
+        with self._reading(connection) as connection:
             rows = connection.execute(
                 sa.select(table.c.account, table.c.metric_date, table.c.total_events).where(
                     table.c.metric_date >= start, table.c.metric_date < day
@@ -408,10 +502,12 @@ class MetricsStore:
             )
         return History(dict(volumes), synced, first_seen)
 
-    def anomalies_on(self, day: dt.date) -> dict[str, str]:
+    def anomalies_on(
+        self, day: dt.date, *, connection: sa.Connection | None = None
+    ) -> dict[str, str]:
         """Account -> flag of the day's flagged rows."""
         table = metrics_table
-        with self.engine.connect() as connection:
+        with self._reading(connection) as connection:
             rows = connection.execute(
                 sa.select(table.c.account, table.c.anomaly).where(
                     table.c.metric_date == day, table.c.anomaly.is_not(None)
@@ -419,10 +515,12 @@ class MetricsStore:
             ).all()
             return dict(rows)
 
-    def volumes_on(self, day: dt.date) -> dict[str, int]:
+    def volumes_on(
+        self, day: dt.date, *, connection: sa.Connection | None = None
+    ) -> dict[str, int]:
         """Account -> events of the day's rows."""
         table = metrics_table
-        with self.engine.connect() as connection:
+        with self._reading(connection) as connection:
             rows = connection.execute(
                 sa.select(table.c.account, table.c.total_events).where(table.c.metric_date == day)
             ).all()

@@ -11,9 +11,14 @@ One sync:
    the first day, so entries still inside their window are completed by the new days;
 3. exports the days in chunks of ``chunk_days`` (Mixpanel allows 60 exports an hour),
    aggregates each chunk and stores it at once (whole days, upserted: a re-run recomputes the
-   same rows and never adds to them), marks its days synced and flags its anomalies, so an
-   interrupted sync resumes after the last stored chunk. An event exported twice (the export is
-   not deduplicated) is counted once;
+   same rows and never adds to them): in one transaction its days' metrics, their local funnel
+   rows (those whose window is still open counted where their users stand, completed by later
+   chunks), their anomaly flags and their synced mark, so a sync killed at any point leaves
+   every day as it was or as it is now, and resumes after the last stored chunk. An event
+   exported twice (the export is not deduplicated) is counted once. A malformed line is skipped
+   and counted (a chunk with too many fails the sync: :class:`MalformedExportError`), an
+   account id the store cannot keep is refused and counted (see
+   :mod:`~pyramid_mixpanel.metrics.aggregate`);
 4. pulls the saved funnels broken down by the account property, asking Mixpanel for as many
    values as it gives (:data:`SAVED_FUNNEL_LIMIT`), and reports (and logs) a funnel whose
    answer may have been cut there; then the profile aggregates.
@@ -32,15 +37,23 @@ from dataclasses import dataclass, field
 from ..exceptions import MixpanelError
 from ..log import Log
 from ..settings import parse_query_settings
-from .aggregate import Aggregator, accounts_of, aggregate_profiles
+from .aggregate import AggregateStats, Aggregator, aggregate_profiles, storable_accounts
 from .config import MetricsSettings, parse_metrics_settings
-from .model import Anomaly, FunnelMetrics
+from .lines import chunk_lines, parse_line
+from .model import MAX_KEY, Anomaly, FunnelMetrics, clean_text
 from .score import detect_anomaly, send_alert
 from .store import MetricsStore
 
+if t.TYPE_CHECKING:
+    import sqlalchemy as sa
+
 __all__ = [
+    "MALFORMED_GRACE",
+    "MALFORMED_SHARE",
+    "MAX_MALFORMED",
     "SAVED_FUNNEL_LIMIT",
     "ExportChunkLike",
+    "MalformedExportError",
     "QueryClient",
     "SyncError",
     "SyncReport",
@@ -58,10 +71,25 @@ NOT_ACCOUNTS = frozenset({"$overall", "undefined", "null", "None", ""})
 #: the accounts of the funnel's days cannot be known before (some may have events only in the
 #: lookback days, or the store may be new).
 SAVED_FUNNEL_LIMIT = 10_000
+#: An export chunk fails the sync when more than this many of its lines are malformed (found
+#: while reading: the rest of the chunk is not read)...
+MAX_MALFORMED = 1000
+#: ... or when more than :data:`MALFORMED_GRACE` of its lines and more than this share of them
+#: are. A few odd lines are someone's bad data, skipped; many are a broken export or a changed
+#: format, and a sync that skipped them would store numbers that look right and are not.
+MALFORMED_SHARE = 0.01
+MALFORMED_GRACE = 10
+#: How many malformed lines the error names (line number and reason, never the line).
+MALFORMED_EXAMPLES = 5
 
 
 class ExportChunkLike(t.Protocol):
-    """What :class:`~pyramid_mixpanel.query.ExportChunk` offers the sync."""
+    """What :class:`~pyramid_mixpanel.query.ExportChunk` offers the sync.
+
+    The sync reads an ``ExportChunk``'s lines itself (:func:`~.lines.chunk_lines`); of another
+    chunk it takes ``events()``, which may also give raw lines (``bytes`` or ``str``): either
+    is checked by :func:`~.lines.parse_line`.
+    """
 
     @property
     def from_date(self) -> dt.date: ...  # noqa: D102
@@ -107,6 +135,13 @@ class SyncError(MixpanelError, ValueError):
     """The requested days cannot be synced (e.g. a day that is not over yet)."""
 
 
+class MalformedExportError(SyncError):
+    """Too many lines of an export chunk are malformed (see :data:`MAX_MALFORMED`).
+
+    Nothing of the chunk's days is stored; the days before them are.
+    """
+
+
 @dataclass
 class SyncReport:
     """What a sync did."""
@@ -122,6 +157,14 @@ class SyncReport:
     #: Events exported twice (same name, ``distinct_id``, ``time`` and ``$insert_id``), counted
     #: once.
     duplicates: int = 0
+    #: Export lines skipped as malformed (not JSON, no event name, a ``time`` that is not a
+    #: number...: :data:`~pyramid_mixpanel.metrics.lines.MALFORMED_REASONS`).
+    malformed: int = 0
+    #: Account ids refused because the store cannot keep them (over 255 characters, a NUL, a
+    #: lone surrogate), from events, saved funnels and profiles.
+    rejected_accounts: int = 0
+    #: Breakdown and profile values over 255 characters, counted as ``(too long)``.
+    long_values: int = 0
     metrics_rows: int = 0
     funnel_rows: int = 0
     profile_accounts: int = 0
@@ -157,6 +200,18 @@ class SyncReport:
             text += f"; {self.outside} events outside their export days were skipped"
         if self.duplicates:
             text += f"; {self.duplicates} duplicate events (same $insert_id) were counted once"
+        if self.malformed:
+            text += f"; {self.malformed} malformed export line(s) were skipped"
+        if self.rejected_accounts:
+            text += (
+                f"; {self.rejected_accounts} account id(s) over {MAX_KEY} characters (or holding"
+                " a NUL or a lone surrogate) were skipped"
+            )
+        if self.long_values:
+            text += (
+                f"; {self.long_values} value(s) over {MAX_KEY} characters were counted as"
+                " (too long)"
+            )
         if self.warnings:
             text += f"; {len(self.warnings)} warning(s): " + "; ".join(self.warnings)
         if self.errors:
@@ -210,20 +265,41 @@ def plan_days(
     return (max(first, earliest) if days is not None else first), last
 
 
+def _funnel_name(name: str) -> str:
+    """A saved funnel's name, cut to fit its column (marked with an ellipsis).
+
+    Unlike an account id the name is no key (the funnel id is), only what people read: cut,
+    it still says which funnel it is.
+    """
+    name = clean_text(name)
+    return name if len(name) <= MAX_KEY else name[: MAX_KEY - 1] + "\N{HORIZONTAL ELLIPSIS}"
+
+
 def _saved_funnel_rows(
-    answer: t.Mapping[str, t.Any], funnel_id: int, name: str
+    answer: t.Mapping[str, t.Any],
+    funnel_id: int,
+    name: str,
+    stats: AggregateStats | None = None,
 ) -> list[FunnelMetrics]:
-    """Rows of a Mixpanel funnel answer broken down by the account property (``on=``)."""
+    """Rows of a Mixpanel funnel answer broken down by the account property (``on=``).
+
+    A segment is a value of the account property: one the store cannot keep is refused (and
+    counted in ``stats``), as in events.
+    """
     rows: list[FunnelMetrics] = []
+    name = _funnel_name(name)
     for date, segments in sorted((answer.get("data") or {}).items()):
         day = dt.date.fromisoformat(date)
         for segment, body in sorted(segments.items()):
             if segment in NOT_ACCOUNTS or not isinstance(body, dict) or "steps" not in body:
                 continue
             steps = [int(step.get("count", 0)) for step in body["steps"]]
+            accounts, refused = storable_accounts(segment)
+            if stats is not None:
+                stats.rejected_accounts += refused
             rows.extend(
                 FunnelMetrics(account, str(funnel_id), name, day, steps, "mixpanel")
-                for account in accounts_of(segment)
+                for account in accounts
             )
     return rows
 
@@ -236,6 +312,53 @@ def _segments(answer: t.Mapping[str, t.Any]) -> int:
             found.update(segments)
     found.discard("$overall")  # not a value: the total, when Mixpanel adds it
     return len(found)
+
+
+class _Lines:
+    """Decode one chunk's lines: skip and count the malformed ones, refuse a chunk of many."""
+
+    def __init__(self, chunk: ExportChunkLike) -> None:
+        self.first, self.last = chunk.from_date, chunk.to_date
+        self.lines = 0
+        self.malformed = 0
+        #: The first few malformed lines, as ``line N: reason`` (no content: it may be PII).
+        self.examples: list[str] = []
+
+    def events(self, lines: t.Iterable[object]) -> t.Iterator[dict[str, t.Any]]:
+        """The well-formed events of ``lines``, in order.
+
+        :raises MalformedExportError: more than :data:`MAX_MALFORMED` lines are malformed.
+        """
+        number = 0
+        for number, line in enumerate(lines, 1):
+            event = parse_line(line)
+            if isinstance(event, dict):
+                yield event
+                continue
+            self.malformed += 1
+            if len(self.examples) < MALFORMED_EXAMPLES:
+                self.examples.append(f"line {number}: {event}")
+            if self.malformed > MAX_MALFORMED:
+                raise self.error(f"more than {MAX_MALFORMED:,}", f"in its first {number:,} lines")
+        self.lines = number
+
+    def check(self) -> None:
+        """Refuse the whole chunk when too large a share of its lines were malformed.
+
+        :raises MalformedExportError: more than :data:`MALFORMED_GRACE` lines and more than
+            :data:`MALFORMED_SHARE` of them.
+        """
+        if self.malformed > max(MALFORMED_GRACE, MALFORMED_SHARE * self.lines):
+            limit = f"more than {MALFORMED_GRACE} and {MALFORMED_SHARE:.0%} of them"
+            raise self.error(limit, f"of {self.lines:,}")
+
+    def error(self, limit: str, among: str) -> MalformedExportError:
+        return MalformedExportError(
+            f"the export of {self.first} to {self.last} has {self.malformed:,} malformed lines"
+            f" {among} (the limit: {limit}): "
+            + "; ".join(self.examples)
+            + ". Nothing of these days was stored (the days before them were)."
+        )
 
 
 class _Sync:
@@ -268,12 +391,18 @@ class _Sync:
                 chunk_days=config.chunk_days,
             ):
                 result = self.aggregator.add_chunk(
-                    chunk.from_date, chunk.to_date, chunk.events(), metrics=False
+                    chunk.from_date, chunk.to_date, self._events(chunk), metrics=False
                 )
                 self._funnels(result.funnels)
         for chunk in self.query.export_chunks(first, last, chunk_days=config.chunk_days):
             self._chunk(chunk)
+        # The rows of the entries still open are already stored (with their days); these are
+        # the same numbers, now final for this run.
         self._funnels(self.aggregator.finish())
+        if config.saved_funnels:
+            self._saved_funnels(first - dt.timedelta(days=lookback), last)
+        if config.profile_account_property:
+            self._profiles()
         stats = self.aggregator.stats
         report.events, report.unattributed, report.outside, report.duplicates = (
             stats.events,
@@ -281,11 +410,22 @@ class _Sync:
             stats.outside,
             stats.duplicates,
         )
-        if config.saved_funnels:
-            self._saved_funnels(first - dt.timedelta(days=lookback), last)
-        if config.profile_account_property:
-            self._profiles()
+        report.rejected_accounts, report.long_values = stats.rejected_accounts, stats.long_values
+        if report.malformed or report.rejected_accounts or report.long_values:
+            self.log.warning(
+                "mixpanel.metrics_input_skipped",
+                malformed_lines=report.malformed,
+                rejected_accounts=report.rejected_accounts,
+                long_values=report.long_values,
+            )
         return report
+
+    def _events(self, chunk: ExportChunkLike) -> t.Iterator[dict[str, t.Any]]:
+        """The chunk's well-formed events; the malformed lines are counted once it is read."""
+        lines = _Lines(chunk)
+        yield from lines.events(chunk_lines(chunk))
+        lines.check()
+        self.report.malformed += lines.malformed
 
     def _chunk(self, chunk: ExportChunkLike) -> None:
         days = []
@@ -293,18 +433,33 @@ class _Sync:
         while day <= chunk.to_date:
             days.append(day)
             day += ONE_DAY
-        flagged_before = {day: self.store.anomalies_on(day) for day in days}
-        result = self.aggregator.add_chunk(chunk.from_date, chunk.to_date, chunk.events())
+        result = self.aggregator.add_chunk(chunk.from_date, chunk.to_date, self._events(chunk))
         counted: dict[dt.date, int] = defaultdict(int)
         for metrics in result.daily:
             counted[metrics.date] += metrics.total_events
-        self.store.write_days(days, result.daily)
-        self._funnels(result.funnels)
-        self.store.mark_synced({day: counted[day] for day in days})
+        store = self.store
+        new: list[Anomaly] = []
+        # One transaction for everything of these days: their metrics; their local funnel rows,
+        # the settled ones and those still open (counted where their users stand: stored now,
+        # a sync stopped before they settle still leaves them; later chunks complete them);
+        # their anomaly flags; their synced mark. A sync killed anywhere leaves each day as it
+        # was before or as it is now, never without its funnel rows.
+        with store.begin() as connection:
+            before = {day: store.anomalies_on(day, connection=connection) for day in days}
+            store.write_days(days, result.daily, connection=connection)
+            store.write_funnels(
+                result.funnels + result.open_funnels, days=days, connection=connection
+            )
+            store.mark_synced({day: counted[day] for day in days}, connection=connection)
+            for day in days:
+                new += self._anomalies(day, before[day], connection)
+        self.report.funnel_rows += len(result.funnels)
         self.report.metrics_rows += len(result.daily)
         self.report.days += len(days)
-        for day in days:
-            self._anomalies(day, flagged_before[day])
+        # Alerts once the flags are committed: a rolled-back flag is never alerted.
+        for anomaly in new:
+            self.report.anomalies.append(anomaly)
+            send_alert(anomaly, self.config, self.log)
         self.bar.update(len(days))
         self.bar.set_postfix(events=self.aggregator.stats.events, refresh=False)
 
@@ -312,10 +467,13 @@ class _Sync:
         self.store.write_funnels(funnels)
         self.report.funnel_rows += len(funnels)
 
-    def _anomalies(self, day: dt.date, before: t.Mapping[str, str]) -> None:
-        config = self.config
-        history = self.store.history(day, config.anomaly_days)
-        volumes = self.store.volumes_on(day)
+    def _anomalies(
+        self, day: dt.date, before: t.Mapping[str, str], connection: sa.Connection
+    ) -> list[Anomaly]:
+        """Store the day's flags; return those that are new (a re-run finds the same ones)."""
+        config, store = self.config, self.store
+        history = store.history(day, config.anomaly_days, connection=connection)
+        volumes = store.volumes_on(day, connection=connection)
         found = []
         for account in sorted(set(volumes) | set(history.volumes)):
             since = history.first_seen[account]
@@ -324,12 +482,8 @@ class _Sync:
             anomaly = detect_anomaly(account, day, volumes.get(account, 0), values, config)
             if anomaly is not None:
                 found.append(anomaly)
-        self.store.set_anomalies(day, found)
-        for anomaly in found:
-            # A re-run finds the same flags: alert only for what is new.
-            if before.get(anomaly.account) != anomaly.kind:
-                self.report.anomalies.append(anomaly)
-                send_alert(anomaly, config, self.log)
+        store.set_anomalies(day, found, connection=connection)
+        return [anomaly for anomaly in found if before.get(anomaly.account) != anomaly.kind]
 
     def _saved_funnels(self, first: dt.date, last: dt.date) -> None:
         from ..query import MixpanelQueryError
@@ -349,7 +503,7 @@ class _Sync:
                 self.report.errors.append(f"saved funnel {funnel_id}: {exc}")
                 continue
             name = names.get(funnel_id, str(funnel_id))
-            self._funnels(_saved_funnel_rows(answer, funnel_id, name))
+            self._funnels(_saved_funnel_rows(answer, funnel_id, name, self.aggregator.stats))
             segments = _segments(answer)
             if segments >= limit:
                 # Mixpanel keeps the top ``limit`` values and drops the rest without a word.
@@ -372,7 +526,7 @@ class _Sync:
         wanted = [t.cast(str, config.profile_account_property), *config.profile_properties]
         try:
             aggregates = aggregate_profiles(
-                self.query.engage(output_properties=wanted), self.config
+                self.query.engage(output_properties=wanted), self.config, self.aggregator.stats
             )
         except MixpanelQueryError as exc:
             self.report.errors.append(f"profiles: {exc}")

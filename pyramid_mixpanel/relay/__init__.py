@@ -54,7 +54,17 @@ def includeme(config: Configurator) -> None:
 
     def register() -> None:
         app_settings = config.get_settings()
-        settings = parse_relay_settings(app_settings, get_runtime(config.registry).catalog)
+        runtime = get_runtime(config.registry)
+        settings = parse_relay_settings(app_settings, runtime.catalog)
+        if any(network.prefixlen == 0 for network in settings.trusted_proxies):
+            # Every address is then a trusted proxy: X-Forwarded-For, which any client can
+            # write, decides the client IP (geolocation, the anonymous rate-limit key).
+            runtime.log.warning(
+                "mixpanel.relay_trusts_every_proxy",
+                setting="mixpanel.relay.trusted_proxies",
+                detail="a network of prefix length 0 (0.0.0.0/0, ::/0) trusts every address:"
+                " any client can spoof X-Forwarded-For; list only your proxies",
+            )
         buckets = TokenBuckets(settings.rate, settings.burst, settings.max_clients)
         state = RelayState(settings, buckets)
         config.registry[RELAY_KEY] = state

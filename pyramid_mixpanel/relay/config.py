@@ -31,6 +31,11 @@ __all__ = ["RelaySettings", "origin_of", "parse_relay_settings"]
 PREFIX = "mixpanel.relay."
 CSRF_MODES = ("origin", "pyramid", "off")
 COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Letters, digits and "/._~-" only: "{x}", "*x" and the old-style ":x" are route patterns in
+# Pyramid, and a pattern would capture the app's own URLs.
+PLAIN_PATH = re.compile(r"/[A-Za-z0-9/._~-]*")
+# HMAC keys shorter than this are guessable; 32 characters or more are suggested.
+MIN_SECRET_LENGTH = 16
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -47,6 +52,8 @@ class RelaySettings:
     profile_properties: t.Mapping[str, Property] = field(default_factory=dict)
     distinct_id: t.Callable[[t.Any], str | None] | None = None
     device_cookie: str | None = None
+    #: Signs the device cookie (HMAC-SHA256); required with ``device_cookie``. Never shown.
+    cookie_secret: str | None = field(default=None, repr=False)
     cookie_secure: bool = True
     cookie_max_age: int = 365 * 24 * 3600
     trusted_proxies: tuple[Network, ...] = ()
@@ -115,7 +122,8 @@ def _origins(key: str, value: object) -> frozenset[str]:
     origins = set()
     for item in as_lines(key, value):
         origin = origin_of(item)
-        if origin is None or urlsplit(item).path not in ("", "/"):
+        # The text origin_of() parsed (lower case): when it could, this parse cannot fail.
+        if origin is None or urlsplit(item.lower()).path not in ("", "/"):
             raise MixpanelConfigurationError(
                 f"{key}: {item!r} is not an origin such as https://www.example.com"
             )
@@ -136,10 +144,21 @@ def _csrf(key: str, value: object) -> str:
 
 def _path(key: str, value: object) -> str:
     text = as_secret(key, value)
-    if not text or not text.startswith("/") or "{" in text or "*" in text:
-        # A pattern such as /{x} would capture routes of the app.
+    if not text or not PLAIN_PATH.fullmatch(text):
         raise MixpanelConfigurationError(
-            f"{key} must be a plain URL path starting with '/' (no {{placeholders}} or *)"
+            f"{key} must be a plain URL path starting with '/': letters, digits and / . _ ~ -"
+            " (no {placeholders}, * or :name, which would capture the app's routes)"
+        )
+    return text
+
+
+def _secret(key: str, value: object) -> str | None:
+    text = as_secret(key, value)
+    if text is not None and len(text) < MIN_SECRET_LENGTH:
+        # The message never repeats the value: it is a secret, even when a bad one.
+        raise MixpanelConfigurationError(
+            f"{key} must be at least {MIN_SECRET_LENGTH} characters long (32 or more is"
+            " better), e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return text
 
@@ -157,6 +176,7 @@ TABLE: tuple[Setting, ...] = tuple(
         ("path", _path),
         ("distinct_id", as_callable),
         ("device_cookie", _cookie),
+        ("cookie_secret", _secret),
         ("cookie_secure", as_bool),
         ("cookie_max_age", positive_int(10 * 365 * 24 * 3600)),
         ("trusted_proxies", _networks),
@@ -204,5 +224,11 @@ def parse_relay_settings(settings: t.Mapping[str, object], catalog: Catalog) -> 
         raise MixpanelConfigurationError(
             f"{PREFIX}burst ({relay.burst}) must be at least {PREFIX}max_batch"
             f" ({relay.max_batch}): a full batch could never pass the rate limit"
+        )
+    if relay.device_cookie is not None and relay.cookie_secret is None:
+        # An unsigned device id could be set to any value, another visitor's included.
+        raise MixpanelConfigurationError(
+            f"{PREFIX}cookie_secret must be set with {PREFIX}device_cookie: the device cookie"
+            " is signed, so a visitor cannot pick another visitor's device id"
         )
     return relay

@@ -4,19 +4,26 @@ Every answer has the same JSON shape, ``{"success", "event", "status_code", "err
 answers with one such entry per item under ``results``), so a front end can handle errors
 without parsing text. What the front end sends is never logged; refusals are counted in
 :attr:`RelayState.stats` and logged by reason.
+
+Checks run cheapest first: method, Origin/CSRF, content type and size, identity, then one token
+of the rate limit, all before the body is parsed or the user agent is; a refused call costs
+neither.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import re
 import time
 import typing as t
 import uuid
 from dataclasses import dataclass, field
 
+import orjson
 from pyramid.csrf import check_csrf_origin, check_csrf_token
 from pyramid.response import Response
+from pyramid.settings import aslist
+from webob.cookies import SignedSerializer  # type: ignore[import-untyped]  # no stubs
 
 from ..catalog import Name, closest_match
 from ..counters import Counters
@@ -40,6 +47,11 @@ DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 EVENT_KEYS = frozenset({"event", "properties", "time", "insert_id"})
 PROFILE_KEYS = frozenset({"profile_set"})
 MAX_LIST_ITEMS = 100
+# JavaScript's Number.MAX_SAFE_INTEGER: a larger integer did not leave a browser intact, and
+# Mixpanel stores numbers as doubles.
+MAX_SAFE_INTEGER = 2**53 - 1
+# Separates the device cookie's HMAC key from any other use of the same secret.
+COOKIE_SALT = "pyramid_mixpanel.relay.device_cookie"
 #: What a CORS preflight from an allowed origin is told (10 minutes, POST with JSON and token).
 PREFLIGHT = {
     "Access-Control-Allow-Methods": "POST",
@@ -82,8 +94,19 @@ class Caller:
     new_device_id: str | None = None
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
+class _DeviceIdSerializer:
+    """The device id as the signed bytes of :class:`~webob.cookies.SignedSerializer`."""
+
+    @staticmethod
+    def dumps(appstruct: str) -> bytes:
+        return appstruct.encode("ascii")
+
+    @staticmethod
+    def loads(bstruct: bytes) -> str:
+        text = bstruct.decode("ascii")  # UnicodeDecodeError is a ValueError
+        if not DEVICE_ID.fullmatch(text):
+            raise ValueError("not a device id")
+        return text
 
 
 class RelayView:
@@ -92,6 +115,21 @@ class RelayView:
     def __init__(self, state: RelayState) -> None:
         self.state = state
         self.settings = state.settings
+        # HMAC-SHA256 over the device id; verified in constant time by WebOb.
+        self._signer = (
+            SignedSerializer(
+                self.settings.cookie_secret,
+                COOKIE_SALT,
+                hashalg="sha256",
+                serializer=_DeviceIdSerializer(),
+            )
+            if self.settings.cookie_secret is not None
+            else None
+        )
+        # Pyramid's origin check takes trusted hosts as host[:port]: the allowed origins' own.
+        self._trusted_hosts = [
+            origin.split("://", 1)[1] for origin in sorted(self.settings.allowed_origins)
+        ]
 
     def __call__(self, request: Request) -> Response:
         """Answer one call (and CORS preflights from ``mixpanel.relay.allowed_origins``)."""
@@ -116,17 +154,29 @@ class RelayView:
             if request.method != "POST":
                 raise RelayRefusedError(405, "method", f"use POST, not {request.method}")
             self._check_csrf(request)
-            items, batch = self._items(request)
+            raw = self._body(request)
             caller = self._caller(request)
-            wait = self.state.buckets.take(self._client_key(caller), len(items))
-            if wait:
-                raise RelayRefusedError(429, "rate_limited", "too many events; retry later", wait)
+            key = self._client_key(caller)
+            # One token before the body is parsed: a client out of tokens costs no parsing, and
+            # every parsed call costs at least a token (also when it is refused afterwards).
+            self._take(key, 1)
+            items, batch = self._items(raw)
+            if len(items) > 1:
+                self._take(key, len(items) - 1)
         except RelayRefusedError as refused:
             return self._refuse(runtime, refused)
 
+        caller = dataclasses.replace(caller, device={**self._device(request), **caller.device})
         track = request.mixpanel
         track.distinct_id = caller.distinct_id
-        results = [self._one(track, item, caller) for item in items]
+        # X-Mixpanel-* headers set request.mixpanel's global properties, and any client can
+        # send them: relayed messages carry only what the allow-lists let the body set and
+        # what the server establishes. (Restored after: other code of this request may track.)
+        header_props, track.global_event_props = track.global_event_props, {}
+        try:
+            results = [self._one(track, item, caller) for item in items]
+        finally:
+            track.global_event_props = header_props
         refused_items = [result for result in results if not result["success"]]
         self.state.stats.add("accepted", len(results) - len(refused_items))
         if refused_items:
@@ -153,9 +203,10 @@ class RelayView:
             status = body["status_code"]
         response = self._json(body, status)
         if caller.new_device_id is not None:
+            signer = t.cast(SignedSerializer, self._signer)
             response.set_cookie(
                 t.cast(str, self.settings.device_cookie),
-                caller.new_device_id,
+                signer.dumps(caller.new_device_id).decode("ascii"),
                 max_age=self.settings.cookie_max_age,
                 path="/",
                 secure=self.settings.cookie_secure,
@@ -176,9 +227,7 @@ class RelayView:
                 self.settings.allowed_origins,
             )
         elif mode == "pyramid":
-            ok = check_csrf_origin(request, raises=False) and check_csrf_token(
-                request, raises=False
-            )
+            ok = self._pyramid_origin(request) and check_csrf_token(request, raises=False)
         else:
             ok = True
         if not ok:
@@ -186,7 +235,17 @@ class RelayView:
                 403, "csrf", "cross-site call refused (Origin / CSRF token check)"
             )
 
-    def _items(self, request: Request) -> tuple[list[t.Any], bool]:
+    def _pyramid_origin(self, request: Request) -> bool:
+        # Passing trusted origins replaces pyramid.csrf_trusted_origins: both count. (A new
+        # list each time: Pyramid appends the request's own host to it.)
+        trusted = aslist(request.registry.settings.get("pyramid.csrf_trusted_origins", []))
+        trusted.extend(self._trusted_hosts)
+        try:
+            return bool(check_csrf_origin(request, trusted_origins=trusted, raises=False))
+        except ValueError:  # Pyramid's urlparse of a malformed Origin, e.g. "https://["
+            return False
+
+    def _body(self, request: Request) -> bytes:
         if request.content_type != "application/json":
             raise RelayRefusedError(
                 415, "content_type", "send JSON with Content-Type: application/json"
@@ -198,9 +257,15 @@ class RelayView:
         raw = request.body_file.read(limit + 1)
         if len(raw) > limit:
             raise RelayRefusedError(413, "too_large", f"the body is larger than {limit} bytes")
+        return t.cast(bytes, raw)
+
+    def _items(self, raw: bytes) -> tuple[list[t.Any], bool]:
         try:
-            payload = json.loads(raw, parse_constant=_reject_constant)
-        except ValueError:
+            # orjson refuses what Python's json lets through and the relay must not: nesting
+            # deeper than 1024 (json recurses until RecursionError), NaN and Infinity, numbers
+            # that overflow a double (1e400), lone surrogates and invalid UTF-8.
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             raise RelayRefusedError(400, "bad_json", "the body is not valid JSON") from None
         if isinstance(payload, dict) and set(payload) == {"batch"}:
             items = payload["batch"]
@@ -218,6 +283,7 @@ class RelayView:
         return [payload], False
 
     def _caller(self, request: Request) -> Caller:
+        """Who calls; the user agent is parsed later, once the call passed every check."""
         getter = self.settings.distinct_id
         distinct_id = getter(request) if getter is not None else request.mixpanel.distinct_id
         ip = client_ip(
@@ -225,25 +291,39 @@ class RelayView:
             request.headers.get("X-Forwarded-For"),
             self.settings.trusted_proxies,
         )
-        user_agent = request.user_agent
-        device = (
-            dict(device_properties(user_agent))
-            if user_agent and self.settings.parse_user_agent
-            else {}
-        )
         if distinct_id is not None:
-            return Caller(str(distinct_id), True, ip, device)
+            return Caller(str(distinct_id), True, ip, {})
         cookie = self.settings.device_cookie
         if cookie is None:
             raise RelayRefusedError(
                 401, "anonymous", "sign in first: anonymous calls are not relayed"
             )
-        device_id = request.cookies.get(cookie, "")
+        device_id = self._device_id(request.cookies.get(cookie))
         new_device_id = None
-        if not DEVICE_ID.fullmatch(device_id):
+        if device_id is None:
             device_id = new_device_id = uuid.uuid4().hex
-        device["$device_id"] = device_id
-        return Caller(f"$device:{device_id}", False, ip, device, new_device_id)
+        return Caller(f"$device:{device_id}", False, ip, {"$device_id": device_id}, new_device_id)
+
+    def _device_id(self, value: str | None) -> str | None:
+        """The device id the relay signed into ``value``; ``None`` if forged, unsigned or absent."""
+        if not value:
+            return None
+        signer = t.cast(SignedSerializer, self._signer)  # parse_relay_settings requires it
+        try:
+            return t.cast(str, signer.loads(value.encode("ascii")))
+        except ValueError:  # not ASCII, not base64, a wrong signature or not a device id
+            return None
+
+    def _device(self, request: Request) -> dict[str, str]:
+        user_agent = request.user_agent
+        if not (user_agent and self.settings.parse_user_agent):
+            return {}
+        return dict(device_properties(user_agent))
+
+    def _take(self, key: str, cost: int) -> None:
+        wait = self.state.buckets.take(key, cost)
+        if wait:
+            raise RelayRefusedError(429, "rate_limited", "too many events; retry later", wait)
 
     @staticmethod
     def _client_key(caller: Caller) -> str:
@@ -358,6 +438,8 @@ class RelayView:
                 "invalid",
                 f"{key!r} is longer than {self.settings.max_value_length} characters",
             )
+        if type(value) is int and abs(value) > MAX_SAFE_INTEGER:
+            raise RelayRefusedError(400, "invalid", f"{key!r} is a number out of range")
         if value is None or isinstance(value, (str, bool, int, float)):
             return value
         raise RelayRefusedError(

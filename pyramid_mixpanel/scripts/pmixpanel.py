@@ -20,6 +20,7 @@ settings apply as in the app. ``key=value`` arguments after the file are passed 
 from __future__ import annotations
 
 import argparse
+import configparser
 import datetime as dt
 import json
 import os
@@ -27,15 +28,25 @@ import sys
 import time
 import typing as t
 
+from plaster.exceptions import PlasterError
+from pyramid.exceptions import ConfigurationExecutionError
 from pyramid.paster import bootstrap, setup_logging
 
 from ..delivery import BackgroundEngine, RetryPolicy
-from ..importer import FORMATS, MAX_CONCURRENCY, ImportSetupError, import_file, parse_mapping
+from ..exceptions import MixpanelError
+from ..importer import (
+    FORMATS,
+    MAX_CONCURRENCY,
+    MAX_LINE_BYTES,
+    ImportSetupError,
+    import_file,
+    parse_mapping,
+)
 from ..log import redact
 from ..plan import lint, render_plan
 from ..runtime import Runtime, get_runtime
 
-__all__ = ["PMixpanelCommand", "main"]
+__all__ = ["PMixpanelCommand", "main", "setup_error"]
 
 
 class PMixpanelCommand:
@@ -107,11 +118,26 @@ class PMixpanelCommand:
     def run(self) -> int:
         """Bootstrap the app and run the sub-command; return the exit code."""
         variables = dict(item.split("=", 1) for item in self.args.config_vars if "=" in item)
-        self.setup_logging(self.args.config_uri, global_conf=variables)
-        env = self.bootstrap(self.args.config_uri, options=variables)
+        uri = self.args.config_uri
+        try:
+            self.setup_logging(uri, global_conf=variables)
+            env = self.bootstrap(uri, options=variables)
+        except Exception as exc:
+            # A mistake in the .ini file or its settings is the operator's input: one line
+            # saying what and where, exit 2. Anything else is a bug and keeps its traceback.
+            message = setup_error(uri, exc)
+            if message is None:
+                raise
+            self.print(f"pmixpanel: {message}")
+            return 2
         runtime = get_runtime(env["registry"])
         try:
             return self.dispatch(runtime, env["registry"].settings)
+        except MixpanelError as exc:
+            self.print(
+                f"pmixpanel {self.args.command}: {redact(str(exc), runtime.settings.secrets)}"
+            )
+            return 2
         finally:
             # Release the spool and sessions; only replay waits for what is left to be sent.
             runtime.close(None if self.args.command == "replay" else 0)
@@ -232,6 +258,7 @@ class PMixpanelCommand:
                 progress=not args.no_progress,
                 allow_undeclared=args.allow_undeclared,
                 max_retries=args.max_retries,
+                max_line_bytes=args.max_line_bytes,
                 policy=self.retry_policy,
                 out=self.out,
             )
@@ -363,6 +390,14 @@ def _import_options(sub: argparse.ArgumentParser) -> None:
         default=8,
         help="retries of a batch Mixpanel cannot take now, before giving up (default 8)",
     )
+    sub.add_argument(
+        "--max-line-bytes",
+        type=bounded(1, None),
+        default=MAX_LINE_BYTES,
+        metavar="BYTES",
+        help=f"a longer line (a CSV record) is a rejected row, never read whole (default"
+        f" {MAX_LINE_BYTES}: 1 MiB, over Mixpanel's 1 MB per event)",
+    )
     sub.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -378,6 +413,19 @@ def _describe(body: str) -> str:
         if key in message:
             return f"{key} {message[key]!r}"
     return "(message)"
+
+
+def setup_error(uri: str, exc: BaseException) -> str | None:
+    """One line for a configuration problem met while loading ``uri``; ``None`` for a bug."""
+    if isinstance(exc, ConfigurationExecutionError) and isinstance(exc.evalue, MixpanelError):
+        exc = exc.evalue  # Pyramid wraps errors raised while committing; ours say it all
+    if isinstance(exc, MixpanelError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"cannot read {uri}: {exc.strerror or exc}"
+    if isinstance(exc, (ImportError, LookupError, PlasterError, configparser.Error)):
+        return f"cannot load the app from {uri}: {type(exc).__name__}: {exc}"
+    return None
 
 
 def main(argv: list[str] | None = None, out: t.TextIO | None = None) -> int:

@@ -8,6 +8,9 @@
  *   data-endpoint     the relay path (default /mixpanel/track)
  *   data-page-view    "false" to not send "Page Viewed" on load
  *   data-csrf-token   a Pyramid CSRF token, for mixpanel.relay.csrf = pyramid
+ *   data-max-value-length / data-max-body-bytes
+ *                     mixpanel.relay.max_value_length / .max_body_bytes when not the defaults
+ *                     (1024 / 65536): longer strings are cut, batches are split to fit
  *
  * Events are queued and sent in one batch shortly after they happen; when the page is hidden
  * or left (a click on a link, a closed tab), what is queued goes with navigator.sendBeacon,
@@ -24,6 +27,8 @@
   var queue = [];
   var timer = null;
   var MAX_BATCH = 50;
+  var maxLength = parseInt(data.maxValueLength, 10) || 1024;
+  var maxBytes = parseInt(data.maxBodyBytes, 10) || 65536;
 
   function insertId() {
     var bytes = new Uint8Array(16);
@@ -59,19 +64,58 @@
     }).catch(function () { /* analytics must never break the page */ });
   }
 
+  // The relay refuses a string longer than its limit, and with it the event: cut it instead.
+  function clip(value) {
+    if (typeof value !== "string") {
+      return value;
+    }
+    if (value.length > maxLength) {
+      value = value.slice(0, maxLength);
+      // Never half of a surrogate pair: the relay refuses such JSON (as it is not text).
+      var last = value.charCodeAt(maxLength - 1);
+      if (last >= 0xd800 && last <= 0xdbff) {
+        value = value.slice(0, -1);
+      }
+    }
+    return value.toWellFormed ? value.toWellFormed() : value;
+  }
+
+  function clipAll(properties) {
+    var clipped = {};
+    Object.keys(properties || {}).forEach(function (key) {
+      var value = properties[key];
+      clipped[key] = Array.isArray(value) ? value.map(clip) : clip(value);
+    });
+    return clipped;
+  }
+
   function flush(unloading) {
     if (timer !== null) {
       window.clearTimeout(timer);
       timer = null;
     }
+    // Batches of at most MAX_BATCH items and maxBytes of UTF-8 (the relay refuses a larger
+    // body whole); 32 bytes are kept for {"batch":[…]} and the commas.
+    var batch = [];
+    var bytes = 32;
     while (queue.length) {
-      var batch = queue.splice(0, MAX_BATCH);
+      var item = queue.shift();
+      var size = new Blob([JSON.stringify(item)]).size + 1;
+      if (batch.length && (batch.length === MAX_BATCH || bytes + size > maxBytes)) {
+        post(JSON.stringify({ batch: batch }), unloading);
+        batch = [];
+        bytes = 32;
+      }
+      batch.push(item);
+      bytes += size;
+    }
+    if (batch.length) {
       post(JSON.stringify({ batch: batch }), unloading);
     }
   }
 
   function track(event, properties) {
-    var item = { event: event, properties: properties || {}, insert_id: insertId() };
+    var item = { event: event, properties: clipAll(properties), insert_id: insertId() };
     // No client timestamp: the server's clock stamps the event, a wrong device clock cannot.
     queue.push(item);
     if (timer === null) {
