@@ -15,11 +15,12 @@ not take part in equality, so ``Event("Page Viewed")`` equals the catalogue's me
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import typing as t
 from dataclasses import dataclass, field
 
-from .exceptions import MixpanelConfigurationError
+from .exceptions import MixpanelConfigurationError, with_note
 
 __all__ = [
     "RESERVED_EVENT_PROPERTIES",
@@ -48,7 +49,8 @@ class Name:
     """A name Mixpanel stores, with an optional description (not part of equality)."""
 
     name: str
-    description: str = field(default="", compare=False)
+    # Not in the repr either: ``Event(name='Foo')``, as error messages always showed it.
+    description: str = field(default="", compare=False, repr=False)
 
     # Hand-written equality and hash (on the name only, like the generated ones) because every
     # tracked property is looked up in a frozenset: this is the hottest code of a request.
@@ -199,6 +201,8 @@ class Section(t.Generic[M]):
 
     def __init__(self, label: str, cls: type, kind: type[M], reserved: frozenset[str]) -> None:
         self.label = label
+        #: The name of the section on ``request.mixpanel`` (``events``, ``event_properties``…).
+        self.attr = label.replace(" ", "_")
         self.cls = cls
         self.by_attr: dict[str, M] = members(cls, kind)
         self.by_name: dict[str, M] = {}
@@ -212,6 +216,11 @@ class Section(t.Generic[M]):
             self.by_name.setdefault(member.name, member)
         self.members: frozenset[M] = frozenset(self.by_attr.values())
 
+    @functools.cached_property
+    def instance(self) -> t.Any:
+        """An instance of the class (``request.mixpanel.events`` and friends)."""
+        return self.cls()
+
     def hint(self, wanted: object) -> str:
         """Suggest the declared member closest to ``wanted`` (an attribute or Mixpanel name)."""
         name = getattr(wanted, "name", str(wanted))
@@ -224,8 +233,19 @@ class Section(t.Generic[M]):
         return f" Did you mean {self.cls.__qualname__}.{attr} ({self.by_attr[attr].name!r})?"
 
     def unknown(self, wanted: object) -> ValueError:
-        """Build the error for a member that is not declared in this section."""
-        return ValueError(
+        """Build the error for a member that is not declared in this section.
+
+        The message is the original package's (apps' tests compare it); where it is declared
+        and the nearest declared member are a note, shown under it in tracebacks.
+        """
+        return with_note(
+            ValueError(f"{type(wanted).__name__} '{wanted!r}' is not a member of self.{self.attr}"),
+            self.describe_unknown(wanted),
+        )
+
+    def describe_unknown(self, wanted: object) -> str:
+        """Say that ``wanted`` is not declared here, where to declare it and what is nearest."""
+        return (
             f"{wanted!r} is not declared in {self.cls.__module__}.{self.cls.__qualname__}"
             f" ({self.label}).{self.hint(wanted)}"
         )

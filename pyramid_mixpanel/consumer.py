@@ -3,8 +3,9 @@
 * :class:`MockedConsumer` records messages in testing mode (no token).
 * :class:`PoliteBufferedConsumer` sends them in batches and never raises: every failure is
   logged (without secrets) and the request that produced the messages is left alone.
-* :class:`RequestBuffer` is what ``request.mixpanel.api._consumer`` is outside testing mode:
-  it holds a request's messages until the request's outcome is known.
+* :class:`RequestBuffer` is what ``request.mixpanel.api._consumer`` is outside testing mode
+  (unless ``mixpanel.consumer`` names another class): a :class:`PoliteBufferedConsumer` that
+  holds a request's messages until the request's outcome is known.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import collections
 import json
 import typing as t
 import weakref
+from dataclasses import dataclass, field
 
 import mixpanel
 
@@ -32,22 +34,23 @@ SYSTEM_EVENT_PROPERTIES = ("token", "time", "$insert_id", "mp_lib", "$lib_versio
 SYSTEM_PROFILE_KEYS = ("$token", "$time")
 
 
+@dataclass
 class MockedConsumer:
     """Testing-mode consumer: records every message in :attr:`mocked_messages`, sends nothing.
 
-    Messages are appended at call time as ``{"endpoint": ..., "msg": ...}`` dicts. With
-    :attr:`DROP_SYSTEM_MESSAGE_PROPERTIES` (the default), values that change on every call
-    (``token``, ``time``, ``$insert_id``, ``mp_lib``, ``$lib_version`` and a profile update's
-    ``$token`` / ``$time``) are dropped so tests can compare messages with ``==``.
-    :attr:`flushed` turns true when the request's messages were released, i.e. would have been
-    delivered; it stays false for a request that failed or whose transaction aborted.
+    Messages are appended at call time as ``{"endpoint": ..., "msg": ...}`` dicts (Customer.io
+    calls as ``{"endpoint": "customer.io", ...}``). With :attr:`DROP_SYSTEM_MESSAGE_PROPERTIES`
+    (the default), values that change on every call (``token``, ``time``, ``$insert_id``,
+    ``mp_lib``, ``$lib_version`` and a profile update's ``$token`` / ``$time``) are dropped so
+    tests can compare messages with ``==``. :attr:`flushed` turns true when the request's
+    messages were released, i.e. would have been delivered; it stays false for a request that
+    failed or whose transaction aborted. Two consumers with the same state are equal.
     """
 
-    DROP_SYSTEM_MESSAGE_PROPERTIES = True
-
-    def __init__(self) -> None:
-        self.mocked_messages: list[dict[str, t.Any]] = []
-        self.flushed = False
+    mocked_messages: list[dict[str, t.Any]] = field(default_factory=list)
+    flushed: bool = False
+    #: Set to ``False`` on an instance or a subclass to keep the system properties.
+    DROP_SYSTEM_MESSAGE_PROPERTIES: t.ClassVar[bool] = True
 
     def send(
         self,
@@ -80,19 +83,26 @@ class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  
     as every delivery mode:
 
     * bounded connect/read timeouts on every HTTP call; no blocking retries;
-    * batches up to Mixpanel's limits (2000 records, 10 MB) per endpoint, gzip'd only where
-      Mixpanel accepts it (``/track``, ``/import``);
+    * batches up to Mixpanel's limits (``max_size`` records, at most 2000, and 10 MB) per
+      endpoint, gzip'd only where Mixpanel accepts it (``/track``, ``/import``); a buffer that
+      reaches ``max_size`` is sent at once, as :class:`mixpanel.BufferedConsumer` does;
     * when Mixpanel cannot be reached, the remaining endpoints are not tried in the same flush,
       so a hung Mixpanel costs one timeout, not one per endpoint;
     * every failure is logged with the endpoint and the number of messages, never with a
-      message body or a secret; :attr:`failed` counts the messages it could not deliver.
+      message body or a secret; :attr:`failed` counts the messages it could not deliver;
+    * should an endpoint's flush raise anyway (a subclass's ``_flush_endpoint``), the error is
+      logged as "It seems like Mixpanel is down." (logger ``pyramid_mixpanel.consumer``, with
+      the traceback), as the original package did.
+
+    :param use_structlog: log through structlog instead of the standard library.
 
     Built by :meth:`from_settings` when configured through ``mixpanel.consumer``; it can also be
-    used on its own with the same keyword arguments as :class:`mixpanel.BufferedConsumer`.
+    used on its own.
     """
 
     def __init__(
         self,
+        use_structlog: bool = False,
         max_size: int = MAX_RECORDS,
         *,
         api_host: str = "https://api.mixpanel.com",
@@ -116,16 +126,19 @@ class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  
             auth = (import_api_secret, "")
         # Otherwise /import is authenticated with the token each event carries.
         secrets = (import_api_secret, credentials.secret if credentials is not None else None)
+        self._max_size = max(1, min(max_size, MAX_RECORDS))
         self._transport = MixpanelTransport(
             api_host,
             timeout=timeout,
             import_auth=auth,
             project_id=project_id,
             secrets=[secret for secret in secrets if secret],
-            max_records=max_size,
+            max_records=self._max_size,
         )
         self._buffers: dict[str, list[str]] = {endpoint: [] for endpoint in ENDPOINTS}
-        self._log = log or Log(self._transport.secrets)
+        self._log = (log or Log(self._transport.secrets, use_structlog)).child("consumer")
+        self.use_structlog = self._log.use_structlog
+        self._down = False
         #: How many messages could not be delivered (unknown endpoint, refused, unreachable).
         self.failed = 0
 
@@ -143,31 +156,51 @@ class PoliteBufferedConsumer(mixpanel.BufferedConsumer):  # type: ignore[misc]  
         api_key: object = None,
         api_secret: object = None,
     ) -> None:
-        """Buffer one message; nothing is sent before :meth:`flush`."""
-        if endpoint not in self._buffers:
+        """Buffer one message; a full buffer is sent at once, the rest on :meth:`flush`."""
+        buffer = self._buffers.get(endpoint)
+        if buffer is None:
             self._log.error("mixpanel.unknown_endpoint", endpoint=endpoint)
             self.failed += 1
             return
-        self._buffers[endpoint].append(json_message)
+        buffer.append(json_message)
+        if len(buffer) >= self._max_size:
+            self._down = False
+            self._flush_endpoint(endpoint)
 
     def flush(self) -> None:
         """Send every buffered message; log (never raise) what could not be sent."""
-        messages = [
-            (endpoint, body) for endpoint, bodies in self._buffers.items() for body in bodies
-        ]
-        self._buffers = {endpoint: [] for endpoint in ENDPOINTS}
-        _, failed = post_all(self._transport, messages, self._log) if messages else (0, 0)
-        self.failed += failed
+        self._down = False
+        try:
+            super().flush()  # _flush_endpoint for each endpoint, in Mixpanel's order
+        except (OSError, mixpanel.MixpanelException) as exc:  # URLError is an OSError
+            self._log.say("error", "It seems like Mixpanel is down.", error=exc)
+
+    def _flush_endpoint(self, endpoint: str) -> None:
+        bodies, self._buffers[endpoint] = self._buffers[endpoint], []
+        if not bodies:
+            return
+        if self._down:
+            # One timeout is enough to know: do not make the caller wait for one per endpoint.
+            self.failed += len(bodies)
+            self._log.error("mixpanel.unreachable_skipped", endpoint=endpoint, messages=len(bodies))
+            return
+        posted = post_all(self._transport, [(endpoint, body) for body in bodies], self._log)
+        self.failed += posted.failed
+        self._down = posted.unreachable
 
 
-class RequestBuffer:
+class RequestBuffer(PoliteBufferedConsumer):
     """Holds one request's messages until its outcome is known (``api._consumer`` in production).
 
-    ``flush()`` releases the messages to delivery right away, so scripts that call
+    A :class:`PoliteBufferedConsumer` (code that checks ``isinstance`` keeps working) whose
+    :meth:`flush` hands the messages to the app's delivery (the background engine, the spool,
+    Celery or a synchronous post) instead of posting them itself. Scripts that call
     ``mixpanel.api._consumer.flush()`` by hand, as with the original package, keep working.
     """
 
     def __init__(self, owner: t.Any) -> None:
+        # PoliteBufferedConsumer.__init__ is not called on purpose: it would build an HTTP
+        # client per request that is never used; messages leave through the owner's runtime.
         self.messages: list[tuple[str, str]] = []
         #: The last :data:`HISTORY` messages held, also after release (for the debug toolbar
         #: panel); bounded, so a long-lived instance in a script or worker does not grow.

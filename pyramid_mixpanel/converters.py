@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from pyramid.path import DottedNameResolver
 
 from .catalog import closest, closest_match
-from .exceptions import MixpanelConfigurationError
+from .exceptions import MixpanelConfigurationError, with_note
 
 __all__ = [
     "FALSE_WORDS",
@@ -198,16 +198,30 @@ def as_callable(key: str, value: object) -> t.Callable[..., t.Any] | None:
     return t.cast("t.Callable[..., t.Any]", found)
 
 
-def subclass_of(*bases: type) -> Converter:
-    """A converter of a class (or a dotted name of one) that subclasses one of ``bases``."""
-    wanted = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
+def subclass_of(*bases: type, named: str | None = None) -> Converter:
+    """A converter of a class (or a dotted name of one) that subclasses one of ``bases``.
+
+    ``named`` is how the error calls the bases (default: their dotted names). The messages are
+    the original package's (apps' tests compare them); the setting and its value are a note.
+    """
+    wanted = named or " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
 
     def convert(key: str, value: object) -> type | None:
         if isinstance(value, str) and not value.strip():
             return None
+        if not isinstance(value, (str, type)):
+            raise with_note(
+                MixpanelConfigurationError(
+                    f"dotted_name must be a string, but it is: {type(value).__name__}"
+                ),
+                f"{key} takes a dotted name (or, from Python, a class), not an instance",
+            )
         found = as_dotted_object(key, value)
         if not (isinstance(found, type) and issubclass(found, bases)):
-            raise MixpanelConfigurationError(f"{key} must name a subclass of {wanted}: {value!r}")
+            raise with_note(
+                MixpanelConfigurationError(f"class in dotted_name needs to be based on {wanted}"),
+                f"{key} = {value!r}",
+            )
         return found
 
     return convert

@@ -16,7 +16,30 @@ __all__ = [
     "MixpanelError",
     "MixpanelQueryError",
     "MultipleProfilesFoundException",
+    "explain",
+    "with_note",
 ]
+
+E = t.TypeVar("E", bound=BaseException)
+
+
+def with_note(exc: E, note: str) -> E:
+    """Return ``exc`` with ``note`` added to its notes (empty notes are not added).
+
+    Notes are printed under the message in tracebacks (Python 3.11+) but are not part of
+    ``str(exc)``: messages stay exactly what the original package raised, and the help (which
+    setting, what is nearest) is still shown.
+    """
+    if note:
+        # Set directly rather than with add_note(), which Python 3.10 lacks.
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]
+    return exc
+
+
+def explain(exc: BaseException) -> str:
+    """One line: the message, then the notes in parentheses (``message (note; note)``)."""
+    notes = getattr(exc, "__notes__", ())
+    return f"{exc} ({'; '.join(notes)})" if notes else str(exc)
 
 
 class MixpanelError(Exception):
@@ -46,6 +69,9 @@ class MultipleProfilesFoundException(MixpanelError, ValueError):  # noqa: N818  
     """More than one profile has the email; ``email`` and ``profiles`` say which."""
 
     def __init__(self, email: str, profiles: list[dict[str, t.Any]]) -> None:
-        super().__init__(f"{len(profiles)} Mixpanel profiles have the email {email!r}")
+        # The original package's text, which apps' tests compare.
+        super().__init__(
+            f"Multiple Mixpanel profiles found for email: {email} - Profile IDs: {profiles}"
+        )
         self.email = email
         self.profiles = profiles

@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import typing as t
 
-from .runtime import RUNTIME_KEY, Runtime
-from .track import MixpanelTrack
+from .track import MixpanelTrack, distinct_id_of, mixpanel_init
 
 if t.TYPE_CHECKING:
     from pyramid.request import Request
@@ -38,23 +37,12 @@ __all__ = ["LISTENERS", "distinct_id_of", "request_mixpanel"]
 LISTENERS: list[t.Callable[[MixpanelTrack], None]] = []
 
 
-def distinct_id_of(request: Request) -> str | None:
-    """``request.user.distinct_id`` when the app has a ``request.user``, else ``None``."""
-    user = getattr(request, "user", None)
-    return getattr(user, "distinct_id", None) if user is not None else None
-
-
 def request_mixpanel(request: Request) -> MixpanelTrack:
     """Build ``request.mixpanel`` and tie its release to the request's outcome."""
-    runtime: Runtime = request.registry[RUNTIME_KEY]
-    track = MixpanelTrack(
-        runtime,
-        distinct_id=distinct_id_of(request),
-        global_event_props=runtime.header_props(request.environ),
-    )
+    track = mixpanel_init(request)
     for listener in LISTENERS:
         listener(track)
-    policy = runtime.settings.release_policy
+    policy = track.settings.release_policy
     if policy == "always":
         request.add_finished_callback(lambda _request: track.settle(True))
         return track

@@ -37,6 +37,7 @@ from .settings import MixpanelSettings, QuerySettings, parse_query_settings
 __all__ = [
     "FUNNEL_LENGTH_UNITS",
     "FUNNEL_LIMIT",
+    "JQL_PATH",
     "MAX_LIMIT",
     "PROFILE_BY_EMAIL",
     "SEGMENTATION_LIMIT",
@@ -50,11 +51,19 @@ __all__ = [
 
 PROFILE_BY_EMAIL = """\
 function main() {
-  return People().filter(function (user) {
-    return user.properties.$email === params.email;
-  });
+  return People()
+    .filter(function (user) { return user.properties.$email === params.email; })
+    .map(function (user) {
+      return {distinct_id: user.distinct_id, email: user.properties.$email};
+    });
 }
 """
+#: Where JQL scripts are posted on the query host. Mixpanel serves its query APIs under both
+#: ``/api/query/`` (reference/query-jql) and the older ``/api/2.0/`` prefix (its own examples
+#: still use it on the query host: docs/data-structure/group-analytics/group-analytics-faq,
+#: ``/api/2.0/engage``); this is the path the original package posted to, so apps' HTTP mocks
+#: keep matching.
+JQL_PATH = "/api/2.0/jql"
 DateLike = dt.date | str
 
 #: The most values a breakdown (``on=``) of funnels or segmentation returns: 10,000
@@ -269,17 +278,25 @@ class MixpanelQuery:
             form["session_id"] = str(answer["session_id"])
             form["page"] = str(page)
 
-    def profile_by_email(self, email: str, *, use_jql: bool = False) -> dict[str, t.Any] | None:
-        """Return the profile with ``email``, ``None`` when there is none.
+    def profile_by_email(self, email: str, *, use_jql: bool = True) -> dict[str, t.Any] | None:
+        """Return ``{"distinct_id": ..., "email": ...}`` for ``email``, ``None`` when none has it.
 
-        Uses Engage (``use_jql=True`` runs the JQL lookup instead; JQL is in maintenance mode).
+        Runs the JQL lookup the original package ran, with the email passed as a parameter
+        (never pasted into the script). JQL is in maintenance mode at Mixpanel:
+        ``use_jql=False`` looks the email up through Engage instead, with the same answer.
 
         :raises MultipleProfilesFoundException: more than one profile has the email.
         """
         if use_jql:
             profiles: list[dict[str, t.Any]] = self.jql(PROFILE_BY_EMAIL, {"email": email})
         else:
-            profiles = list(self.engage(where=where_equals("$email", email)))
+            profiles = [
+                {
+                    "distinct_id": found.get("$distinct_id"),
+                    "email": found.get("$properties", {}).get("$email"),
+                }
+                for found in self.engage(where=where_equals("$email", email))
+            ]
         if not profiles:
             return None
         if len(profiles) > 1:
@@ -413,7 +430,7 @@ class MixpanelQuery:
         :raises MixpanelQueryError: Mixpanel refused the query (its error text is kept).
         """
         form = {"script": script, "params": json.dumps(dict(params or {}))}
-        return self._json("POST", "/api/query/jql", {}, form)
+        return self._json("POST", JQL_PATH, {}, form)
 
     # -- plumbing ---------------------------------------------------------------------------
 

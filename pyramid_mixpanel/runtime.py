@@ -9,6 +9,7 @@ Everything a request needs that does not depend on the request lives here, so re
 
 from __future__ import annotations
 
+import functools
 import typing as t
 import weakref
 
@@ -21,7 +22,7 @@ from .delivery.sync import ConsumerDelivery, SyncDelivery
 from .delivery.transport import MixpanelTransport
 from .exceptions import MixpanelConfigurationError
 from .log import Log
-from .settings import MixpanelSettings, parse_settings
+from .settings import INGESTION_HOSTS, MixpanelSettings, parse_settings
 
 if t.TYPE_CHECKING:
     from pyramid.registry import Registry
@@ -80,6 +81,11 @@ class Runtime:
         # X-Mixpanel-<Name> headers: matched on folded names, so "X-Mixpanel-Dark-Mode" finds
         # both Property("Dark Mode") and an attribute called dark_mode.
         self.header_properties = _header_properties(self.catalog.event_properties, settings)
+        self.declared_header_names = frozenset(
+            _header_properties(self.catalog.event_properties, settings, everything=True)
+        )
+        # Header warnings come from "pyramid_mixpanel.track", as the original package's did.
+        self.header_log = self.log.child("track")
 
     def _build(
         self, transport: MixpanelTransport | CustomerIOTransport, standalone: bool
@@ -90,6 +96,17 @@ class Runtime:
         if standalone and settings.delivery in ("background", "celery"):
             return SyncDelivery(transport, settings, self.log)
         return build_delivery(transport, settings, self.log)
+
+    @functools.cached_property
+    def customerio_client(self) -> t.Any:
+        """A ``customerio.CustomerIO`` client for ``customerio.tracking.*`` (else ``None``).
+
+        Built on first use, with the bounded timeouts of the Customer.io lane: it is
+        ``request.mixpanel.cio``, for apps' own calls (replication goes through the lane).
+        """
+        if not self.settings.customerio_enabled:
+            return None
+        return CustomerIOTransport.from_settings(self.settings).client
 
     @property
     def lanes(self) -> dict[str, Delivery]:
@@ -115,7 +132,16 @@ class Runtime:
             if prop is None:
                 # Undeclared, or declared but not in mixpanel.header_properties: headers come
                 # from clients, so only the allowed ones may set a property.
-                self.log.warning("mixpanel.unknown_header_ignored", header=header)
+                name = header[len("X-Mixpanel-") :].lower()
+                where = (
+                    "in mixpanel.header_properties"
+                    if normalise(name) in self.declared_header_names
+                    else "a member of event_properties"
+                )
+                self.header_log.say(
+                    "warning",
+                    f"Property '{name}', from request header '{header}' is not {where}",
+                )
                 continue
             if not isinstance(value, str) or len(value) > limit:
                 self.log.warning(
@@ -129,12 +155,19 @@ class Runtime:
         return found
 
     def deliver(
-        self, messages: t.Sequence[Message], calls: t.Sequence[CustomerIOCall] = ()
+        self,
+        messages: t.Sequence[Message],
+        calls: t.Sequence[CustomerIOCall] = (),
+        consumer: object = None,
     ) -> None:
-        """Hand released messages to each lane's delivery; never raises."""
+        """Hand released messages to each lane's delivery; never raises.
+
+        ``consumer``: with ``mixpanel.consumer``, the instance the messages go to (the request's
+        ``api._consumer``) instead of a new one.
+        """
         if messages and self.mixpanel is not None:  # no delivery at all in testing mode
             self.stats.add("released", len(messages))
-            failed = self._submit(self.mixpanel, messages)
+            failed = self._submit(self.mixpanel, messages, consumer)
             if failed:
                 self.stats.add("failed", failed)
         if calls and self.customerio is not None:
@@ -143,8 +176,12 @@ class Runtime:
             if failed:
                 self.stats.add("customerio_failed", failed)
 
-    def _submit(self, delivery: Delivery, messages: t.Sequence[Message]) -> int:
+    def _submit(
+        self, delivery: Delivery, messages: t.Sequence[Message], consumer: object = None
+    ) -> int:
         try:
+            if consumer is not None:
+                return t.cast(ConsumerDelivery, delivery).submit_to(consumer, messages)
             return delivery.submit(messages)
         except Exception as exc:
             # Built-in deliveries never raise; a custom backend might, and the request that
@@ -170,34 +207,40 @@ class Runtime:
         return sum(delivery.close(timeout) for delivery in self.lanes.values())
 
     def log_configured(self) -> None:
-        """Log the one line that says how tracking is set up."""
+        """Log how tracking is set up: the original package's lines, then any advice.
+
+        ``Mixpanel configured`` names the consumer and catalogue classes as the original did
+        (apps' tests compare the line), followed by every delivery setting that differs from
+        its default; in testing mode, the original's warning follows.
+        """
         settings = self.settings
-        self.log.info(
-            "mixpanel.configured",
-            mode="testing" if settings.testing else "live",
-            delivery="none (testing mode)" if settings.testing else settings.delivery,
-            consumer=_qualname(settings.consumer) if settings.consumer else None,
-            spool_path=settings.spool_path,
-            api_host=redact_url(settings.api_host),
-            events=_qualname(settings.events),
-            event_properties=_qualname(settings.event_properties),
-            profile_properties=_qualname(settings.profile_properties),
-            release_policy=settings.release_policy,
-            customerio="on" if settings.customerio_enabled else "off",
-        )
+        consumer = "MockedConsumer" if settings.testing else "PoliteBufferedConsumer"
+        if settings.consumer is not None:
+            consumer = settings.consumer.__name__
+        fields: dict[str, t.Any] = {
+            "consumer": consumer,
+            "events": settings.events.__name__,
+            "event_properties": settings.event_properties.__name__,
+            "profile_properties": settings.profile_properties.__name__,
+            "profile_meta_properties": settings.profile_meta_properties.__name__,
+            "customerio": settings.customerio_enabled,
+        }
+        if not settings.testing:
+            if settings.consumer is None and settings.delivery != "background":
+                fields["delivery"] = settings.delivery
+            if settings.spool_path:
+                fields["spool_path"] = settings.spool_path
+            if settings.region != "us":
+                fields["region"] = settings.region
+            if settings.api_host != f"https://{INGESTION_HOSTS[settings.region]}":
+                fields["api_host"] = redact_url(settings.api_host)
+        if settings.release_policy != "commit":
+            fields["release_policy"] = settings.release_policy
+        if settings.header_properties is not None:
+            fields["header_properties"] = ",".join(settings.header_properties) or "off"
+        self.log.say("info", "Mixpanel configured", **fields)
         if settings.testing:
-            self.log.warning(
-                "mixpanel.testing_mode",
-                detail="mixpanel.token is off or not set: messages are recorded, nothing is sent",
-            )
-        if not settings.testing and settings.delivery == "background" and not settings.spool_path:
-            # The documented trade-off (README, "Delivery"): the memory queue costs a few
-            # microseconds per request, the spool tens; only the spool survives a crash.
-            self.log.warning(
-                "mixpanel.memory_queue",
-                detail="messages waiting for Mixpanel are lost if the process is killed"
-                " (kill -9, out of memory): set mixpanel.spool_path to keep them",
-            )
+            self.log.say("warning", "Mixpanel is in testing mode, no message will be sent!")
         if settings.api_secret and not settings.has_service_account:
             # reference/project-secret: the API secret is deprecated and retires on 2027-03-03.
             self.log.warning(
@@ -205,10 +248,6 @@ class Runtime:
                 retires=API_SECRET_RETIREMENT,
                 detail="Mixpanel retires project secrets: set mixpanel.service_account.*",
             )
-
-
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def build_runtime(settings: t.Mapping[str, object]) -> Runtime:
@@ -251,7 +290,7 @@ def runtime_for(settings: t.Mapping[str, object] | MixpanelSettings | Runtime) -
 
 
 def _header_properties(
-    section: Section[Property], settings: MixpanelSettings
+    section: Section[Property], settings: MixpanelSettings, everything: bool = False
 ) -> dict[str, Property]:
     """Folded header name -> property, for the properties headers may set.
 
@@ -259,20 +298,20 @@ def _header_properties(
     attribute called ``dark_mode``. ``mixpanel.header_properties`` narrows the set (by
     Mixpanel name or attribute name); a name that is not declared is a startup error.
     """
-    everything: dict[str, Property] = {}
+    declared: dict[str, Property] = {}
     for attr, prop in section.by_attr.items():
-        everything.setdefault(normalise(attr.removeprefix("dollar_")), prop)
-        everything.setdefault(normalise(prop.name), prop)
+        declared.setdefault(normalise(attr.removeprefix("dollar_")), prop)
+        declared.setdefault(normalise(prop.name), prop)
     allowed = settings.header_properties
-    if allowed is None:
-        return everything
+    if allowed is None or everything:
+        return declared
     chosen: set[Property] = set()
     for name in allowed:
-        found = everything.get(normalise(name))
+        found = declared.get(normalise(name))
         if found is None:
             hint = closest(name, [p.name for p in section.by_attr.values()])
             raise MixpanelConfigurationError(
                 f"mixpanel.header_properties: {name!r} is not a declared event property.{hint}"
             )
         chosen.add(found)
-    return {key: prop for key, prop in everything.items() if prop in chosen}
+    return {key: prop for key, prop in declared.items() if prop in chosen}

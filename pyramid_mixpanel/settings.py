@@ -36,7 +36,7 @@ from .converters import (
     positive_int,
     subclass_of,
 )
-from .exceptions import MixpanelConfigurationError
+from .exceptions import MixpanelConfigurationError, with_note
 
 __all__ = [
     "DELIVERY_MODES",
@@ -66,6 +66,16 @@ EXPORT_HOSTS = {
 CUSTOMERIO_REGIONS = ("us", "eu")
 
 
+def _customerio_region(key: str, value: object) -> str | None:
+    try:
+        return t.cast("str | None", one_of(CUSTOMERIO_REGIONS)(key, value))
+    except MixpanelConfigurationError as exc:
+        # The original package's message, which apps' tests compare; ours is the note.
+        raise with_note(
+            MixpanelConfigurationError("Unknown customer.io region"), str(exc)
+        ) from None
+
+
 def as_delivery(key: str, value: object) -> object:
     """A delivery mode name, or the dotted name of a delivery backend factory."""
     if isinstance(value, str) and value.strip().lower() in DELIVERY_MODES:
@@ -86,7 +96,12 @@ def _consumer(key: str, value: object) -> object:
 
     from .consumer import MockedConsumer
 
-    return subclass_of(mixpanel.Consumer, mixpanel.BufferedConsumer, MockedConsumer)(key, value)
+    return subclass_of(
+        mixpanel.Consumer,
+        mixpanel.BufferedConsumer,
+        MockedConsumer,
+        named="mixpanel.(Buffered)Consumer",
+    )(key, value)
 
 
 @dataclass(frozen=True)
@@ -226,16 +241,32 @@ class QuerySettings:
 SETTINGS: tuple[Setting, ...] = (
     Setting("mixpanel.token", "token", as_secret),
     Setting("mixpanel.api_secret", "api_secret", as_secret),
-    Setting("mixpanel.events", "events", subclass_of(Events)),
-    Setting("mixpanel.event_properties", "event_properties", subclass_of(EventProperties)),
-    Setting("mixpanel.profile_properties", "profile_properties", subclass_of(ProfileProperties)),
+    Setting("mixpanel.events", "events", subclass_of(Events, named="pyramid_mixpanel.Events")),
+    Setting(
+        "mixpanel.event_properties",
+        "event_properties",
+        subclass_of(EventProperties, named="pyramid_mixpanel.EventProperties"),
+    ),
+    Setting(
+        "mixpanel.profile_properties",
+        "profile_properties",
+        subclass_of(ProfileProperties, named="pyramid_mixpanel.ProfileProperties"),
+    ),
     Setting(
         "mixpanel.profile_meta_properties",
         "profile_meta_properties",
-        subclass_of(ProfileMetaProperties),
+        subclass_of(ProfileMetaProperties, named="pyramid_mixpanel.ProfileMetaProperties"),
     ),
-    Setting("mixpanel.group_keys", "group_keys", subclass_of(GroupKeys)),
-    Setting("mixpanel.group_properties", "group_properties", subclass_of(GroupProperties)),
+    Setting(
+        "mixpanel.group_keys",
+        "group_keys",
+        subclass_of(GroupKeys, named="pyramid_mixpanel.GroupKeys"),
+    ),
+    Setting(
+        "mixpanel.group_properties",
+        "group_properties",
+        subclass_of(GroupProperties, named="pyramid_mixpanel.GroupProperties"),
+    ),
     Setting("mixpanel.consumer", "consumer", _consumer),
     Setting("mixpanel.region", "region", one_of(tuple(INGESTION_HOSTS))),
     Setting("mixpanel.api_host", "api_host", as_base_url),
@@ -273,7 +304,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mixpanel.header_max_length", "header_max_length", positive_int(65_536)),
     Setting("customerio.tracking.site_id", "customerio_site_id", as_secret),
     Setting("customerio.tracking.api_key", "customerio_api_key", as_secret),
-    Setting("customerio.tracking.region", "customerio_region", one_of(CUSTOMERIO_REGIONS)),
+    Setting("customerio.tracking.region", "customerio_region", _customerio_region),
     Setting("customerio.tracking.url", "customerio_url", as_base_url),
 )
 #: Where the core looks for typos.

@@ -17,18 +17,30 @@ import typing as t
 
 import mixpanel
 import orjson
+from webob.request import BaseRequest
 
 from . import rules
 from .catalog import Event, Property, Section
 from .consumer import MockedConsumer, RequestBuffer
 from .customerio import CustomerIOCall, cio_attributes
-from .runtime import Runtime, get_runtime, runtime_for
+from .delivery.sync import ConsumerDelivery
+from .exceptions import with_note
+from .runtime import RUNTIME_KEY, Runtime, get_runtime, runtime_for
 from .settings import MixpanelSettings
 
 if t.TYPE_CHECKING:
     from pyramid.registry import Registry
+    from pyramid.request import Request
 
-__all__ = ["DEVICE_PROPERTIES", "IMPORT_AGE", "INSERT_ID", "MixpanelTrack", "PropsType"]
+__all__ = [
+    "DEVICE_PROPERTIES",
+    "IMPORT_AGE",
+    "INSERT_ID",
+    "MixpanelTrack",
+    "PropsType",
+    "distinct_id_of",
+    "mixpanel_init",
+]
 
 PropsType = t.Mapping[Property, t.Any]
 LIB_VERSION: str = mixpanel.__version__
@@ -84,13 +96,24 @@ class MixpanelTrack:
         self.testing = runtime.settings.testing
         self._replicate = runtime.settings.customerio_enabled
         self._customerio_calls: list[CustomerIOCall] = []
-        consumer: MockedConsumer | RequestBuffer
+        consumer: t.Any
+        # Messages go to api._consumer (which a test may replace, as with the original), except
+        # with mixpanel.consumer: then they wait in the buffer until the request's release.
+        self._consumer: t.Any = None
+        self._sink: RequestBuffer | None = None
         if self.testing:
             consumer = MockedConsumer()
         else:
             consumer = self._buffer = RequestBuffer(self)
+            lane = runtime.mixpanel
+            if isinstance(lane, ConsumerDelivery):
+                # The configured class, exposed as the original package exposed it.
+                self._sink = self._buffer
+                consumer = self._consumer = lane.make_consumer()
         self._token = runtime.settings.token or "testing-mode"
-        #: The official client; its ``_consumer`` holds this instance's messages.
+        #: The official client. Its ``_consumer`` is the :class:`MockedConsumer` in testing
+        #: mode, the ``mixpanel.consumer`` instance when one is configured, otherwise the
+        #: :class:`~pyramid_mixpanel.consumer.RequestBuffer` holding this instance's messages.
         self.api = mixpanel.Mixpanel(runtime.settings.token or "testing-mode", consumer=consumer)
         self._checked_id: str | None = None
         #: ``None`` while pending; ``True``/``False`` once the request was judged a success or not.
@@ -112,31 +135,44 @@ class MixpanelTrack:
         """
         return cls(get_runtime(registry), distinct_id, global_event_props)
 
-    # -- the catalogue, as the configured classes ---------------------------------------------
+    # -- the catalogue, as instances of the configured classes --------------------------------
 
     @property
     def events(self) -> t.Any:
-        """The configured ``Events`` class."""
-        return self.settings.events
+        """An instance of the configured ``Events`` class (``== Events()`` by default)."""
+        return self._catalog.events.instance
 
     @property
     def event_properties(self) -> t.Any:
-        """The configured ``EventProperties`` class."""
-        return self.settings.event_properties
+        """An instance of the configured ``EventProperties`` class."""
+        return self._catalog.event_properties.instance
 
     @property
     def profile_properties(self) -> t.Any:
-        """The configured ``ProfileProperties`` class."""
-        return self.settings.profile_properties
+        """An instance of the configured ``ProfileProperties`` class."""
+        return self._catalog.profile_properties.instance
 
     @property
     def profile_meta_properties(self) -> t.Any:
-        """The configured ``ProfileMetaProperties`` class."""
-        return self.settings.profile_meta_properties
+        """An instance of the configured ``ProfileMetaProperties`` class."""
+        return self._catalog.profile_meta_properties.instance
+
+    @property
+    def cio(self) -> t.Any:
+        """A ``customerio.CustomerIO`` client for ``customerio.tracking.*``, or ``None``.
+
+        For calls of your own; this instance's replication does not go through it but through
+        the Customer.io lane, after the request succeeded.
+        """
+        return self._runtime.customerio_client
 
     @property
     def mocked_messages(self) -> list[dict[str, t.Any]]:
-        """Messages recorded in testing mode (``mixpanel.token`` not set)."""
+        """Messages recorded in testing mode (``mixpanel.token`` not set).
+
+        Mixpanel messages as ``{"endpoint": "events" | "people" | …, "msg": {...}}`` and
+        replicated Customer.io calls as ``{"endpoint": "customer.io", "msg": {...}}``.
+        """
         consumer = self.api._consumer
         if not isinstance(consumer, MockedConsumer):
             raise AttributeError(
@@ -233,7 +269,7 @@ class MixpanelTrack:
             self._event("events", event.name, distinct_id, properties)
         if self._replicate and not skip_customerio:
             raw = {**_names(self.global_event_props), **_names(props or {})}
-            self._customerio_calls.append(
+            self._replicate_call(
                 CustomerIOCall("track", distinct_id, cio_attributes(raw), event.name)
             )
         self._after_message()
@@ -251,9 +287,8 @@ class MixpanelTrack:
         values = self._profile_values(props)
         self._profile("$set", distinct_id, values, meta)
         if self._replicate and not skip_customerio:
-            self._customerio_calls.append(
-                CustomerIOCall("identify", distinct_id, cio_attributes(_names(props)))
-            )
+            raw = {**_names(props), **_names(meta or {})}
+            self._replicate_call(CustomerIOCall("identify", distinct_id, cio_attributes(raw)))
         self._after_message()
 
     def people_set_once(self, props: PropsType, meta: PropsType | None = None) -> None:
@@ -322,7 +357,6 @@ class MixpanelTrack:
             raise TypeError(f"amount must be a number, got {type(amount).__name__}")
         allowed = self._catalog.profile_properties.members | self._catalog.event_property_members
         transaction = self._values(props or {}, allowed, self._catalog.profile_properties)
-        transaction.setdefault("$time", _iso(dt.datetime.now(dt.timezone.utc)))
         transaction["$amount"] = amount
         self._profile("$append", distinct_id, {"$transactions": transaction}, meta)
         self._after_message()
@@ -390,11 +424,11 @@ class MixpanelTrack:
         """Hand every buffered message to delivery now (testing mode: mark them flushed)."""
         if self.testing:
             # Nothing is sent in testing mode; messages and Customer.io calls stay inspectable.
-            t.cast(MockedConsumer, self.api._consumer).flush()
+            self.api._consumer.flush()
             return
         calls, self._customerio_calls = self._customerio_calls, []
         messages, self._buffer.messages = self._buffer.messages, []
-        self._runtime.deliver(messages, calls)
+        self._runtime.deliver(messages, calls, consumer=self._consumer)
 
     def discard(self, reason: str) -> None:
         """Drop every buffered message, counting and logging how many and why."""
@@ -448,14 +482,16 @@ class MixpanelTrack:
             "$lib_version": LIB_VERSION,
         }
         everything.update(properties)
-        self.api._consumer.send(endpoint, _dumps({"event": name, "properties": everything}))
+        (self._sink or self.api._consumer).send(
+            endpoint, _dumps({"event": name, "properties": everything})
+        )
 
     def _update(self, endpoint: str, message: dict[str, t.Any], meta: PropsType | None) -> None:
         record = {"$token": self._token, "$time": time_module.time()}
         record.update(message)
         if meta:
             record.update(self._meta(meta))
-        self.api._consumer.send(endpoint, _dumps(record))
+        (self._sink or self.api._consumer).send(endpoint, _dumps(record))
 
     def _profile(
         self, operation: str, distinct_id: str, values: object, meta: PropsType | None
@@ -470,6 +506,16 @@ class MixpanelTrack:
 
     # -- helpers --------------------------------------------------------------------------
 
+    def _replicate_call(self, call: CustomerIOCall) -> None:
+        self._customerio_calls.append(call)
+        if self.testing:
+            # As the original package recorded them, beside the Mixpanel messages.
+            if call.method == "track":
+                msg = {"customer_id": call.customer_id, "name": call.name, **call.data}
+            else:
+                msg = {"id": call.customer_id, **call.data}
+            self.mocked_messages.append({"endpoint": "customer.io", "msg": msg})
+
     def _after_message(self) -> None:
         # A message added after the request was judged (e.g. from a finished callback)
         # follows that judgement instead of waiting for a release that already happened.
@@ -480,9 +526,12 @@ class MixpanelTrack:
 
     def _need_distinct_id(self, method: str) -> str:
         if self.distinct_id is None:
-            raise AttributeError(
-                f"distinct_id is not set: {method}() needs request.user.distinct_id or"
-                " request.mixpanel.distinct_id = '...'"
+            raise with_note(
+                AttributeError(
+                    "distinct_id must be set before you can send events or set properties"
+                ),
+                f"{method}() needs request.user.distinct_id or"
+                " request.mixpanel.distinct_id = '...'",
             )
         if self.distinct_id is not self._checked_id:
             if rules.blocked_id(self.distinct_id):
@@ -561,6 +610,39 @@ class MixpanelTrack:
         return group_key.name
 
 
+def distinct_id_of(request: Request) -> str | None:
+    """``request.user.distinct_id`` when the app has a ``request.user``, else ``None``."""
+    user = getattr(request, "user", None)
+    return getattr(user, "distinct_id", None) if user is not None else None
+
+
+def mixpanel_init(request: Request) -> MixpanelTrack:
+    """A :class:`MixpanelTrack` for ``request``, as ``request.mixpanel`` is built.
+
+    With the app's runtime when ``pyramid_mixpanel`` is included (else one for
+    ``request.registry.settings``), ``distinct_id`` from ``request.user.distinct_id`` and
+    global event properties from ``X-Mixpanel-*`` headers. ``request.mixpanel`` also ties the
+    release of the messages to the request's outcome; this function alone does not.
+    """
+    runtime = request.registry.get(RUNTIME_KEY) if hasattr(request.registry, "get") else None
+    if not isinstance(runtime, Runtime):
+        runtime = runtime_for(request.registry.settings)
+    if isinstance(request, BaseRequest):
+        environ = request.environ
+    else:
+        # A test double (``pyramid.testing.DummyRequest``) keeps its headers apart from its
+        # environ: take them, as the environ of a real request would hold them.
+        environ = {
+            "HTTP_" + name.upper().replace("-", "_"): value
+            for name, value in getattr(request, "headers", {}).items()
+        }
+    return MixpanelTrack(
+        runtime,
+        distinct_id=distinct_id_of(request),
+        global_event_props=runtime.header_props(environ),
+    )
+
+
 def _names(props: PropsType) -> dict[str, t.Any]:
     return {prop.name: value for prop, value in props.items()}
 
@@ -568,7 +650,10 @@ def _names(props: PropsType) -> dict[str, t.Any]:
 def _require_lists(values: dict[str, t.Any], method: str) -> None:
     for name, value in values.items():
         if not isinstance(value, list):
-            raise TypeError(f"{method} needs lists, {name!r} is {type(value).__name__}")
+            raise with_note(
+                TypeError(f"Property '{Property(name)!r}' value is not a list"),
+                f"{method} needs lists, {name!r} is {type(value).__name__}",
+            )
 
 
 def _iso(value: dt.datetime) -> str:

@@ -135,7 +135,7 @@ class QueryStandIn(ThreadingHTTPServer):
         self.saved_funnels: dict[int, dict[str, t.Any]] = {}
         self.bookmarks: dict[str, t.Any] = {}
         self.retention: t.Any = {}
-        #: What ``/api/query/jql`` answers to any script.
+        #: What ``/api/2.0/jql`` answers to any script.
         self.jql_answer: t.Any = []
         self.page_size = 1000
         #: The project's timezone, for a project created before 2023 (``None``: UTC export).
@@ -522,7 +522,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, server.segmentation(params))
         if path == "/api/query/retention":
             return self._json(200, server.retention)
-        if path == "/api/query/jql":
+        # reference/query-jql documents /api/query/jql; the query host serves the same APIs
+        # under the older /api/2.0/ prefix (group-analytics-faq: /api/2.0/engage), which the
+        # original package used and pyramid_mixpanel keeps (query.JQL_PATH).
+        if path == "/api/2.0/jql":
             json.loads(params["params"])  # must be JSON, as Mixpanel requires
             return self._json(200, server.jql_answer)
         return self._json(404, {"error": f"no such endpoint {path}", "status": "error"})

@@ -169,7 +169,7 @@ def test_memory_dead_letters_are_bounded(caplog: pytest.LogCaptureFixture) -> No
 
 def test_history_of_a_long_lived_helper_is_bounded() -> None:
     mp = MixpanelTrack({"mixpanel.token": TOKEN, "mixpanel.delivery": "sync"}, distinct_id="u")
-    mp._runtime.deliver = lambda messages, calls=(): None  # type: ignore[method-assign]
+    mp._runtime.deliver = lambda messages, calls=(), consumer=None: None  # type: ignore[method-assign]
     for _ in range(1100):
         mp.track(Events.page_viewed)
         mp.flush()

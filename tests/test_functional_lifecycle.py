@@ -27,7 +27,11 @@ LOG: list[str] = []
 
 
 class RecordingConsumer(mixpanel.Consumer):  # type: ignore[misc]  # untyped base
-    """Records what delivery receives, in order with other events of the test (``LOG``)."""
+    """Records what delivery receives, in order with other events of the test (``LOG``).
+
+    One per request (``request.mixpanel.api._consumer``): each flush logs what came since the
+    last one.
+    """
 
     def __init__(self) -> None:
         self.batch: list[str] = []
@@ -37,6 +41,7 @@ class RecordingConsumer(mixpanel.Consumer):  # type: ignore[misc]  # untyped bas
 
     def flush(self) -> None:
         LOG.append("deliver:" + ",".join(self.batch))
+        self.batch = []
 
 
 class CommitLogger:
@@ -377,7 +382,7 @@ def test_distinct_id_comes_from_request_user() -> None:
         config.include("pyramid_mixpanel")
         config.add_route("x", "/x")
         config.add_view(anonymous, route_name="x", renderer="json")
-    with pytest.raises(AttributeError, match="distinct_id is not set"):
+    with pytest.raises(AttributeError, match="distinct_id must be set before you can send events"):
         webtest.TestApp(config.make_wsgi_app()).get("/x")
 
 

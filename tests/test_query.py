@@ -24,7 +24,7 @@ from pyramid_mixpanel.settings import parse_query_settings, parse_settings
 
 
 class JQLServer(ThreadingHTTPServer):
-    """Answers ``POST /api/query/jql`` like Mixpanel, evaluating the profile-by-email script.
+    """Answers ``POST /api/2.0/jql`` like Mixpanel, evaluating the profile-by-email script.
 
     Any other script gets ``canned``. ``requests`` records what each call carried.
     """
@@ -69,7 +69,13 @@ class JQLHandler(BaseHTTPRequestHandler):
             status, body = self.server.fail
         elif form["script"][0] == PROFILE_BY_EMAIL:
             email = json.loads(form["params"][0])["email"]
-            found = [p for p in self.server.profiles if p["properties"].get("$email") == email]
+            # People() gives {distinct_id, properties}; the script keeps the matches and maps
+            # each to {distinct_id, email}.
+            found = [
+                {"distinct_id": p["distinct_id"], "email": p["properties"]["$email"]}
+                for p in self.server.profiles
+                if p["properties"].get("$email") == email
+            ]
             status, body = 200, json.dumps(found).encode()
         else:
             status, body = 200, json.dumps(self.server.canned).encode()
@@ -103,7 +109,8 @@ def sa_settings(server: JQLServer) -> dict[str, str]:
 
 
 def profile(distinct_id: str, email: str) -> dict[str, t.Any]:
-    return {"$distinct_id": distinct_id, "properties": {"$email": email}}
+    """A profile as JQL's ``People()`` gives it."""
+    return {"distinct_id": distinct_id, "properties": {"$email": email}}
 
 
 def test_jql_with_a_service_account(jql_server: JQLServer) -> None:
@@ -111,7 +118,7 @@ def test_jql_with_a_service_account(jql_server: JQLServer) -> None:
     query = MixpanelQuery(sa_settings(jql_server))
     assert query.jql("function main() { return 1; }", {"a": 1}) == [{"count": 3}]
     (seen,) = jql_server.requests
-    assert seen["path"] == "/api/query/jql"
+    assert seen["path"] == "/api/2.0/jql"
     assert seen["query"] == {"project_id": "4242"}
     assert seen["auth"] == ("sa.user", "sa-secret-value")
     assert seen["params"] == {"a": 1}
@@ -135,13 +142,18 @@ def test_profile_by_email_through_jql(jql_server: JQLServer) -> None:
         profile("3", "b@x.com"),
     ]
     query = MixpanelQuery(sa_settings(jql_server))
-    assert query.profile_by_email("a@x.com", use_jql=True) == profile("1", "a@x.com")
+    # JQL is the default, as in the original package, with the original's answer.
+    assert query.profile_by_email("a@x.com") == {"distinct_id": "1", "email": "a@x.com"}
     assert query.profile_by_email("nobody@x.com", use_jql=True) is None
     with pytest.raises(MultipleProfilesFoundException) as info:
-        query.profile_by_email("b@x.com", use_jql=True)
+        query.profile_by_email("b@x.com")
     assert isinstance(info.value, ValueError)
     assert info.value.email == "b@x.com"
-    assert [p["$distinct_id"] for p in info.value.profiles] == ["2", "3"]
+    assert [p["distinct_id"] for p in info.value.profiles] == ["2", "3"]
+    assert str(info.value) == (
+        "Multiple Mixpanel profiles found for email: b@x.com - Profile IDs:"
+        " [{'distinct_id': '2', 'email': 'b@x.com'}, {'distinct_id': '3', 'email': 'b@x.com'}]"
+    )
 
 
 def test_email_is_a_parameter_never_part_of_the_script(jql_server: JQLServer) -> None:
@@ -162,13 +174,13 @@ def test_errors_carry_mixpanels_text_without_secrets(jql_server: JQLServer) -> N
     with pytest.raises(MixpanelQueryError) as info:
         query.jql("oops")
     assert info.value.status == 400
-    assert info.value.endpoint == "/api/query/jql"
+    assert info.value.endpoint == "/api/2.0/jql"
     assert "bad script near ***" in str(info.value)
     assert "sa-secret-value" not in str(info.value)
 
     jql_server.fail = (502, b"<html>Bad gateway</html>")
     query = MixpanelQuery(sa_settings(jql_server), max_retries=1, sleep=lambda seconds: None)
-    with pytest.raises(MixpanelQueryError, match="502 to /api/query/jql: <html>Bad gateway"):
+    with pytest.raises(MixpanelQueryError, match="502 to /api/2.0/jql: <html>Bad gateway"):
         query.jql("oops")
     assert len(jql_server.requests) == 3  # the 400 once; the 502 twice (retried once)
 

@@ -166,12 +166,14 @@ def test_profile_by_email_through_engage_quotes_the_value(api: QueryStandIn) -> 
         {"$distinct_id": "3", "$properties": {"$email": "b@x.com"}},
     ]
     query = client(api)
-    assert query.profile_by_email("a@x.com") == api.profiles[0]
-    assert query.profile_by_email("nobody@x.com") is None
+    # The same answer as the JQL lookup (and the original package): distinct_id and email.
+    found = query.profile_by_email("a@x.com", use_jql=False)
+    assert found == {"distinct_id": "1", "email": "a@x.com"}
+    assert query.profile_by_email("nobody@x.com", use_jql=False) is None
     with pytest.raises(MultipleProfilesFoundException):
-        query.profile_by_email("b@x.com")
+        query.profile_by_email("b@x.com", use_jql=False)
     hostile = 'x" or true or "'
-    assert query.profile_by_email(hostile) is None
+    assert query.profile_by_email(hostile, use_jql=False) is None
     assert api.requests[-1]["params"]["where"] == 'properties["$email"] == "x\\" or true or \\""'
 
 

@@ -87,5 +87,5 @@ def test_every_python_example_runs(
         testing.tearDown()
     paths = [r["path"] for r in query_api.requests]
     assert paths.count("/api/2.0/export") == 10  # January in weekly chunks, twice
-    assert "/api/query/jql" in paths
+    assert "/api/2.0/jql" in paths
     assert "/api/query/funnels" in paths

@@ -28,7 +28,7 @@ from pyramid.exceptions import ConfigurationError
 from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.session import SignedCookieSessionFactory
-from webob.cookies import SignedSerializer  # type: ignore[import-untyped]  # no stubs
+from webob.cookies import SignedSerializer
 
 from pyramid_mixpanel import (
     Event,

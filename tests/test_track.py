@@ -111,7 +111,9 @@ def test_global_event_props_apply_to_every_event_and_props_win() -> None:
 
 def test_missing_distinct_id_is_an_attribute_error() -> None:
     mp = MixpanelTrack(SETTINGS)
-    with pytest.raises(AttributeError, match="distinct_id is not set: track"):
+    with pytest.raises(
+        AttributeError, match="distinct_id must be set before you can send events or set properties"
+    ):
         mp.track(Events.page_viewed)
     with pytest.raises(AttributeError, match="profile_set"):
         mp.profile_set({})
@@ -301,7 +303,8 @@ def test_track_charge_appends_a_transaction(mp: MixpanelTrack) -> None:
     first = mp.mocked_messages[0]["msg"]["$append"]["$transactions"]
     assert first["$amount"] == 9.99
     assert first["Title"] == "Pro"
-    dt.datetime.fromisoformat(first["$time"])  # an ISO timestamp, as Mixpanel wants
+    # As the official client and the original package: no $time is added (Mixpanel stamps it).
+    assert "$time" not in first
 
 
 def test_group_methods(mp: MixpanelTrack) -> None:
@@ -328,10 +331,12 @@ def test_group_methods(mp: MixpanelTrack) -> None:
 
 
 def test_catalogue_classes_are_exposed(mp: MixpanelTrack) -> None:
-    assert mp.events is Events
-    assert mp.event_properties is EventProperties
-    assert mp.profile_properties is Profile
-    assert mp.profile_meta_properties is ProfileMetaProperties
+    # Instances of the configured classes, as the original package exposed them.
+    assert mp.events == Events() and type(mp.events) is Events
+    assert type(mp.event_properties) is EventProperties
+    assert mp.profile_properties == Profile()
+    assert mp.profile_meta_properties == ProfileMetaProperties()
+    assert mp.profile_properties is mp.profile_properties  # built once per app
 
 
 def test_testing_mode_flush_marks_flushed_and_keeps_messages(mp: MixpanelTrack) -> None:
@@ -346,7 +351,9 @@ def test_settle_releases_once_and_later_messages_follow_the_outcome() -> None:
     mp = MixpanelTrack(runtime, distinct_id="u")
     delivered: list[tuple[str, str]] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime, "deliver", lambda msgs, calls=(): delivered.extend(msgs))
+        patch.setattr(
+            runtime, "deliver", lambda msgs, calls=(), consumer=None: delivered.extend(msgs)
+        )
         mp.track(Events.page_viewed)
         mp.settle(True)
         mp.settle(False, "ignored: already settled")
@@ -381,7 +388,9 @@ def test_context_manager_flushes_or_discards() -> None:
     runtime = Runtime(parse_settings({"mixpanel.token": "tok"}))
     delivered: list[tuple[str, str]] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtime, "deliver", lambda msgs, calls=(): delivered.extend(msgs))
+        patch.setattr(
+            runtime, "deliver", lambda msgs, calls=(), consumer=None: delivered.extend(msgs)
+        )
         with MixpanelTrack(runtime, distinct_id="u") as mp:
             mp.track(Events.page_viewed)
         assert len(delivered) == 1
@@ -395,7 +404,9 @@ def test_buffer_flush_by_hand_releases(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scripts written for the original package call ``api._consumer.flush()``."""
     runtime = Runtime(parse_settings({"mixpanel.token": "tok"}))
     delivered: list[tuple[str, str]] = []
-    monkeypatch.setattr(runtime, "deliver", lambda msgs, calls=(): delivered.extend(msgs))
+    monkeypatch.setattr(
+        runtime, "deliver", lambda msgs, calls=(), consumer=None: delivered.extend(msgs)
+    )
     mp = MixpanelTrack(runtime, distinct_id="u")
     mp.track(Events.page_viewed)
     mp.api._consumer.flush()

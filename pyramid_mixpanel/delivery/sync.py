@@ -20,11 +20,20 @@ if t.TYPE_CHECKING:
     from ..log import Log
     from ..settings import MixpanelSettings
 
-__all__ = ["ConsumerDelivery", "SyncDelivery", "post_all"]
+__all__ = ["ConsumerDelivery", "Posted", "SyncDelivery", "post_all"]
 
 
-def post_all(transport: Transport, messages: t.Sequence[Message], log: Log) -> tuple[int, int]:
-    """Post ``messages`` in batches, endpoint by endpoint; return ``(delivered, failed)``."""
+class Posted(t.NamedTuple):
+    """What :func:`post_all` did."""
+
+    delivered: int
+    failed: int
+    #: The destination could not be reached (the remaining batches were not tried).
+    unreachable: bool = False
+
+
+def post_all(transport: Transport, messages: t.Sequence[Message], log: Log) -> Posted:
+    """Post ``messages`` in batches, endpoint by endpoint."""
     by_endpoint: dict[str, list[str]] = {}
     for endpoint, body in messages:
         by_endpoint.setdefault(endpoint, []).append(body)
@@ -61,8 +70,8 @@ def post_all(transport: Transport, messages: t.Sequence[Message], log: Log) -> t
             if skipped:
                 failed += skipped
                 log.error(f"{transport.name}.unreachable_skipped", messages=skipped)
-            break
-    return delivered, failed
+            return Posted(delivered, failed, unreachable=True)
+    return Posted(delivered, failed)
 
 
 class SyncDelivery(Delivery):
@@ -77,7 +86,7 @@ class SyncDelivery(Delivery):
         """Post every message now; return how many did not arrive (each logged)."""
         if not messages:
             return 0
-        delivered, failed = post_all(self.transport, messages, self.log)
+        delivered, failed, _ = post_all(self.transport, messages, self.log)
         self.stats.add("sent", delivered)
         if failed:
             self.stats.add("failed", failed)
@@ -110,15 +119,23 @@ class ConsumerDelivery(Delivery):
         )
 
     def make_consumer(self) -> t.Any:
-        """A fresh consumer for one release."""
+        """A fresh consumer (``request.mixpanel.api._consumer``)."""
         return self._make()
 
     def submit(self, messages: t.Sequence[Message]) -> int:
         """Feed the messages to a new consumer and flush it; return how many failed."""
+        return self.submit_to(None, messages)
+
+    def submit_to(self, consumer: t.Any, messages: t.Sequence[Message]) -> int:
+        """Feed the messages to ``consumer`` (a new one if ``None``) and flush it.
+
+        Returns how many failed.
+        """
         if not messages:
             return 0
         try:
-            consumer = self._make()
+            if consumer is None:
+                consumer = self._make()
             for endpoint, body in messages:
                 consumer.send(endpoint, body)
             flush = getattr(consumer, "flush", None)

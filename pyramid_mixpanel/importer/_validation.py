@@ -263,7 +263,7 @@ class Preparer:
 
     def _undeclared(self, event: str) -> str:
         section = t.cast("Catalog", self.catalog).events
-        return f"event {section.unknown(event)} (--allow-undeclared imports it anyway)"
+        return f"event {section.describe_unknown(event)} (--allow-undeclared imports it anyway)"
 
 
 def prepare_record(record: object, catalog: Catalog | None = None) -> str:

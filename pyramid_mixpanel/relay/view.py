@@ -23,7 +23,7 @@ import orjson
 from pyramid.csrf import check_csrf_origin, check_csrf_token
 from pyramid.response import Response
 from pyramid.settings import aslist
-from webob.cookies import SignedSerializer  # type: ignore[import-untyped]  # no stubs
+from webob.cookies import SignedSerializer
 
 from ..catalog import Name, closest_match
 from ..counters import Counters

@@ -33,7 +33,7 @@ from pyramid.exceptions import ConfigurationExecutionError
 from pyramid.paster import bootstrap, setup_logging
 
 from ..delivery import BackgroundEngine, RetryPolicy
-from ..exceptions import MixpanelError
+from ..exceptions import MixpanelError, explain
 from ..importer import (
     FORMATS,
     MAX_CONCURRENCY,
@@ -135,7 +135,7 @@ class PMixpanelCommand:
             return self.dispatch(runtime, env["registry"].settings)
         except MixpanelError as exc:
             self.print(
-                f"pmixpanel {self.args.command}: {redact(str(exc), runtime.settings.secrets)}"
+                f"pmixpanel {self.args.command}: {redact(explain(exc), runtime.settings.secrets)}"
             )
             return 2
         finally:
@@ -420,7 +420,7 @@ def setup_error(uri: str, exc: BaseException) -> str | None:
     if isinstance(exc, ConfigurationExecutionError) and isinstance(exc.evalue, MixpanelError):
         exc = exc.evalue  # Pyramid wraps errors raised while committing; ours say it all
     if isinstance(exc, MixpanelError):
-        return str(exc)
+        return explain(exc)
     if isinstance(exc, OSError):
         return f"cannot read {uri}: {exc.strerror or exc}"
     if isinstance(exc, (ImportError, LookupError, PlasterError, configparser.Error)):
