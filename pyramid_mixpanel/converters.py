@@ -31,11 +31,14 @@ __all__ = [
     "TRUE_WORDS",
     "Converter",
     "Setting",
+    "as_auto_bool",
     "as_base_url",
     "as_bool",
     "as_callable",
+    "as_cookie_name",
     "as_database_url",
     "as_dotted_object",
+    "as_hmac_secret",
     "as_lines",
     "as_name_list",
     "as_positive_float",
@@ -52,6 +55,10 @@ logger = logging.getLogger("pyramid_mixpanel")
 
 FALSE_WORDS = frozenset({"", "false", "f", "no", "n", "off", "0", "none", "null"})
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
+
+COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# HMAC keys shorter than this are guessable; 32 characters or more are suggested.
+MIN_SECRET_LENGTH = 16
 
 #: ``(key, raw value) -> typed value``, or ``None`` for "not set".
 Converter = t.Callable[[str, object], object]
@@ -81,6 +88,32 @@ def as_bool(key: str, value: object) -> bool:
     if text in FALSE_WORDS:
         return False
     raise MixpanelConfigurationError(f"{key} must be a boolean (true/false), got {value!r}")
+
+
+def as_auto_bool(key: str, value: object) -> bool | None:
+    """A boolean, or ``auto`` (``None``: decided per request, e.g. Secure on HTTPS)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    return as_bool(key, value)
+
+
+def as_cookie_name(key: str, value: object) -> str | None:
+    """A cookie name: letters, digits, ``_.-`` (``false``/empty: not set)."""
+    text = as_secret(key, value)
+    if text is not None and not COOKIE_NAME.fullmatch(text):
+        raise MixpanelConfigurationError(f"{key} must be a cookie name (letters, digits, _.-)")
+    return text
+
+
+def as_hmac_secret(key: str, value: object) -> str | None:
+    """A signing key of at least 16 characters; the message never repeats the value."""
+    text = as_secret(key, value)
+    if text is not None and len(text) < MIN_SECRET_LENGTH:
+        raise MixpanelConfigurationError(
+            f"{key} must be at least {MIN_SECRET_LENGTH} characters long (32 or more is"
+            " better), e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return text
 
 
 def as_positive_float(key: str, value: object) -> float:

@@ -32,6 +32,8 @@ if t.TYPE_CHECKING:
     from pyramid.request import Request
     from pyramid.response import Response
 
+    from .identity import DeviceCookie
+
 __all__ = ["LISTENERS", "distinct_id_of", "request_mixpanel"]
 #: Called with every ``request.mixpanel`` when it is built (the pytest plugin's recorder).
 LISTENERS: list[t.Callable[[MixpanelTrack], None]] = []
@@ -42,6 +44,9 @@ def request_mixpanel(request: Request) -> MixpanelTrack:
     track = mixpanel_init(request)
     for listener in LISTENERS:
         listener(track)
+    cookie = track.device_cookie
+    if cookie is not None:
+        request.add_response_callback(_write_device_cookie(track, cookie))
     policy = track.settings.release_policy
     if policy == "always":
         request.add_finished_callback(lambda _request: track.settle(True))
@@ -53,6 +58,17 @@ def request_mixpanel(request: Request) -> MixpanelTrack:
         request.add_response_callback(_on_response(track))
     request.add_finished_callback(_on_finished(track))
     return track
+
+
+def _write_device_cookie(
+    track: MixpanelTrack, cookie: DeviceCookie
+) -> t.Callable[[Request, Response], None]:
+    def callback(request: Request, response: Response) -> None:
+        # A new visitor, a forged cookie or reset(): the browser keeps the id drawn for it.
+        if track.issued_device_id is not None:
+            cookie.write(request, response, track.issued_device_id)
+
+    return callback
 
 
 def _join_transaction(request: Request, track: MixpanelTrack) -> bool:

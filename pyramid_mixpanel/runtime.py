@@ -21,6 +21,7 @@ from .delivery import Delivery, build_delivery
 from .delivery.sync import ConsumerDelivery, SyncDelivery
 from .delivery.transport import MixpanelTransport
 from .exceptions import MixpanelConfigurationError
+from .identity import DeviceCookie
 from .log import Log
 from .settings import INGESTION_HOSTS, MixpanelSettings, parse_settings
 
@@ -86,6 +87,17 @@ class Runtime:
         )
         # Header warnings come from "pyramid_mixpanel.track", as the original package's did.
         self.header_log = self.log.child("track")
+        #: The signed device-id cookie (``None`` unless ``mixpanel.device_cookie`` is set).
+        self.device_cookie = (
+            DeviceCookie(
+                settings.device_cookie,
+                t.cast(str, settings.cookie_secret),  # parse_settings requires it
+                settings.device_cookie_secure,
+                settings.device_cookie_max_age,
+            )
+            if settings.device_cookie is not None
+            else None
+        )
 
     def _build(
         self, transport: MixpanelTransport | CustomerIOTransport, standalone: bool
@@ -238,6 +250,10 @@ class Runtime:
             fields["release_policy"] = settings.release_policy
         if settings.header_properties is not None:
             fields["header_properties"] = ",".join(settings.header_properties) or "off"
+        if settings.device_cookie is not None:
+            fields["device_cookie"] = settings.device_cookie
+        if settings.id_merge != "simplified":
+            fields["id_merge"] = settings.id_merge
         self.log.say("info", "Mixpanel configured", **fields)
         if settings.testing:
             self.log.say("warning", "Mixpanel is in testing mode, no message will be sent!")

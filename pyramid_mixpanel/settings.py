@@ -23,10 +23,13 @@ from .catalog import (
 )
 from .converters import (
     Setting,
+    as_auto_bool,
     as_base_url,
     as_bool,
+    as_cookie_name,
     as_database_url,
     as_dotted_object,
+    as_hmac_secret,
     as_name_list,
     as_positive_float,
     as_secret,
@@ -37,6 +40,7 @@ from .converters import (
     subclass_of,
 )
 from .exceptions import MixpanelConfigurationError, with_note
+from .identity import ID_MERGE_MODES
 
 __all__ = [
     "DELIVERY_MODES",
@@ -156,6 +160,16 @@ class MixpanelSettings:
     customerio_api_key: str | None = field(default=None, repr=False)
     customerio_region: str | None = None
     customerio_url: str | None = None
+    #: The name of the signed first-party cookie holding each visitor's device id (``None``:
+    #: no device ids; anonymous requests need a ``distinct_id`` set by hand, as before).
+    device_cookie: str | None = None
+    #: Signs the device cookie (HMAC-SHA256); required with ``device_cookie``. Never shown.
+    cookie_secret: str | None = field(default=None, repr=False)
+    #: ``None`` (``auto``): the cookie is Secure exactly when the request is HTTPS.
+    device_cookie_secure: bool | None = None
+    device_cookie_max_age: int = 365 * 24 * 3600
+    #: The project's ID merge API: ``simplified``, ``original`` or ``legacy``.
+    id_merge: str = "simplified"
 
     @property
     def testing(self) -> bool:
@@ -181,6 +195,7 @@ class MixpanelSettings:
             self.service_account_secret,
             self.customerio_api_key,
             self.customerio_site_id,
+            self.cookie_secret,
         )
         return tuple(v for v in values if v)
 
@@ -306,6 +321,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("customerio.tracking.api_key", "customerio_api_key", as_secret),
     Setting("customerio.tracking.region", "customerio_region", _customerio_region),
     Setting("customerio.tracking.url", "customerio_url", as_base_url),
+    # The relay's keys, from before every request.mixpanel had a device id, still work.
+    Setting(
+        "mixpanel.device_cookie",
+        "device_cookie",
+        as_cookie_name,
+        fallback="mixpanel.relay.device_cookie",
+    ),
+    Setting(
+        "mixpanel.cookie_secret",
+        "cookie_secret",
+        as_hmac_secret,
+        fallback="mixpanel.relay.cookie_secret",
+    ),
+    Setting(
+        "mixpanel.device_cookie_secure",
+        "device_cookie_secure",
+        as_auto_bool,
+        fallback="mixpanel.relay.cookie_secure",
+    ),
+    Setting(
+        "mixpanel.device_cookie_max_age",
+        "device_cookie_max_age",
+        positive_int(10 * 365 * 24 * 3600),
+        fallback="mixpanel.relay.cookie_max_age",
+    ),
+    Setting("mixpanel.id_merge", "id_merge", one_of(ID_MERGE_MODES)),
 )
 #: Where the core looks for typos.
 NAMESPACES = ("mixpanel.", "customerio.tracking.")
@@ -317,6 +358,7 @@ QUERY_FIELDS = frozenset(f.name for f in fields(QuerySettings))
 def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
     """Parse and validate the ``mixpanel.*`` / ``customerio.tracking.*`` keys of ``settings``."""
     values = parse_table(settings, SETTINGS, namespaces=NAMESPACES, elsewhere=ELSEWHERE)
+    _no_conflicting_aliases(settings)
 
     delivery = values.get("delivery")
     if callable(delivery):
@@ -372,6 +414,12 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
         )
     if values.get("customerio_site_id"):
         _require_customerio()
+    if "device_cookie" in values and "cookie_secret" not in values:
+        # An unsigned device id could be set to any value, another visitor's included.
+        raise MixpanelConfigurationError(
+            "mixpanel.cookie_secret must be set with mixpanel.device_cookie: the device cookie"
+            " is signed, so a visitor cannot pick another visitor's device id"
+        )
 
     parsed = MixpanelSettings(**values)  # type: ignore[arg-type]  # keys come from the table
     # Build the catalogue once here so a bad class ('$' misuse…) fails at startup.
@@ -405,6 +453,23 @@ def _hosts(values: dict[str, object]) -> None:
     values.setdefault("api_host", f"https://{INGESTION_HOSTS[region]}")
     values.setdefault("query_api_host", f"https://{QUERY_HOSTS[region]}")
     values.setdefault("export_api_host", f"https://{EXPORT_HOSTS[region]}")
+
+
+def _no_conflicting_aliases(settings: t.Mapping[str, object]) -> None:
+    """A setting and its old relay key may both be set, but not to different values."""
+    for row in SETTINGS:
+        if row.fallback is None or not row.fallback.startswith("mixpanel.relay."):
+            continue
+        new, old = settings.get(row.key), settings.get(row.fallback)
+        if (
+            new is not None
+            and old is not None
+            and row.convert(row.key, new) != row.convert(row.fallback, old)
+        ):
+            raise MixpanelConfigurationError(
+                f"{row.key} and {row.fallback} (its old name) are both set, to different"
+                f" values: keep {row.key}"
+            )
 
 
 def _all_or_none(values: dict[str, object], group: dict[str, str]) -> None:

@@ -25,6 +25,7 @@ from .consumer import MockedConsumer, RequestBuffer
 from .customerio import CustomerIOCall, cio_attributes
 from .delivery.sync import ConsumerDelivery
 from .exceptions import with_note
+from .identity import DeviceCookie, anonymous_id, new_device_id
 from .runtime import RUNTIME_KEY, Runtime, get_runtime, runtime_for
 from .settings import MixpanelSettings
 
@@ -74,6 +75,9 @@ class MixpanelTrack:
         :meth:`from_registry` is the clearest way to use the app's delivery.
     :param distinct_id: whom the messages are about; settable later as :attr:`distinct_id`.
     :param global_event_props: properties added to every event tracked through this instance.
+    :param device_id: the visitor's device id (``request.mixpanel`` reads it from the
+        ``mixpanel.device_cookie``): events carry it as ``$device_id``, and without a
+        ``distinct_id`` they are the anonymous visitor's (see :meth:`identify`).
 
     Every method raises :class:`AttributeError` when :attr:`distinct_id` is not set,
     :class:`ValueError` for an event or property not declared in the configured catalogue, and
@@ -86,12 +90,21 @@ class MixpanelTrack:
         settings: t.Mapping[str, object] | MixpanelSettings | Runtime,
         distinct_id: str | None = None,
         global_event_props: PropsType | None = None,
+        *,
+        device_id: str | None = None,
     ) -> None:
         runtime = settings if isinstance(settings, Runtime) else runtime_for(settings)
         self._runtime = runtime
         self._catalog = runtime.catalog
         self.settings: MixpanelSettings = runtime.settings
-        self.distinct_id = distinct_id
+        self._simplified = runtime.settings.id_merge == "simplified"
+        self._user_id = distinct_id
+        self._anonymous_id: str | None = None
+        self._device_id: str | None = None
+        self.device_id = device_id
+        #: A device id drawn for this visitor (no genuine cookie, or :meth:`reset`): written
+        #: to the device cookie on the response by ``request.mixpanel``.
+        self.issued_device_id: str | None = None
         self.global_event_props: dict[Property, t.Any] = dict(global_event_props or {})
         self.testing = runtime.settings.testing
         self._replicate = runtime.settings.customerio_enabled
@@ -134,6 +147,85 @@ class MixpanelTrack:
                 mixpanel.track(Events.user_logged_in)
         """
         return cls(get_runtime(registry), distinct_id, global_event_props)
+
+    # -- identity ---------------------------------------------------------------------------
+
+    @property
+    def distinct_id(self) -> str | None:
+        """Whom messages are about: the user's id, else the anonymous visitor's, else ``None``.
+
+        Setting it names the user (as the original package did); :meth:`identify` does that and
+        links the visitor's anonymous history to them.
+        """
+        return self._user_id if self._user_id is not None else self._anonymous_id
+
+    @distinct_id.setter
+    def distinct_id(self, value: str | None) -> None:
+        self._user_id = value
+
+    @property
+    def device_cookie(self) -> DeviceCookie | None:
+        """The app's signed device-id cookie (``None`` without ``mixpanel.device_cookie``)."""
+        return self._runtime.device_cookie
+
+    @property
+    def user_id(self) -> str | None:
+        """The signed-in user's distinct id (``None`` for an anonymous visitor)."""
+        return self._user_id
+
+    @property
+    def device_id(self) -> str | None:
+        """The visitor's device id (``None`` without ``mixpanel.device_cookie``)."""
+        return self._device_id
+
+    @device_id.setter
+    def device_id(self, value: str | None) -> None:
+        self._device_id = value
+        self._anonymous_id = None if value is None else anonymous_id(value, self.settings.id_merge)
+
+    def identify(self, user_id: str) -> None:
+        """The visitor signed up or signed in as ``user_id`` (call it in the login view).
+
+        Later messages are about ``user_id``, and the visitor's anonymous history is merged into
+        the user as the project's ``mixpanel.id_merge`` API expects: an ``$identify`` event with
+        ``$device_id`` and ``$user_id`` (``simplified``: any event carrying both merges), with
+        ``$identified_id`` and ``$anon_id`` (``original``), or a ``$create_alias`` event
+        (``legacy``). Without a device id, or when already identified as ``user_id``, nothing
+        is sent.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            raise TypeError(f"user_id must be a non-empty string, got {user_id!r}")
+        if rules.blocked_id(user_id):
+            raise ValueError(f"user_id {user_id!r} is a placeholder Mixpanel refuses")
+        previous, self._user_id = self._user_id, user_id
+        device_id = self._device_id
+        if device_id is None or previous == user_id:
+            return
+        mode = self.settings.id_merge
+        if mode == "legacy":
+            # reference/identity-create-alias: the alias joins the anonymous id's cluster.
+            alias = {"alias": user_id}
+            self._event("events", "$create_alias", t.cast(str, self._anonymous_id), alias)
+        else:
+            properties = {"$device_id": device_id}
+            if mode == "simplified":
+                # identifying-users-simplified: an event with both ids merges them.
+                properties["$user_id"] = user_id
+            else:
+                # reference/create-identity: $anon_id must be a UUID v4 (device ids are).
+                properties.update({"$identified_id": user_id, "$anon_id": device_id})
+            self._event("events", "$identify", user_id, properties)
+        self._after_message()
+
+    def reset(self) -> None:
+        """The user signed out: later messages are anonymous, under a fresh device id.
+
+        Mixpanel's advice for a logout, so the next person on this browser is not merged into
+        the user who left. The new id is written to the device cookie on the response.
+        """
+        self._user_id = None
+        if self._runtime.device_cookie is not None:
+            self.device_id = self.issued_device_id = new_device_id()
 
     # -- the catalogue, as instances of the configured classes --------------------------------
 
@@ -233,6 +325,12 @@ class MixpanelTrack:
             if not isinstance(ip, str):
                 raise TypeError(f"ip must be a string, got {type(ip).__name__}")
             properties["ip"] = ip
+        if self._device_id is not None:
+            # identifying-users-simplified, "Server-side Identity Management": $device_id on
+            # every event, and $user_id too once signed in (the first such event merges them).
+            properties["$device_id"] = self._device_id
+            if self._user_id is not None and self._simplified:
+                properties["$user_id"] = self._user_id
         if device:
             for key, value in device.items():
                 if key not in DEVICE_PROPERTIES:
@@ -267,7 +365,8 @@ class MixpanelTrack:
             if timestamp is not None:
                 properties["time"] = timestamp
             self._event("events", event.name, distinct_id, properties)
-        if self._replicate and not skip_customerio:
+        # Anonymous visitors are not Customer.io customers: only users are replicated.
+        if self._replicate and not skip_customerio and self._user_id is not None:
             raw = {**_names(self.global_event_props), **_names(props or {})}
             self._replicate_call(
                 CustomerIOCall("track", distinct_id, cio_attributes(raw), event.name)
@@ -286,7 +385,7 @@ class MixpanelTrack:
         distinct_id = self._need_distinct_id("profile_set")
         values = self._profile_values(props)
         self._profile("$set", distinct_id, values, meta)
-        if self._replicate and not skip_customerio:
+        if self._replicate and not skip_customerio and self._user_id is not None:
             raw = {**_names(props), **_names(meta or {})}
             self._replicate_call(CustomerIOCall("identify", distinct_id, cio_attributes(raw)))
         self._after_message()
@@ -525,24 +624,25 @@ class MixpanelTrack:
             self.discard("tracked after the request failed")
 
     def _need_distinct_id(self, method: str) -> str:
-        if self.distinct_id is None:
+        distinct_id = self._user_id if self._user_id is not None else self._anonymous_id
+        if distinct_id is None:
             raise with_note(
                 AttributeError(
                     "distinct_id must be set before you can send events or set properties"
                 ),
-                f"{method}() needs request.user.distinct_id or"
-                " request.mixpanel.distinct_id = '...'",
+                f"{method}() needs request.user.distinct_id, request.mixpanel.distinct_id ="
+                " '...' or, for anonymous visitors, mixpanel.device_cookie",
             )
-        if self.distinct_id is not self._checked_id:
-            if rules.blocked_id(self.distinct_id):
+        if distinct_id is not self._checked_id:
+            if rules.blocked_id(distinct_id):
                 # Mixpanel refuses these placeholders (reference/import-events): a bug upstream.
                 raise ValueError(
-                    f"distinct_id {self.distinct_id!r} is a placeholder Mixpanel refuses"
+                    f"distinct_id {distinct_id!r} is a placeholder Mixpanel refuses"
                     " (anonymous, null, undefined, 0, -1, ...)"
                 )
             # Checked once per id, not once per call.
-            self._checked_id = self.distinct_id
-        return self.distinct_id
+            self._checked_id = distinct_id
+        return distinct_id
 
     def _not_member(self, value: object, kind: type, section: Section[t.Any]) -> Exception:
         if not isinstance(value, kind):
@@ -636,11 +736,19 @@ def mixpanel_init(request: Request) -> MixpanelTrack:
             "HTTP_" + name.upper().replace("-", "_"): value
             for name, value in getattr(request, "headers", {}).items()
         }
-    return MixpanelTrack(
+    track = MixpanelTrack(
         runtime,
         distinct_id=distinct_id_of(request),
         global_event_props=runtime.header_props(environ),
     )
+    cookie = runtime.device_cookie
+    if cookie is not None:
+        device_id = cookie.read(request)
+        if device_id is None:
+            # No cookie, or one this app did not sign: a new visitor as far as we can tell.
+            device_id = track.issued_device_id = new_device_id()
+        track.device_id = device_id
+    return track
 
 
 def _names(props: PropsType) -> dict[str, t.Any]:

@@ -63,4 +63,7 @@ def serve(app: t.Any, threads: int = 4) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.close()
+        # Keep-alive connections a client left open would keep waitress's loop running.
+        for channel in list(server._map.values()):
+            channel.handle_close()
         thread.join(5)

@@ -10,7 +10,8 @@ that a client mistake the real service would refuse fails here too: no gzip on `
 one (``failed_records``) and ingests the rest; ``/track`` answers ``1`` while silently dropping
 invalid events and events older than five days (see :attr:`MixpanelStandIn.dropped`);
 ``/engage`` / ``/groups`` with ``strict=1`` name their refused records; 413 over the request
-size; at most 2000 records; events deduplicated on (event, time, distinct_id, ``$insert_id``).
+size; at most 2000 records; events deduplicated on (event, time, distinct_id, ``$insert_id``);
+identity clusters merged as the project's ID merge API documents (``identity_model``).
 It can be put in a mode at any time: ``up``, ``down`` (connections refused), ``slow`` (answers
 after ``delay`` seconds), ``hang`` (accepts, never answers), ``error500``, ``rate_limited``
 (429, with ``Retry-After`` only when ``retry_after`` is set), ``bad_request`` (400),
@@ -31,6 +32,8 @@ import typing as t
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .identity_model import IdentityModel
 
 ENDPOINTS = {"/track": "events", "/engage": "people", "/groups": "groups", "/import": "imports"}
 MODES = (
@@ -138,6 +141,8 @@ class MixpanelStandIn(_Base):
     :param accounts: ``{user: secret}`` of service accounts / API secrets (any when empty).
     :param max_request_bytes: uncompressed bytes per request before a 413.
     :param clock: "now", in seconds (the 5-day window of /track, the 1-hour future of /import).
+    :param id_merge: the project's ID merge API (``simplified``, ``original``, ``legacy``):
+        :attr:`identity` applies its documented merge rules to every accepted event.
     """
 
     def __init__(
@@ -146,8 +151,11 @@ class MixpanelStandIn(_Base):
         accounts: t.Mapping[str, str] | None = None,
         max_request_bytes: int = 10_000_000,
         clock: t.Callable[[], float] = time.time,
+        id_merge: str = "simplified",
     ) -> None:
         self.mode = "up"
+        #: Mixpanel's identity clusters, as the accepted events built them.
+        self.identity = IdentityModel(id_merge)
         self.delay = 2.0
         # 429 comes without Retry-After: Mixpanel does not document one (reference/rate-limits).
         self.retry_after: str | None = None
@@ -211,6 +219,16 @@ class MixpanelStandIn(_Base):
                     if key[3] is None or key not in self._event_keys:
                         self._event_keys.add(key)
                         self.unique_events.append(record)
+                        self.identity.observe(record)
+
+    def person_of(self, record: dict[str, t.Any]) -> str:
+        """Who Mixpanel attributes an accepted event or profile update to, merges applied."""
+        with self.lock:
+            if "properties" in record:
+                distinct_id = self.identity.distinct_id(record)
+            else:
+                distinct_id = record.get("$distinct_id")
+            return self.identity.person(str(distinct_id))
 
     def wait_for_events(self, count: int, timeout: float = 10.0) -> list[dict[str, t.Any]]:
         """Wait until ``count`` unique events arrived; return them."""

@@ -34,7 +34,8 @@ def test_home_tracks_a_page_view_for_an_anonymous_device(app: webtest.TestApp) -
     res = app.get("/", status=200)
     assert "What would have been sent to Mixpanel" in res.text
     assert "&quot;Page Viewed&quot;" in res.text
-    assert "demo_device" in res.headers["Set-Cookie"]
+    assert "mp_device=" in res.headers["Set-Cookie"]
+    assert "you are anonymous (device " in res.text
     res = app.get("/sent")
     assert "released" in res.text
 
@@ -52,6 +53,20 @@ def test_signup_then_upgrade(app: webtest.TestApp) -> None:
     assert "Plan Upgraded" in res.text
     assert "&quot;$add&quot;" in res.text
     assert "held back" not in res.text
+
+
+def test_one_visitors_journey_merges_in_the_panel(app: webtest.TestApp) -> None:
+    app.get("/")
+    res = app.post("/signup", {"email": "a@example.com", "name": "Ann"}).follow()
+    device_id = res.text.split("&quot;$device_id&quot;: &quot;", 1)[1].split("&quot;", 1)[0]
+    user_id = res.text.split("you are ", 1)[1].split("<", 1)[0].strip()
+    # The anonymous page view, the $identify with both ids, the sign-up with both ids.
+    assert f"&quot;distinct_id&quot;: &quot;$device:{device_id}&quot;" in res.text
+    assert "&quot;$identify&quot;" in res.text
+    assert res.text.count(f"&quot;$user_id&quot;: &quot;{user_id}&quot;") >= 2
+    res = app.post("/logout", status=302).follow()
+    assert "you are anonymous (device " in res.text
+    assert device_id not in res.text.split("you are", 1)[1].split("</nav>", 1)[0]
 
 
 def test_upgrade_needs_a_user(app: webtest.TestApp) -> None:
@@ -91,5 +106,6 @@ def test_front_end_clicks_go_through_the_relay(app: webtest.TestApp) -> None:
     body = {"event": "Button/Link Clicked", "properties": {"Title": "Front-end button"}}
     answer = app.post_json("/mixpanel/track", body, headers={"Origin": "http://localhost"})
     assert answer.json["success"] is True
-    assert "mp_device=" in answer.headers["Set-Cookie"]
+    # The device cookie the home page set: the relay's events are the same visitor's.
+    assert "mp_device" in app.cookies and "Set-Cookie" not in answer.headers
     assert "Front-end button" in app.get("/sent").text

@@ -31,10 +31,11 @@ from pyramid_mixpanel import (
     MixpanelTrack,
     ProfileProperties,
     Property,
+    get_runtime,
     lifecycle,
 )
 from pyramid_mixpanel.catalog import Catalog
-from pyramid_mixpanel.relay import RELAY_KEY, RelayState, RelayView
+from pyramid_mixpanel.relay import RELAY_KEY, RelayState
 from pyramid_mixpanel.relay.client import client_ip, device_properties, same_origin
 from pyramid_mixpanel.relay.config import parse_relay_settings
 from pyramid_mixpanel.relay.ratelimit import TokenBuckets, retry_after
@@ -152,7 +153,9 @@ def state_of(app: webtest.TestApp) -> RelayState:
 
 def signed_device_id(app: webtest.TestApp, cookie: str) -> str | None:
     """The device id in a device cookie's value, if the app's relay signed it."""
-    return RelayView(state_of(app))._device_id(cookie)
+    cookie_jar = get_runtime(app.app.registry).device_cookie
+    assert cookie_jar is not None
+    return cookie_jar.device_id(cookie)
 
 
 # -- accepted calls --------------------------------------------------------------------------
@@ -379,10 +382,20 @@ def test_anonymous_calls_need_a_device_cookie_setting() -> None:
 def test_anonymous_visitors_get_a_stable_first_party_device_id(
     tracks: list[MixpanelTrack],
 ) -> None:
-    secure = post(make_app(device_cookie="mp_device"), {"event": "Page Viewed"}, user=None)
-    assert "; secure;" in secure.headers["Set-Cookie"]
-    # (WebTest, like a browser, keeps a secure cookie off plain http: test the rest without.)
-    app = make_app(device_cookie="mp_device", cookie_max_age="600", cookie_secure="false")
+    # Secure exactly on HTTPS by default (WebTest, like a browser, keeps a secure cookie off
+    # plain http), or always with cookie_secure = true.
+    plain = post(make_app(device_cookie="mp_device"), {"event": "Page Viewed"}, user=None)
+    assert "; secure;" not in plain.headers["Set-Cookie"].lower()
+    https = make_app(device_cookie="mp_device").post_json(
+        "/mixpanel/track",
+        {"event": "Page Viewed"},
+        headers={"Origin": "https://localhost", "User-Agent": CHROME},
+        extra_environ={"wsgi.url_scheme": "https", "HTTP_HOST": "localhost"},
+    )
+    assert "; secure;" in https.headers["Set-Cookie"]
+    always = post(make_app(device_cookie="d", cookie_secure="true"), {"event": "Page Viewed"})
+    assert "; secure;" in always.headers["Set-Cookie"]
+    app = make_app(device_cookie="mp_device", cookie_max_age="600")
     first = post(app, {"event": "Page Viewed"}, 200, user=None)
     cookie = first.headers["Set-Cookie"]
     assert cookie.startswith("mp_device=")
@@ -392,7 +405,7 @@ def test_anonymous_visitors_get_a_stable_first_party_device_id(
     assert device_id is not None  # the cookie holds the id, signed
     second = post(app, {"event": "Page Viewed"}, 200, user=None)
     assert "Set-Cookie" not in second.headers
-    for message in messages(tracks)[1:]:
+    for message in messages(tracks)[-2:]:
         assert message["msg"]["properties"]["distinct_id"] == f"$device:{device_id}"
         assert message["msg"]["properties"]["$device_id"] == device_id
 
@@ -588,7 +601,6 @@ def test_settings_from_python_values() -> None:
         ({"allowed_origins": "https://x.example:99999"}, "not an origin"),
         ({"path": "mixpanel/track"}, "must be a plain URL path starting with '/'"),
         ({"path": "false"}, "must be a plain URL path starting with '/'"),
-        ({"device_cookie": "my cookie"}, "must be a cookie name"),
         ({"distinct_id": "json.__doc__"}, "must name a callable"),
         ({"burst": "10", "max_batch": "50"}, "a full batch could never pass"),
         ({"csrf": "maybe"}, "must be one of origin, pyramid, off"),
@@ -612,7 +624,6 @@ def test_unknown_relay_settings_are_reported(caplog: pytest.LogCaptureFixture) -
 
 def test_empty_optional_settings_mean_not_set() -> None:
     relay = parse(device_cookie="", allowed_origins="")
-    assert relay.device_cookie is None
     assert relay.allowed_origins == frozenset()
 
 

@@ -23,7 +23,7 @@ from pyramid.request import Request
 from pyramid.response import Response
 from pyramid.session import SignedCookieSessionFactory
 
-from pyramid_mixpanel.relay import RELAY_KEY, RelayView
+from pyramid_mixpanel import get_runtime
 
 from .browser import serve
 from .loopback import MixpanelStandIn
@@ -89,7 +89,9 @@ def site(
 
 def device_id_in(registry: Registry, cookie: str) -> str | None:
     """The device id the relay signed into its cookie."""
-    return RelayView(registry[RELAY_KEY])._device_id(cookie)
+    cookie_jar = get_runtime(registry).device_cookie
+    assert cookie_jar is not None
+    return cookie_jar.device_id(cookie)
 
 
 def test_page_views_and_clicks_reach_mixpanel(

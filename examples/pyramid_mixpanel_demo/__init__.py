@@ -3,6 +3,11 @@
 In testing mode (no token) every request's messages stay in ``request.mixpanel.mocked_messages``;
 the app keeps the last requests' messages and shows them on every page, marked "released" when
 the request succeeded and "held back" when it failed — exactly what would (not) have been sent.
+
+One visitor's journey is one person in Mixpanel: anonymous page views carry the device cookie's
+``$device_id`` (``distinct_id = $device:<id>``), the sign-up calls ``request.mixpanel.identify``
+and every later event carries ``$user_id`` with the same ``$device_id``, which merges them; the
+logout calls ``request.mixpanel.reset``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from .tracking import EventProperties, Events, ProfileProperties
 RECENT: collections.deque[dict[str, t.Any]] = collections.deque(maxlen=50)
 RECENT_LOCK = threading.Lock()
 USER_COOKIE = "demo_user"
-DEVICE_COOKIE = "demo_device"
 
 
 class User:
@@ -64,14 +68,6 @@ def remember(event: NewRequest) -> None:
     request.add_finished_callback(finished)
 
 
-def identify(request: Request) -> None:
-    """Anonymous visitors get a device id from a first-party cookie."""
-    if request.mixpanel.distinct_id is None:
-        device = request.cookies.get(DEVICE_COOKIE) or f"device-{uuid.uuid4().hex[:12]}"
-        request.mixpanel.distinct_id = device
-        request.response.set_cookie(DEVICE_COOKIE, device)
-
-
 def page(request: Request, title: str, body: str, status: int = 200) -> Response:
     """Render a page with the "what would have been sent" panel."""
     with RECENT_LOCK:
@@ -82,15 +78,22 @@ def page(request: Request, title: str, body: str, status: int = 200) -> Response
         f"<pre>{html.escape(json.dumps(item['messages'], indent=2, default=str))}</pre></li>"
         for item in recent[:10]
     )
-    user = request.user.distinct_id if request.user else "anonymous"
+    mp = request.mixpanel
+    user = mp.user_id or f"anonymous (device {mp.device_id})"
     current = request.__dict__.get("mixpanel")
     pending = json.dumps(current.mocked_messages if current else [], indent=2, default=str)
+    logout = (
+        ' <form method="post" action="/logout" style="display:inline"><button>Log out</button>'
+        "</form>"
+        if mp.user_id
+        else ""
+    )
     text = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}
 pre{{background:#f4f4f4;padding:.5em}}</style></head>
 <body><nav><a href="/">Home</a> · <a href="/signup">Sign up</a> · <a href="/boom">Fail</a>
-· <a href="/sent">Sent</a> — you are {html.escape(user)}</nav>
+· <a href="/sent">Sent</a> — you are {html.escape(user)}{logout}</nav>
 <h1>{html.escape(title)}</h1>{body}
 <h2>This request tracked (released only if it succeeds)</h2><pre>{html.escape(pending)}</pre>
 <h2>What would have been sent to Mixpanel</h2><ol>{rows or "<li>nothing yet</li>"}</ol>
@@ -102,8 +105,7 @@ pre{{background:#f4f4f4;padding:.5em}}</style></head>
 
 
 def home(request: Request) -> Response:
-    """Track a page view."""
-    identify(request)
+    """Track a page view (an anonymous visitor's under the device cookie's id)."""
     request.mixpanel.track(
         Events.page_viewed, {EventProperties.path: request.path, EventProperties.title: "Home"}
     )
@@ -125,7 +127,6 @@ def home(request: Request) -> Response:
 
 def signup_form(request: Request) -> Response:
     """Show the sign-up form (and track the page view)."""
-    identify(request)
     request.mixpanel.track(
         Events.page_viewed, {EventProperties.path: request.path, EventProperties.title: "Sign up"}
     )
@@ -136,9 +137,11 @@ def signup_form(request: Request) -> Response:
 
 
 def signup(request: Request) -> Response:
-    """Create the "account": track the sign-up and set the profile."""
+    """Create the "account": identify the visitor, track the sign-up and set the profile."""
     distinct_id = f"user-{uuid.uuid4().hex[:12]}"
-    request.mixpanel.distinct_id = distinct_id
+    # Links this visitor's anonymous page views to the new user (an $identify event with both
+    # ids); the sign-up event and every later one carry $user_id and $device_id together.
+    request.mixpanel.identify(distinct_id)
     request.mixpanel.track(Events.user_signed_up, {EventProperties.path: request.path})
     request.mixpanel.profile_set(
         {
@@ -168,11 +171,18 @@ def upgrade(request: Request) -> Response:
 
 def boom(request: Request) -> Response:
     """Track, then fail: nothing of this request is released."""
-    identify(request)
     request.mixpanel.track(
         Events.page_viewed, {EventProperties.path: request.path, EventProperties.title: "Boom"}
     )
     raise RuntimeError("something broke after tracking")
+
+
+def logout(request: Request) -> Response:
+    """Sign out: later events are anonymous again, under a fresh device id."""
+    request.mixpanel.reset()
+    response = HTTPFound(location="/")
+    response.delete_cookie(USER_COOKIE)
+    return response
 
 
 def failed(exc: RuntimeError, request: Request) -> Response:
@@ -195,12 +205,14 @@ def main(global_config: dict[str, str], **settings: str) -> t.Any:
         config.add_route("home", "/")
         config.add_route("signup", "/signup")
         config.add_route("upgrade", "/upgrade")
+        config.add_route("logout", "/logout")
         config.add_route("boom", "/boom")
         config.add_route("sent", "/sent")
         config.add_view(home, route_name="home")
         config.add_view(signup_form, route_name="signup", request_method="GET")
         config.add_view(signup, route_name="signup", request_method="POST")
         config.add_view(upgrade, route_name="upgrade", request_method="POST")
+        config.add_view(logout, route_name="logout", request_method="POST")
         config.add_view(boom, route_name="boom")
         config.add_view(sent, route_name="sent")
         config.add_exception_view(failed, context=RuntimeError)

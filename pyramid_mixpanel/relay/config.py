@@ -30,12 +30,9 @@ __all__ = ["RelaySettings", "origin_of", "parse_relay_settings"]
 
 PREFIX = "mixpanel.relay."
 CSRF_MODES = ("origin", "pyramid", "off")
-COOKIE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Letters, digits and "/._~-" only: "{x}", "*x" and the old-style ":x" are route patterns in
 # Pyramid, and a pattern would capture the app's own URLs.
 PLAIN_PATH = re.compile(r"/[A-Za-z0-9/._~-]*")
-# HMAC keys shorter than this are guessable; 32 characters or more are suggested.
-MIN_SECRET_LENGTH = 16
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -51,11 +48,6 @@ class RelaySettings:
     #: Profile properties front ends may set for a signed-in user (empty: no profile updates).
     profile_properties: t.Mapping[str, Property] = field(default_factory=dict)
     distinct_id: t.Callable[[t.Any], str | None] | None = None
-    device_cookie: str | None = None
-    #: Signs the device cookie (HMAC-SHA256); required with ``device_cookie``. Never shown.
-    cookie_secret: str | None = field(default=None, repr=False)
-    cookie_secure: bool = True
-    cookie_max_age: int = 365 * 24 * 3600
     trusted_proxies: tuple[Network, ...] = ()
     max_body_bytes: int = 64 * 1024
     max_batch: int = 50
@@ -152,33 +144,11 @@ def _path(key: str, value: object) -> str:
     return text
 
 
-def _secret(key: str, value: object) -> str | None:
-    text = as_secret(key, value)
-    if text is not None and len(text) < MIN_SECRET_LENGTH:
-        # The message never repeats the value: it is a secret, even when a bad one.
-        raise MixpanelConfigurationError(
-            f"{key} must be at least {MIN_SECRET_LENGTH} characters long (32 or more is"
-            " better), e.g. from: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-        )
-    return text
-
-
-def _cookie(key: str, value: object) -> str | None:
-    text = as_secret(key, value)
-    if text is not None and not COOKIE_NAME.fullmatch(text):
-        raise MixpanelConfigurationError(f"{key} must be a cookie name (letters, digits, _.-)")
-    return text
-
-
 TABLE: tuple[Setting, ...] = tuple(
     Setting(PREFIX + name, name, convert)
     for name, convert in (
         ("path", _path),
         ("distinct_id", as_callable),
-        ("device_cookie", _cookie),
-        ("cookie_secret", _secret),
-        ("cookie_secure", as_bool),
-        ("cookie_max_age", positive_int(10 * 365 * 24 * 3600)),
         ("trusted_proxies", _networks),
         ("max_body_bytes", positive_int(10 * 1024 * 1024)),
         ("max_batch", positive_int(2000)),
@@ -192,6 +162,9 @@ TABLE: tuple[Setting, ...] = tuple(
     )
 )
 LISTS = ("events", "event_properties", "profile_properties")
+#: The device cookie's settings before it moved to the core (``mixpanel.device_cookie`` …),
+#: still read there as aliases.
+CORE_ALIASES = ("device_cookie", "cookie_secret", "cookie_secure", "cookie_max_age")
 DEFAULT_EVENTS = ("Page Viewed", "Button/Link Clicked")
 DEFAULT_EVENT_PROPERTIES = ("Title", "Path", "$referrer")
 
@@ -199,7 +172,10 @@ DEFAULT_EVENT_PROPERTIES = ("Title", "Path", "$referrer")
 def parse_relay_settings(settings: t.Mapping[str, object], catalog: Catalog) -> RelaySettings:
     """Parse ``mixpanel.relay.*`` from ``settings``, checking names against ``catalog``."""
     values = parse_table(
-        settings, TABLE, namespaces=(PREFIX,), also_known=[PREFIX + name for name in LISTS]
+        settings,
+        TABLE,
+        namespaces=(PREFIX,),
+        also_known=[PREFIX + name for name in (*LISTS, *CORE_ALIASES)],
     )
 
     defaults: dict[str, object] = {
@@ -224,11 +200,5 @@ def parse_relay_settings(settings: t.Mapping[str, object], catalog: Catalog) -> 
         raise MixpanelConfigurationError(
             f"{PREFIX}burst ({relay.burst}) must be at least {PREFIX}max_batch"
             f" ({relay.max_batch}): a full batch could never pass the rate limit"
-        )
-    if relay.device_cookie is not None and relay.cookie_secret is None:
-        # An unsigned device id could be set to any value, another visitor's included.
-        raise MixpanelConfigurationError(
-            f"{PREFIX}cookie_secret must be set with {PREFIX}device_cookie: the device cookie"
-            " is signed, so a visitor cannot pick another visitor's device id"
         )
     return relay

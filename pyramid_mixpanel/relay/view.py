@@ -13,17 +13,14 @@ neither.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 import typing as t
-import uuid
 from dataclasses import dataclass, field
 
 import orjson
 from pyramid.csrf import check_csrf_origin, check_csrf_token
 from pyramid.response import Response
 from pyramid.settings import aslist
-from webob.cookies import SignedSerializer
 
 from ..catalog import Name, closest_match
 from ..counters import Counters
@@ -43,15 +40,12 @@ if t.TYPE_CHECKING:
 __all__ = ["Caller", "RelayRefusedError", "RelayState", "RelayView"]
 
 
-DEVICE_ID = re.compile(r"[0-9a-f]{32}")
 EVENT_KEYS = frozenset({"event", "properties", "time", "insert_id"})
 PROFILE_KEYS = frozenset({"profile_set"})
 MAX_LIST_ITEMS = 100
 # JavaScript's Number.MAX_SAFE_INTEGER: a larger integer did not leave a browser intact, and
 # Mixpanel stores numbers as doubles.
 MAX_SAFE_INTEGER = 2**53 - 1
-# Separates the device cookie's HMAC key from any other use of the same secret.
-COOKIE_SALT = "pyramid_mixpanel.relay.device_cookie"
 #: What a CORS preflight from an allowed origin is told (10 minutes, POST with JSON and token).
 PREFLIGHT = {
     "Access-Control-Allow-Methods": "POST",
@@ -91,22 +85,6 @@ class Caller:
     identified: bool
     ip: str | None
     device: dict[str, str]
-    new_device_id: str | None = None
-
-
-class _DeviceIdSerializer:
-    """The device id as the signed bytes of :class:`~webob.cookies.SignedSerializer`."""
-
-    @staticmethod
-    def dumps(appstruct: str) -> bytes:
-        return appstruct.encode("ascii")
-
-    @staticmethod
-    def loads(bstruct: bytes) -> str:
-        text = bstruct.decode("ascii")  # UnicodeDecodeError is a ValueError
-        if not DEVICE_ID.fullmatch(text):
-            raise ValueError("not a device id")
-        return text
 
 
 class RelayView:
@@ -115,17 +93,6 @@ class RelayView:
     def __init__(self, state: RelayState) -> None:
         self.state = state
         self.settings = state.settings
-        # HMAC-SHA256 over the device id; verified in constant time by WebOb.
-        self._signer = (
-            SignedSerializer(
-                self.settings.cookie_secret,
-                COOKIE_SALT,
-                hashalg="sha256",
-                serializer=_DeviceIdSerializer(),
-            )
-            if self.settings.cookie_secret is not None
-            else None
-        )
         # Pyramid's origin check takes trusted hosts as host[:port]: the allowed origins' own.
         self._trusted_hosts = [
             origin.split("://", 1)[1] for origin in sorted(self.settings.allowed_origins)
@@ -168,7 +135,9 @@ class RelayView:
 
         caller = dataclasses.replace(caller, device={**self._device(request), **caller.device})
         track = request.mixpanel
-        track.distinct_id = caller.distinct_id
+        if caller.identified:
+            # Anonymous callers stay request.mixpanel's anonymous visitor (the device cookie).
+            track.distinct_id = caller.distinct_id
         # X-Mixpanel-* headers set request.mixpanel's global properties, and any client can
         # send them: relayed messages carry only what the allow-lists let the body set and
         # what the server establishes. (Restored after: other code of this request may track.)
@@ -202,17 +171,6 @@ class RelayView:
             body = results[0]
             status = body["status_code"]
         response = self._json(body, status)
-        if caller.new_device_id is not None:
-            signer = t.cast(SignedSerializer, self._signer)
-            response.set_cookie(
-                t.cast(str, self.settings.device_cookie),
-                signer.dumps(caller.new_device_id).decode("ascii"),
-                max_age=self.settings.cookie_max_age,
-                path="/",
-                secure=self.settings.cookie_secure,
-                httponly=True,
-                samesite="Lax",
-            )
         return response
 
     # -- the whole call -------------------------------------------------------------------
@@ -284,8 +242,9 @@ class RelayView:
 
     def _caller(self, request: Request) -> Caller:
         """Who calls; the user agent is parsed later, once the call passed every check."""
+        track = request.mixpanel
         getter = self.settings.distinct_id
-        distinct_id = getter(request) if getter is not None else request.mixpanel.distinct_id
+        distinct_id = getter(request) if getter is not None else track.user_id
         ip = client_ip(
             request.remote_addr,
             request.headers.get("X-Forwarded-For"),
@@ -293,26 +252,13 @@ class RelayView:
         )
         if distinct_id is not None:
             return Caller(str(distinct_id), True, ip, {})
-        cookie = self.settings.device_cookie
-        if cookie is None:
+        if track.device_id is None:
             raise RelayRefusedError(
                 401, "anonymous", "sign in first: anonymous calls are not relayed"
             )
-        device_id = self._device_id(request.cookies.get(cookie))
-        new_device_id = None
-        if device_id is None:
-            device_id = new_device_id = uuid.uuid4().hex
-        return Caller(f"$device:{device_id}", False, ip, {"$device_id": device_id}, new_device_id)
-
-    def _device_id(self, value: str | None) -> str | None:
-        """The device id the relay signed into ``value``; ``None`` if forged, unsigned or absent."""
-        if not value:
-            return None
-        signer = t.cast(SignedSerializer, self._signer)  # parse_relay_settings requires it
-        try:
-            return t.cast(str, signer.loads(value.encode("ascii")))
-        except ValueError:  # not ASCII, not base64, a wrong signature or not a device id
-            return None
+        # The device cookie's visitor: request.mixpanel adds $device_id to every event and
+        # sets the cookie on the response when it drew a new id.
+        return Caller(t.cast(str, track.distinct_id), False, ip, {})
 
     def _device(self, request: Request) -> dict[str, str]:
         user_agent = request.user_agent
