@@ -34,6 +34,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.delivery
+	$(BIN)/python -m benchmarks.caller
 	$(BIN)/python -m benchmarks.import
 	$(BIN)/python -m benchmarks.export
 

@@ -24,8 +24,8 @@ from tests.loopback import MixpanelStandIn, _Server
 _Server.request_queue_size = 64  # socketserver's backlog of 5 resets 20 concurrent connects
 api = MixpanelStandIn()
 print(api.base_url, flush=True)
-for _ in sys.stdin:  # each line asks how many unique events arrived
-    print(len(api.events()), flush=True)
+for line in sys.stdin:  # each line asks how many unique events (or requests) arrived
+    print(len(api.requests) if line.strip() == "requests" else len(api.events()), flush=True)
 api.stop()
 """
 # The stand-in gets CPU 0 and this process the others: the real Mixpanel does not run on the
@@ -52,6 +52,12 @@ class Server:
 
     def events(self) -> int:
         self.stdin.write("count\n")
+        self.stdin.flush()
+        return int(self.stdout.readline())
+
+    def requests(self) -> int:
+        """How many HTTP requests the stand-in answered."""
+        self.stdin.write("requests\n")
         self.stdin.flush()
         return int(self.stdout.readline())
 

@@ -414,7 +414,7 @@ class _MixpanelHandler(BaseHTTPRequestHandler):
             }
             return self._answer(seen, 413, body)
         try:
-            records = self._records(raw)
+            records = self._records(raw, seen)
         except ValueError as exc:
             return self._answer(seen, 400, {"status": 0, "error": f"invalid payload: {exc}"})
         if len(records) > 2000:  # "up to 2000 events ... per request"
@@ -530,13 +530,18 @@ class _MixpanelHandler(BaseHTTPRequestHandler):
             return not owner.accounts or owner.accounts.get(user) == secret
         return owner.accounts.get(user) == secret
 
-    def _records(self, raw: bytes) -> list[t.Any]:
+    def _records(self, raw: bytes, seen: Seen) -> list[t.Any]:
         if self.headers.get("Content-Type", "").startswith("application/json"):
             text = raw.decode()
         else:
-            # What mixpanel-python's Consumer sends: a form with the JSON in ``data``.
+            # What mixpanel-python's Consumer sends: a form with the JSON in ``data`` and the
+            # other parameters (``verbose=1``, ``ip=0``) beside it, read as the query's are
+            # (the official client relies on the verbose answer).
             form = urllib.parse.parse_qs(raw.decode())
             text = form["data"][0]
+            for key, values in form.items():
+                if key != "data":
+                    seen.query.setdefault(key, values[0])
         data = json.loads(text)
         return data if isinstance(data, list) else [data]
 

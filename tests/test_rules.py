@@ -7,6 +7,8 @@ import time
 import typing as t
 
 import hypothesis.strategies as st
+import mixpanel
+import pytest
 from hypothesis import given, settings
 
 from pyramid_mixpanel import rules
@@ -103,3 +105,16 @@ def test_what_the_client_accepts_the_strict_stand_in_accepts(
         "events", json.dumps(record).encode(), NOW_MS
     )
     assert (prepared is None) == bool(reason)
+
+
+def test_the_official_clients_form_posts_get_the_verbose_answer_it_reads() -> None:
+    """mixpanel-python sends ``verbose=1`` in its form body and parses the JSON answer."""
+    with MixpanelStandIn() as api:
+        consumer = mixpanel.Consumer(events_url=f"{api.base_url}/track", retry_limit=0)
+        message = event(token="t")
+        message["properties"]["time"] = NOW_MS // 1000
+        consumer.send("events", json.dumps(message))  # raises unless the answer says status 1
+        assert api.requests[-1].query["verbose"] == "1"
+        with pytest.raises(mixpanel.MixpanelException, match="no valid data"):
+            consumer.send("events", json.dumps(event(distinct_id="undefined")))
+    assert len(api.events()) == 1
