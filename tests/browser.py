@@ -52,6 +52,20 @@ def browser(tmp_path: Path) -> Iterator[t.Any]:
         driver.quit()
 
 
+def stop(server: t.Any) -> None:
+    """Stop a waitress server from its own loop thread: closing its sockets from another thread
+    races the loop's ``select`` (EBADF), and keep-alive connections a client left open would
+    keep the loop running."""
+
+    def close_everything() -> None:
+        for channel in list(server._map.values()):
+            if channel is not server and channel is not server.trigger:
+                channel.handle_close()
+        server.close()
+
+    server.trigger.pull_trigger(close_everything)
+
+
 @contextlib.contextmanager
 def serve(app: t.Any, threads: int = 4) -> Iterator[str]:
     """Serve a WSGI app with waitress on a free loopback port; yield its base URL."""
@@ -62,8 +76,5 @@ def serve(app: t.Any, threads: int = 4) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.close()
-        # Keep-alive connections a client left open would keep waitress's loop running.
-        for channel in list(server._map.values()):
-            channel.handle_close()
+        stop(server)
         thread.join(5)

@@ -13,6 +13,8 @@ import waitress
 import webtest
 from pyramid.paster import get_app
 
+from .browser import stop
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -89,7 +91,7 @@ def served(wsgi_app: t.Any) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.close()
+        stop(server)
         thread.join(5)
 
 

@@ -220,3 +220,11 @@ def test_core_settings_ignore_the_metrics_prefix(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.WARNING, logger="pyramid_mixpanel"):
         parse_settings({"mixpanel.token": "t", P + "account_property": "company_id"})
     assert not caplog.records
+
+
+@pytest.mark.parametrize("off", ["off", "false", "", False])
+def test_profile_sync_can_be_turned_off_with_an_account_property(off: object) -> None:
+    # The README's promise: off means no profile sync, not "the event property again".
+    assert parse(profile_account_property=off).profile_account_property is None
+    with pytest.raises(MixpanelConfigurationError, match="profile_properties needs"):
+        parse(profile_account_property=off, profile_properties="plan")

@@ -253,11 +253,15 @@ def test_parse_line_takes_what_the_aggregator_can_count() -> None:
     assert parse_line(json.dumps(good).encode()) == good
     assert parse_line(json.dumps(good)) == good
     assert parse_line(good) == good
-    huge = {"event": "A", "properties": {"time": 10**30}}  # an int too large for a float
-    assert parse_line(json.dumps(huge)) == huge
+    # An integer beyond 64 bits: orjson gives the nearest float (json gave the int); one too
+    # large for a float, too (1 and 400 zeros), gets json's int, as before.
+    huge = {"event": "A", "properties": {"time": 10**30}}
+    assert parse_line(json.dumps(huge)) == {"event": "A", "properties": {"time": 1e30}}
+    huger = {"event": "A", "properties": {"time": 10**400}}
+    assert parse_line(json.dumps(huger)) == huger
     config = parse_metrics_settings(local_settings("sqlite://"))
-    result = aggregate_events([huge, good], day(0), day(0), config)
-    assert result.stats.outside == 2
+    result = aggregate_events([huge, huger, good], day(0), day(0), config)
+    assert result.stats.outside == 3
 
 
 class RawExport(QueryStandIn):
@@ -586,3 +590,20 @@ def test_open_funnel_rows_are_replaced_when_their_day_settles() -> None:
     assert [(f.date, f.steps) for f in second.funnels] == [(day(0), [1, 1, 1])]
     assert second.open_funnels == []
     assert aggregator.finish() == []
+
+
+def test_the_query_clients_export_decodes_what_json_takes_and_refuses_the_rest(
+    raw_api: RawExport,
+) -> None:
+    """orjson decodes the lines; what it refuses but Python's json takes is still decoded."""
+    raw_api.events = []
+    raw_api.raw[day(0).isoformat()] = [
+        b'{"event": "A", "properties": {"time": 1767225600, "distinct_id": "u"}}',
+        b'{"event": "B", "properties": {"time": NaN}}',  # not JSON, but json takes it
+    ]
+    first, second = client(raw_api).export(day(0), day(0))
+    assert first == {"event": "A", "properties": {"time": 1767225600, "distinct_id": "u"}}
+    assert second["event"] == "B" and second["properties"]["time"] != second["properties"]["time"]
+    raw_api.raw[day(0).isoformat()] = [b"{not json"]
+    with pytest.raises(MixpanelError, match="the export stream broke off"):
+        list(client(raw_api).export(day(0), day(0)))

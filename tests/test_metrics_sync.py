@@ -489,6 +489,7 @@ def test_sync_opens_the_configured_database_and_builds_its_client(
         e["properties"]["path"] = f"/{account}/x" if account else "/"
     report = sync(settings, "2026-01-01", "2026-01-01", progress=False, today=day(3))
     assert report.ok and report.profile_accounts == 0
+    assert not [r for r in api.requests if "engage" in r["path"]]  # profile sync is off
     with MetricsStore(f"sqlite:///{database}") as store:
         assert store.accounts() == ["acme", "globex"]
 
@@ -711,6 +712,9 @@ def test_days_are_the_project_timezone_days(api: QueryStandIn, tmp_path: pathlib
         assert (report.from_date, report.to_date) == (day(-1), day(1))  # not Jan 3 (UTC's)
         assert report.outside == 0
         assert "2025-12-31 to 2026-01-02 (America/Los_Angeles): 2 events" in report.summary()
+        # profile_account_property = off: no profile sync although account_property is set.
+        assert report.profile_accounts == 0
+        assert not [r for r in api.requests if "engage" in r["path"]]
         assert [(m.date, m.total_events) for m in store.daily("acme", day(0), day(5))] == [
             (day(1), 2)  # u3 and u1, both on Jan 2 there
         ]

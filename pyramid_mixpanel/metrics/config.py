@@ -243,13 +243,16 @@ def parse_metrics_settings(settings: t.Mapping[str, object]) -> MetricsSettings:
             f"set one of {PREFIX}account_property (the event property holding the account id,"
             f" e.g. company_id) or {PREFIX}account_getter (a dotted callable)"
         )
-    values.setdefault("profile_account_property", values.get("account_property"))
+    if settings.get(PREFIX + "profile_account_property") is None:
+        # Not set: the account is the same property on profiles. Set to off/false/empty: no
+        # profile sync (the parsed value is then None and must stay so).
+        values["profile_account_property"] = values.get("account_property")
     if values.get("saved_funnels") and "account_property" not in values:
         raise MixpanelConfigurationError(
             f"{PREFIX}saved_funnels needs {PREFIX}account_property: Mixpanel breaks a saved"
             " funnel down by a property, not by a Python callable"
         )
-    if values.get("profile_properties") and values["profile_account_property"] is None:
+    if values.get("profile_properties") and values.get("profile_account_property") is None:
         raise MixpanelConfigurationError(
             f"{PREFIX}profile_properties needs {PREFIX}profile_account_property (the profile"
             " property holding the account id)"

@@ -17,6 +17,8 @@ import json
 import math
 import typing as t
 
+import orjson
+
 if t.TYPE_CHECKING:
     from ..query import ExportChunk
     from .sync import ExportChunkLike
@@ -96,6 +98,17 @@ def parse_line(line: object) -> dict[str, t.Any] | str:
     :returns: the event (a ``dict``), or one of :data:`MALFORMED_REASONS` (a ``str``).
     """
     if isinstance(line, (bytes, str)):
+        try:
+            # orjson first: much faster than json on export lines. It refuses more (NaN, 1e400,
+            # integers beyond a double, lone surrogates, nesting past 1024): what it refuses
+            # gets the json decoder's verdict and reason, as before. One difference: an integer
+            # beyond 64 bits that a double can hold comes back as the nearest float.
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            reason = check_event(value)
+            return t.cast(dict[str, t.Any], value) if reason is None else reason
         try:
             value = _DECODER.decode(line.decode() if isinstance(line, bytes) else line)
         except UnicodeDecodeError:
