@@ -95,6 +95,11 @@ def as_delivery(key: str, value: object) -> object:
     return found
 
 
+def _catalogue(base: type) -> t.Callable[[str, object], object]:
+    """A subclass of a catalogue class, named in errors as the original package named it."""
+    return subclass_of(base, named=f"pyramid_mixpanel.{base.__name__}")
+
+
 def _consumer(key: str, value: object) -> object:
     import mixpanel
 
@@ -256,32 +261,16 @@ class QuerySettings:
 SETTINGS: tuple[Setting, ...] = (
     Setting("mixpanel.token", "token", as_secret),
     Setting("mixpanel.api_secret", "api_secret", as_secret),
-    Setting("mixpanel.events", "events", subclass_of(Events, named="pyramid_mixpanel.Events")),
-    Setting(
-        "mixpanel.event_properties",
-        "event_properties",
-        subclass_of(EventProperties, named="pyramid_mixpanel.EventProperties"),
-    ),
-    Setting(
-        "mixpanel.profile_properties",
-        "profile_properties",
-        subclass_of(ProfileProperties, named="pyramid_mixpanel.ProfileProperties"),
-    ),
+    Setting("mixpanel.events", "events", _catalogue(Events)),
+    Setting("mixpanel.event_properties", "event_properties", _catalogue(EventProperties)),
+    Setting("mixpanel.profile_properties", "profile_properties", _catalogue(ProfileProperties)),
     Setting(
         "mixpanel.profile_meta_properties",
         "profile_meta_properties",
-        subclass_of(ProfileMetaProperties, named="pyramid_mixpanel.ProfileMetaProperties"),
+        _catalogue(ProfileMetaProperties),
     ),
-    Setting(
-        "mixpanel.group_keys",
-        "group_keys",
-        subclass_of(GroupKeys, named="pyramid_mixpanel.GroupKeys"),
-    ),
-    Setting(
-        "mixpanel.group_properties",
-        "group_properties",
-        subclass_of(GroupProperties, named="pyramid_mixpanel.GroupProperties"),
-    ),
+    Setting("mixpanel.group_keys", "group_keys", _catalogue(GroupKeys)),
+    Setting("mixpanel.group_properties", "group_properties", _catalogue(GroupProperties)),
     Setting("mixpanel.consumer", "consumer", _consumer),
     Setting("mixpanel.region", "region", one_of(tuple(INGESTION_HOSTS))),
     Setting("mixpanel.api_host", "api_host", as_base_url),

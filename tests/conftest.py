@@ -10,9 +10,11 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from pyramid_mixpanel import MixpanelTrack
 from pyramid_mixpanel.delivery import engine as engine_module
 
 from .browser import browser  # noqa: F401  # headless Chromium, for the end-to-end tests
+from .recorder import recording
 
 # Property-based tests: CI runs a bounded, reproducible number of examples (derandomized, so a
 # failure is the same failure on every rerun); `HYPOTHESIS_PROFILE=long make unit` searches far
@@ -57,3 +59,10 @@ def loopback_only() -> Iterator[None]:
     socket.getaddrinfo = guarded
     yield
     socket.getaddrinfo = real_getaddrinfo
+
+
+@pytest.fixture
+def tracks() -> Iterator[list[MixpanelTrack]]:
+    """Every ``request.mixpanel`` built during the test."""
+    with recording() as built:
+        yield built

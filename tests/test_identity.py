@@ -6,7 +6,6 @@ import dataclasses
 import logging
 import typing as t
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -24,7 +23,6 @@ from pyramid_mixpanel import (
     MixpanelTrack,
     ProfileProperties,
     get_runtime,
-    lifecycle,
 )
 from pyramid_mixpanel.identity import DEVICE_ID, DeviceCookie, anonymous_id, new_device_id
 from pyramid_mixpanel.runtime import Runtime
@@ -104,14 +102,6 @@ def build(**settings: str) -> t.Any:
 
 def make_app(**settings: str) -> webtest.TestApp:
     return webtest.TestApp(build(**settings), extra_environ={"HTTP_HOST": "localhost:80"})
-
-
-@pytest.fixture
-def tracks() -> Iterator[list[MixpanelTrack]]:
-    built: list[MixpanelTrack] = []
-    lifecycle.LISTENERS.append(built.append)
-    yield built
-    lifecycle.LISTENERS.remove(built.append)
 
 
 def sent(tracks: list[MixpanelTrack]) -> list[dict[str, t.Any]]:
@@ -484,9 +474,9 @@ def test_one_visitor_from_anonymous_page_view_to_signed_in_user_is_one_person(
                 browser.get(f"{url}/page", timeout=10)
 
                 # Another visitor forges the first one's device id: never merged into ada.
-                device_id = get_runtime(app.registry).device_cookie.device_id(  # type: ignore[union-attr]
-                    browser.cookies["mp_device"]
-                )
+                cookie = get_runtime(app.registry).device_cookie
+                assert cookie is not None
+                device_id = cookie.device_id(browser.cookies["mp_device"])
                 forger.cookies.set("mp_device", str(device_id), domain="127.0.0.1")
                 forger.get(f"{url}/page", timeout=10)
                 forger_device = forger.cookies["mp_device"]

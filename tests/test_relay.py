@@ -11,7 +11,6 @@ import json
 import logging
 import time
 import typing as t
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import mixpanel
@@ -32,7 +31,6 @@ from pyramid_mixpanel import (
     ProfileProperties,
     Property,
     get_runtime,
-    lifecycle,
 )
 from pyramid_mixpanel.catalog import Catalog
 from pyramid_mixpanel.relay import RELAY_KEY, RelayState
@@ -118,15 +116,6 @@ def make_app(
     )
 
 
-@pytest.fixture
-def tracks() -> Iterator[list[MixpanelTrack]]:
-    """Every ``request.mixpanel`` built during the test."""
-    built: list[MixpanelTrack] = []
-    lifecycle.LISTENERS.append(built.append)
-    yield built
-    lifecycle.LISTENERS.remove(built.append)
-
-
 def messages(tracks: list[MixpanelTrack]) -> list[dict[str, t.Any]]:
     return [m for track in tracks for m in track.mocked_messages]
 
@@ -193,17 +182,12 @@ def test_identity_in_the_body_is_refused_not_believed(tracks: list[MixpanelTrack
     assert messages(tracks) == []
 
 
-def test_attribute_names_and_a_mobile_device() -> None:
+def test_attribute_names_and_a_mobile_device(tracks: list[MixpanelTrack]) -> None:
     app = make_app()
-    seen: list[MixpanelTrack] = []
-    lifecycle.LISTENERS.append(seen.append)
-    try:
-        body = {"event": "button_link_clicked", "properties": {"title": "Buy", "path": "/"}}
-        post(app, body, 200, headers={"User-Agent": IPHONE})
-    finally:
-        lifecycle.LISTENERS.remove(seen.append)
-    properties = seen[0].mocked_messages[0]["msg"]["properties"]
-    assert seen[0].mocked_messages[0]["msg"]["event"] == "Button/Link Clicked"
+    body = {"event": "button_link_clicked", "properties": {"title": "Buy", "path": "/"}}
+    post(app, body, 200, headers={"User-Agent": IPHONE})
+    properties = tracks[0].mocked_messages[0]["msg"]["properties"]
+    assert tracks[0].mocked_messages[0]["msg"]["event"] == "Button/Link Clicked"
     assert properties["Title"] == "Buy"
     assert properties["$device"] == "iPhone"
     assert properties["$os"] == "iOS"

@@ -7,7 +7,6 @@ parse or a user-agent parse. Reproductions of issue 13 first, then property-base
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import logging
@@ -15,7 +14,7 @@ import math
 import re
 import sys
 import typing as t
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -38,7 +37,6 @@ from pyramid_mixpanel import (
     ProfileProperties,
     Property,
     get_runtime,
-    lifecycle,
 )
 from pyramid_mixpanel.catalog import Catalog
 from pyramid_mixpanel.identity import DeviceCookie
@@ -48,6 +46,7 @@ from pyramid_mixpanel.relay.config import TABLE, parse_relay_settings
 from pyramid_mixpanel.settings import MixpanelSettings, parse_settings
 from pyramid_mixpanel.track import DEVICE_PROPERTIES, SYSTEM_EVENT_KEYS
 
+from .recorder import recording
 from .test_relay import CHROME, COOKIE_SECRET, ORIGIN, signed_device_id, state_of, user_from_header
 
 VICTIM = "01234567-89ab-4def-8123-456789abcdef"  # another visitor's device id
@@ -107,24 +106,6 @@ def build_app(
         app,
         extra_environ={"HTTP_HOST": host, "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": scheme},
     )
-
-
-@contextlib.contextmanager
-def recording() -> Iterator[list[MixpanelTrack]]:
-    """Every ``request.mixpanel`` built inside the block (usable inside @given)."""
-    built: list[MixpanelTrack] = []
-    lifecycle.LISTENERS.append(built.append)
-    try:
-        yield built
-    finally:
-        lifecycle.LISTENERS.remove(built.append)
-
-
-@pytest.fixture
-def tracks() -> Iterator[list[MixpanelTrack]]:
-    """Every ``request.mixpanel`` built during the test."""
-    with recording() as built:
-        yield built
 
 
 def messages(tracks: list[MixpanelTrack]) -> list[dict[str, t.Any]]:

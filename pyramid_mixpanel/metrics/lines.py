@@ -105,20 +105,16 @@ def parse_line(line: object) -> dict[str, t.Any] | str:
             # beyond 64 bits that a double can hold comes back as the nearest float.
             value = orjson.loads(line)
         except orjson.JSONDecodeError:
-            pass
-        else:
-            reason = check_event(value)
-            return t.cast(dict[str, t.Any], value) if reason is None else reason
-        try:
-            value = _DECODER.decode(line.decode() if isinstance(line, bytes) else line)
-        except UnicodeDecodeError:
-            return NOT_UTF8
-        except _NotFiniteError:
-            return NOT_FINITE
-        except RecursionError:  # [[[[... deeper than the interpreter's recursion limit
-            return TOO_DEEP
-        except ValueError:  # not JSON, or an integer of more digits than Python converts
-            return NOT_JSON
+            try:
+                value = _DECODER.decode(line.decode() if isinstance(line, bytes) else line)
+            except UnicodeDecodeError:
+                return NOT_UTF8
+            except _NotFiniteError:
+                return NOT_FINITE
+            except RecursionError:  # [[[[... deeper than the interpreter's recursion limit
+                return TOO_DEEP
+            except ValueError:  # not JSON, or an integer of more digits than Python converts
+                return NOT_JSON
     else:
         value = line
     reason = check_event(value)
