@@ -32,11 +32,12 @@ demo: $(STAMP)
 
 ## make bench: benchmarks, printed as ratios against baselines measured in the same run.
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m benchmarks.overhead
 	$(BIN)/python -m benchmarks.delivery
-	$(BIN)/python -m benchmarks.caller
 	$(BIN)/python -m benchmarks.import
 	$(BIN)/python -m benchmarks.export
+	$(BIN)/python -m benchmarks.peers
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache *.egg-info

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from .delivery.base import Outcome
 from .delivery.policy import is_retryable
+from .delivery.transport import accepts_connections
 from .log import redact
 
 if t.TYPE_CHECKING:
@@ -113,6 +114,7 @@ class CustomerIOTransport:
         from customerio import CustomerIO, Regions
 
         self.secrets = (site_id, api_key)
+        self.timeout = timeout
         self.client = CustomerIO(
             site_id=site_id,
             api_key=api_key,
@@ -154,6 +156,10 @@ class CustomerIOTransport:
                 return Outcome("retry" if is_retryable(int(status)) else "dead", error)
             return Outcome("retry", error, unreachable=True)
         return Outcome("sent")
+
+    def reachable(self) -> bool:
+        """Whether Customer.io's host takes connections again (the engine's outage probe)."""
+        return accepts_connections(self.client.base_url, self.timeout[0])
 
     def close(self) -> None:
         """Close the client's connections."""

@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 RELEASE_POLICIES = ("commit", "success", "always")
+#: How the spool commits hand-overs (``mixpanel.spool_commit``).
+SPOOL_COMMITS = ("request", "group")
 DELIVERY_MODES = ("background", "sync", "celery")
 
 # Mixpanel's data residency: ingestion and query hosts per region.
@@ -147,6 +149,9 @@ class MixpanelSettings:
     spool_path: str | None = None
     #: Move a corrupted spool file aside and start an empty one instead of refusing to start.
     spool_repair: bool = False
+    #: ``request``: each request's messages are committed before its release returns;
+    #: ``group``: a spooler thread commits every few milliseconds what all requests handed over.
+    spool_commit: str = "request"
     celery_app: object = None
     queue_max_messages: int = 100_000
     queue_max_bytes: int = 64 * 1024 * 1024
@@ -295,6 +300,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mixpanel.delivery", "delivery", as_delivery),
     Setting("mixpanel.spool_path", "spool_path", as_secret),
     Setting("mixpanel.spool_repair", "spool_repair", as_bool),
+    Setting("mixpanel.spool_commit", "spool_commit", one_of(SPOOL_COMMITS)),
     Setting("mixpanel.celery_app", "celery_app", as_dotted_object),
     Setting("mixpanel.queue_max_messages", "queue_max_messages", positive_int(10**9)),
     Setting("mixpanel.queue_max_bytes", "queue_max_bytes", positive_int(2**40)),
@@ -367,6 +373,10 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
                 f" mixpanel.delivery = {values['delivery']} (drop one of them)"
             )
         values["delivery"] = "sync"
+    if "spool_commit" in values and "spool_path" not in values:
+        raise MixpanelConfigurationError(
+            "mixpanel.spool_commit is about the spool: it needs mixpanel.spool_path"
+        )
     if "spool_path" in values and values.get("delivery", "background") not in (
         "background",
         "celery",

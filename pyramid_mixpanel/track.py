@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
+import random
 import time as time_module
 import typing as t
 
@@ -23,6 +23,7 @@ from . import rules
 from .catalog import Event, Property, Section
 from .consumer import MockedConsumer, RequestBuffer
 from .customerio import CustomerIOCall, cio_attributes
+from .delivery.base import Prepared
 from .delivery.sync import ConsumerDelivery
 from .exceptions import with_note
 from .identity import DeviceCookie, anonymous_id, new_device_id
@@ -45,6 +46,8 @@ __all__ = [
 
 PropsType = t.Mapping[Property, t.Any]
 LIB_VERSION: str = mixpanel.__version__
+# The random module's own generator (see Track._event): no system call, no GIL hand-over.
+_random_bits = random.getrandbits
 # Mixpanel truncates longer strings.
 MAX_STRING_LENGTH = 255
 #: Properties the client library and the transport add to every event: they count towards
@@ -114,6 +117,9 @@ class MixpanelTrack:
         # with mixpanel.consumer: then they wait in the buffer until the request's release.
         self._consumer: t.Any = None
         self._sink: RequestBuffer | None = None
+        # Events handed to this package's own delivery are built in their final form, once
+        # (see _event); a consumer of the app's, or one a test put in, gets the official form.
+        self._final = False
         if self.testing:
             consumer = MockedConsumer()
         else:
@@ -123,6 +129,8 @@ class MixpanelTrack:
                 # The configured class, exposed as the original package exposed it.
                 self._sink = self._buffer
                 consumer = self._consumer = lane.make_consumer()
+            else:
+                self._final = True
         self._token = runtime.settings.token or "testing-mode"
         #: The official client. Its ``_consumer`` is the :class:`MockedConsumer` in testing
         #: mode, the ``mixpanel.consumer`` instance when one is configured, otherwise the
@@ -561,8 +569,11 @@ class MixpanelTrack:
 
     # -- messages -------------------------------------------------------------------------
     # Built as mixpanel.Mixpanel builds them (same keys, same system properties, compact JSON)
-    # but encoded with orjson and a random $insert_id from os.urandom: the official client
-    # constructs a JSON encoder and a UUID object per message, most of a message's cost.
+    # but encoded with orjson: the official client constructs a JSON encoder and a UUID object
+    # per message, most of a message's cost. The random $insert_id comes from the random
+    # module (128 bits, reseeded in forked children), not os.urandom: that system call lets go
+    # of the GIL in the middle of every track(), handing it to the sender thread for a whole
+    # cycle. It only has to be unique, not unguessable: Mixpanel deduplicates on it.
 
     def _event(
         self,
@@ -572,18 +583,22 @@ class MixpanelTrack:
         properties: dict[str, t.Any],
         when: float | None = None,
     ) -> None:
+        now = time_module.time()
         everything = {
             "token": self._token,
             "distinct_id": distinct_id,
-            "time": time_module.time() if when is None else when,
-            "$insert_id": os.urandom(16).hex(),
+            "time": now if when is None else when,
+            "$insert_id": f"{_random_bits(128):032x}",
             "mp_lib": "python",
             "$lib_version": LIB_VERSION,
         }
         everything.update(properties)
-        (self._sink or self.api._consumer).send(
-            endpoint, _dumps({"event": name, "properties": everything})
-        )
+        message = {"event": name, "properties": everything}
+        target = self._sink or self.api._consumer
+        if self._final and target is self._buffer:
+            target.send(endpoint, final_event(message, now))
+        else:
+            target.send(endpoint, _dumps(message))
 
     def _update(self, endpoint: str, message: dict[str, t.Any], meta: PropsType | None) -> None:
         record = {"$token": self._token, "$time": time_module.time()}
@@ -804,6 +819,28 @@ def json_value(name: str, value: object) -> object:
         f"{name!r} is a {type(value).__name__}; Mixpanel properties take str, int, float,"
         " bool, None, datetime, date, lists and dicts of those"
     )
+
+
+def final_event(message: dict[str, t.Any], now: float) -> str:
+    """``message`` as the transport posts it, checked once against every documented rule.
+
+    On the caller's thread: a :class:`~pyramid_mixpanel.delivery.base.Prepared` body the
+    sender posts as it is. One that breaks a rule stays a plain body: the transport refuses it
+    then, with the reason, as it would any other.
+    """
+    properties = message["properties"]
+    when = rules.time_ms(properties["time"])
+    if when is None:
+        return _dumps(message)
+    # What the transport would do: integer milliseconds, and no geolocation to this server.
+    properties["time"] = when
+    properties.setdefault("ip", "0")
+    body = _dumps(message)
+    # (A character takes at most 4 bytes: most bodies are far from the limit, without encoding.)
+    large = len(body) * 4 >= rules.MAX_EVENT_BYTES and len(body.encode()) >= rules.MAX_EVENT_BYTES
+    if large or rules.event_problem(message, round(now * 1000)) is not None:
+        return body
+    return Prepared(body)
 
 
 def _dumps(value: object) -> str:

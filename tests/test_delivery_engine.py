@@ -382,3 +382,307 @@ def test_fork_hooks_reset_process_state(monkeypatch: pytest.MonkeyPatch) -> None
     assert engine.store.pending() == 0
     assert old_thread is not None
     engine._stop.set()
+
+
+# -- batching while the app is busy, and coming back after an outage ----------------------------
+
+
+def test_a_burst_of_hand_overs_leaves_as_one_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A linger far longer than the wait below: the batch leaves because it is full, not because
+    # the linger ran out.
+    monkeypatch.setattr(engine_module, "LINGER", 60.0)
+    transport = ScriptedTransport()
+    transport.max_records = 10
+    engine = make_engine(transport)
+    for i in range(10):
+        engine.submit([("events", f'{{"n":{i}}}')])
+    wait_for(lambda: engine.stats["sent"] == 10, timeout=20)
+    assert [len(bodies) for _, bodies in transport.posts] == [10]
+    engine.close(1)
+
+
+def test_a_lone_hand_over_leaves_after_the_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "LINGER", 0.01)
+    transport = ScriptedTransport()
+    engine = make_engine(transport, flush_interval=60.0)
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats["sent"] == 1)
+    # The sender is idle again: the next hand-over wakes it (not its 60 s idle timeout).
+    wait_for(lambda: engine._idle)
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats["sent"] == 2)
+    engine.close(1)
+
+
+class ProbedTransport(ScriptedTransport):
+    """Unreachable until ``up`` is set; says so to the engine's probe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = threading.Event()
+        self.probes = 0
+
+    def reachable(self) -> bool:
+        self.probes += 1
+        return self.up.is_set()
+
+    def post(self, endpoint: str, bodies: t.Sequence[str] | t.Sequence[bytes]) -> Outcome:
+        if not self.up.is_set():
+            self.posts.append((endpoint, tuple(t.cast("t.Sequence[str]", bodies))))
+            return Outcome("retry", "ConnectionError: refused", unreachable=True)
+        return super().post(endpoint, bodies)
+
+
+@pytest.mark.parametrize("spooled", [False, True])
+def test_back_from_an_outage_within_a_probe_not_a_backoff(
+    spooled: bool, tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "PROBE_INTERVAL", 0.05)
+    transport = ProbedTransport()
+    store = (
+        SqliteSpool(str(tmp_path / "spool.db"), 1000, 10**7, lease=30)
+        if spooled
+        else MemoryStore(1000, 10**7)
+    )
+    # A backoff of minutes: only the probe can bring these messages back in time.
+    engine = make_engine(transport, store=store, policy=FixedPolicy(), flush_interval=60.0)
+    monkeypatch.setattr(FixedPolicy, "delay", lambda *_args, **_kw: 200.0)
+    engine.submit([("events", '{"n":1}')])
+    wait_for(lambda: engine.stats["retried"] == 1)
+    # Held back, every endpoint paused: a hand-over now does not wake the sender for nothing.
+    posts = len(transport.posts)
+    engine.submit([("events", '{"n":2}')])
+    wait_for(lambda: transport.probes >= 2)
+    assert len(transport.posts) == posts
+    transport.up.set()
+    wait_for(lambda: engine.stats["sent"] == 2)
+    assert sorted(b for _, bodies in transport.posts[posts:] for b in bodies) == [
+        '{"n":1}',
+        '{"n":2}',
+    ]
+    engine.close(1)
+
+
+def test_a_429_is_waited_out_never_probed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "PROBE_INTERVAL", 0.01)
+    transport = ProbedTransport()
+    transport.up.set()
+    transport.script.append(Outcome("retry", "HTTP 429: slow down", 0.3))
+    engine = make_engine(transport)
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats["sent"] == 1)
+    assert transport.probes == 0
+    engine.close(1)
+
+
+def test_a_probe_that_finds_nothing_keeps_the_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "PROBE_INTERVAL", 0.01)
+    transport = ScriptedTransport(Outcome("retry", "refused", unreachable=True))
+    # No reachable(): the engine cannot probe it and waits out the backoff.
+    engine = make_engine(transport, policy=FixedPolicy())
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats["retried"] == 1)
+    wait_for(lambda: time.monotonic() > engine._next_probe)
+    engine._probe()
+    assert engine._pauses["events"][0] > time.monotonic()
+    engine.close(0)
+
+
+def test_batches_held_during_an_outage_are_due_once_anything_arrives() -> None:
+    transport = ScriptedTransport(
+        Outcome("retry", "refused", unreachable=True),
+    )
+    engine = make_engine(transport, policy=FixedPolicy())
+    engine._closed = True  # driven by hand: no sender thread
+    engine.submit([("events", '{"n":1}')])
+    assert engine.send_due()
+    assert engine._held and engine.store.next_due() == pytest.approx(time.monotonic() + 5, abs=1)
+    engine._pauses.clear()
+    engine.submit([("people", '{"n":2}')])
+    assert engine.send_due()
+    assert not engine._held
+    assert engine.store.next_due() == pytest.approx(time.monotonic(), abs=1)
+
+
+def test_held_batches_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "MAX_HELD", 1)
+    transport = ScriptedTransport(*[Outcome("retry", "refused", unreachable=True)] * 2)
+    engine = make_engine(transport, policy=FixedPolicy())
+    engine._closed = True
+    engine.submit([("events", "{}"), ("people", "{}")])
+    engine.send_due()
+    engine._pauses.clear()
+    engine.send_due()
+    assert len(engine._held) == 1
+
+
+def test_no_linger_when_a_whole_batch_already_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "LINGER", 60.0)
+    engine = make_engine(ScriptedTransport())
+    engine._handed = engine.transport.max_records
+    started = time.monotonic()
+    engine._linger()
+    assert time.monotonic() - started < 30
+
+
+# -- mixpanel.spool_commit = group -------------------------------------------------------------
+
+
+def group_engine(tmp_path: t.Any, transport: ScriptedTransport) -> BackgroundEngine:
+    spool = SqliteSpool(str(tmp_path / "s.db"), 1000, 10**6)
+    return make_engine(transport, store=spool, spooled=True, group_commit=True)
+
+
+def test_group_commit_leaves_sqlite_off_the_request_thread(tmp_path: t.Any) -> None:
+    transport = ScriptedTransport()
+    transport.gate = threading.Event()  # nothing is sent until the test says so
+    engine = group_engine(tmp_path, transport)
+    spool = t.cast(SqliteSpool, engine.store)
+    writers: list[str] = []
+    real_put = spool.put
+
+    def recording_put(messages: t.Sequence[tuple[str, str]]) -> int:
+        writers.append(threading.current_thread().name)
+        return real_put(messages)
+
+    spool.put = recording_put  # type: ignore[method-assign]  # observed, not changed
+    for i in range(20):
+        engine.submit([("events", f'{{"n":{i}}}'), ("people", f'{{"n":{i}}}')])
+    # Committed by the spooler, in far fewer transactions than hand-overs.
+    wait_for(lambda: engine.stats["spooled"] == 40)
+    assert set(writers) == {"pyramid_mixpanel-mixpanel-spooler"}
+    assert len(writers) < 20
+    assert spool.pending() == 40
+    transport.gate.set()
+    wait_for(lambda: engine.stats["sent"] == 40)
+    assert spool.pending() == 0
+    engine.close(1)
+
+
+@pytest.mark.parametrize("pause", [0.0, 60.0])
+def test_group_commit_keeps_what_the_spool_refused(
+    pause: float, tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No pause after the refusal: the spooler's next attempt spools the message. A long one:
+    # meanwhile the sender takes it from memory.
+    monkeypatch.setattr(engine_module, "STORE_RETRY", pause)
+    transport = ScriptedTransport()
+    transport.gate = threading.Event()
+    engine = group_engine(tmp_path, transport)
+    spool = t.cast(SqliteSpool, engine.store)
+    real_put, refusals = spool.put, [1]
+
+    def put_once_refused(messages: t.Sequence[tuple[str, str]]) -> int:
+        if refusals:
+            refusals.pop()
+            raise SpoolError(spool.path, "is locked by another process")
+        return real_put(messages)
+
+    spool.put = put_once_refused  # type: ignore[method-assign]  # the fault under test
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        engine.submit([("events", '{"n":1}')])
+        wait_for(lambda: "spool_unavailable" in caplog.text)
+    assert "problem='is locked by another process' kept_in_memory=1" in caplog.text
+    if pause:
+        wait_for(lambda: len(transport.posts) == 0 and engine.overflow.pending() == 1)
+    else:
+        wait_for(lambda: engine.stats["spooled"] == 1)
+    transport.gate.set()
+    wait_for(lambda: engine.stats["sent"] == 1)
+    assert engine.stats["spooled"] == (0 if pause else 1)
+    engine.close(1)
+
+
+def test_group_commit_spooler_survives_an_unexpected_error(
+    tmp_path: t.Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = ScriptedTransport()
+    transport.gate = threading.Event()
+    engine = group_engine(tmp_path, transport)
+    spool = t.cast(SqliteSpool, engine.store)
+    real_put, failures = spool.put, [1]
+
+    def put_with_a_bug(messages: t.Sequence[tuple[str, str]]) -> int:
+        if failures:
+            failures.pop()
+            raise RuntimeError("a bug")
+        return real_put(messages)
+
+    spool.put = put_with_a_bug  # type: ignore[method-assign]  # the fault under test
+    with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
+        engine.submit([("events", "{}")])
+        wait_for(lambda: engine.stats["spooled"] == 1)
+    assert "mixpanel.spooler_error error='RuntimeError: a bug'" in caplog.text
+    assert engine.stats["sender_errors"] == 1
+    transport.gate.set()
+    engine.close(1)
+
+
+def test_group_commit_close_spools_what_is_still_in_memory(
+    tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A window longer than the test: only close() can have written these messages.
+    monkeypatch.setattr(engine_module, "GROUP_WINDOW", 60.0)
+    transport = ScriptedTransport(Outcome("retry", "refused", unreachable=True))
+    engine = group_engine(tmp_path, transport)
+    engine.submit([("events", "{}")] * 3)
+    assert engine.store.pending() == 0
+    assert engine.close(0.5) == 3
+    reopened = SqliteSpool(str(tmp_path / "s.db"), 1000, 10**6)
+    assert reopened.pending() == 3
+    reopened.close()
+
+
+def test_group_commit_wakes_an_idle_spooler_and_reuses_its_thread(tmp_path: t.Any) -> None:
+    transport = ScriptedTransport()
+    spool = SqliteSpool(str(tmp_path / "s.db"), 1000, 10**6)
+    # An hour between idle wake-ups: only a hand-over can wake the spooler in time.
+    engine = make_engine(
+        transport, store=spool, spooled=True, group_commit=True, flush_interval=3600
+    )
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats["spooled"] == 1 and engine._spooler_idle)
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats["spooled"] == 2)
+    wait_for(lambda: engine.stats["sent"] == 2)
+    engine.close(1)
+
+
+def test_the_spooler_has_nothing_to_move_while_the_sender_holds_it(tmp_path: t.Any) -> None:
+    spool = SqliteSpool(str(tmp_path / "s.db"), 1000, 10**6)
+    engine = make_engine(ScriptedTransport(), store=spool, spooled=True, group_commit=True)
+    engine._closed = True  # driven by hand: no threads
+    engine.submit([("events", "{}")])
+    in_flight = engine.overflow.claim("events", engine.overflow.clock(), 10, 10**6)
+    assert in_flight is not None and engine.overflow.pending() == 1
+    assert engine._spool_overflow() == 0
+    engine._stop.set()
+    engine._spool_run()  # stopped: returns at once
+    assert spool.pending() == 0
+
+
+def test_two_full_batches_leave_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "LINGER", 0.0)
+    transport = ScriptedTransport()
+    transport.max_records = 2
+    engine = make_engine(transport)
+    engine._closed = True  # driven by hand
+    engine.submit([("events", f'{{"n":{i}}}') for i in range(9)])
+    while engine.send_due():
+        pass
+    assert engine.stats["sent"] == 9
+    assert sorted(len(bodies) for _, bodies in transport.posts) == [1, 2, 2, 2, 2]
+    assert engine._poster is not None  # made once, used for both pairs
+    engine.close(0)
+
+
+def test_both_batches_of_a_pair_failing_pause_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    transport = ScriptedTransport(*[Outcome("retry", "HTTP 503: busy")] * 2)
+    transport.max_records = 2
+    engine = make_engine(transport, policy=FixedPolicy())
+    engine._closed = True
+    engine.submit([("events", f'{{"n":{i}}}') for i in range(4)])
+    assert engine.send_due()
+    until, failures = engine._pauses["events"]
+    assert failures == 1 and until == pytest.approx(time.monotonic() + 5, abs=1)
+    assert engine.stats["retried"] == 4

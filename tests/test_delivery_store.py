@@ -240,3 +240,44 @@ def test_each_lane_has_its_own_tables_in_one_spool_file(tmp_path: pathlib.Path) 
         SqliteSpool(path, 1, 1, lane="customer io; DROP TABLE messages")
     mixpanel.close()
     customerio.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "spool"])
+def test_next_due_of_some_endpoints_and_hasten(kind: str, tmp_path: pathlib.Path) -> None:
+    store: MemoryStore | SqliteSpool = (
+        MemoryStore(100, 10**6)
+        if kind == "memory"
+        else SqliteSpool(str(tmp_path / "s.db"), 100, 10**6)
+    )
+    store.put([("events", "a"), ("people", "b")])
+    now = store.clock()
+    events = store.claim("events", now, 10, 10**6)
+    assert events is not None
+    store.retry(events, now + 200)
+    assert store.next_due() == 0  # the fresh profile update
+    assert store.next_due(["events"]) == now + 200
+    assert store.next_due(["groups"]) is None
+    # Rows still held until that moment become due now; a stale hold changes nothing.
+    store.hasten("events", events.ids, now + 1)
+    assert store.next_due(["events"]) == now + 200
+    store.hasten("events", events.ids, now + 200)
+    due = store.next_due(["events"])
+    assert due is not None and due <= store.clock()
+    again = store.claim("events", store.clock(), 10, 10**6)
+    assert again is not None and again.bodies == ("a",)
+    store.close()
+
+
+def test_memory_claims_within_the_byte_limit() -> None:
+    store = MemoryStore(100, 10**6)
+    # One message larger than a batch may be: sent alone (the transport says why if refused).
+    store.put([("events", "x" * 50)])
+    big = store.claim("events", store.clock(), 10, 20)
+    assert big is not None and big.bodies == ("x" * 50,)
+    # Retries due are taken first, as many as the byte limit allows.
+    store.put([("events", "a" * 8), ("events", "b" * 8)])
+    batch = store.claim("events", store.clock(), 10, 10**6)
+    assert batch is not None
+    store.retry(batch, store.clock())
+    first = store.claim("events", store.clock(), 10, 15)
+    assert first is not None and first.bodies == ("a" * 8,)

@@ -14,10 +14,11 @@ import requests
 
 from pyramid_mixpanel.customerio import CustomerIOCall, CustomerIOTransport
 from pyramid_mixpanel.delivery import SyncDelivery
-from pyramid_mixpanel.delivery.base import Outcome
+from pyramid_mixpanel.delivery.base import Outcome, Prepared
 from pyramid_mixpanel.delivery.transport import MixpanelTransport
 from pyramid_mixpanel.log import Log
 from pyramid_mixpanel.settings import parse_settings
+from pyramid_mixpanel.track import final_event
 
 from .loopback import CustomerIOStandIn, MixpanelStandIn, free_port
 
@@ -470,3 +471,29 @@ def test_sync_delivery_refuses_endpoints_its_lane_does_not_have(
     assert "mixpanel.unknown_endpoint endpoint='track' messages=1" in caplog.text
     assert delivery.stats.snapshot() == {"sent": 1, "failed": 1}
     assert delivery.close() == 0
+
+
+def test_reachable_says_whether_the_host_takes_connections() -> None:
+    # The engine's probe during an outage: a TCP connection, nothing sent.
+    with MixpanelStandIn() as api, CustomerIOStandIn() as cio:
+        assert MixpanelTransport(api.base_url).reachable()
+        assert CustomerIOTransport("site", "key", url=cio.base_url).reachable()
+        assert not api.requests
+    closed = free_port()
+    assert not MixpanelTransport(f"http://127.0.0.1:{closed}", timeout=(0.5, 1)).reachable()
+    # Without a port, the scheme's: nothing listens on 127.0.0.1:80 or :443 here.
+    assert not MixpanelTransport("http://127.0.0.1", timeout=(0.5, 1)).reachable()
+    assert not MixpanelTransport("https://127.0.0.1", timeout=(0.5, 1)).reachable()
+
+
+def test_events_built_in_their_final_form_are_posted_as_they_are() -> None:
+    now = time.time()
+    event = {"token": "tok", "distinct_id": "u", "time": now, "$insert_id": "b" * 32}
+    body = final_event({"event": "Page Viewed", "properties": event}, now)
+    assert type(body) is Prepared
+    with MixpanelStandIn() as api:
+        # With credentials: posted as is. Without: prepared again, the token from the event.
+        for auth in (("tok", ""), None):
+            transport = MixpanelTransport(api.base_url, import_auth=auth)
+            assert transport.post("events", [body]).sent
+        assert [e["properties"]["time"] for e in api.events()] == [round(now * 1000)]

@@ -109,11 +109,11 @@ def test_a_sender_whose_store_keeps_failing_restarts_and_says_so(
     broken = {"on": True}
 
     class Flaky(MemoryStore):
-        def next_due(self) -> float | None:
+        def next_due(self, endpoints: t.Iterable[str] | None = None) -> float | None:
             # Outside the send step: where a locked or corrupted spool used to kill the sender.
             if broken["on"]:
                 raise sqlite3.OperationalError("database is locked")
-            return super().next_due()
+            return super().next_due(endpoints)
 
     class Quiet:
         name = "mixpanel"

@@ -271,6 +271,11 @@ def test_settings_added_after_the_include_still_count() -> None:
             {"mixpanel.spool_path": "/tmp/x.db", "mixpanel.delivery": "sync"},
             "mixpanel.spool_path needs mixpanel.delivery = background",
         ),
+        ({"mixpanel.spool_commit": "group"}, "it needs mixpanel.spool_path"),
+        (
+            {"mixpanel.spool_path": "/tmp/x.db", "mixpanel.spool_commit": "later"},
+            "mixpanel.spool_commit must be one of request, group, got 'later'",
+        ),
     ],
 )
 def test_delivery_settings_mistakes(settings: dict[str, object], message: str) -> None:

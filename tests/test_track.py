@@ -28,8 +28,11 @@ from pyramid_mixpanel import (
 )
 from pyramid_mixpanel.consumer import MockedConsumer, RequestBuffer
 from pyramid_mixpanel.customerio import CustomerIOCall
+from pyramid_mixpanel.delivery.base import Prepared
+from pyramid_mixpanel.delivery.transport import MixpanelTransport
 from pyramid_mixpanel.runtime import Runtime
 from pyramid_mixpanel.settings import parse_settings
+from pyramid_mixpanel.track import final_event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,14 +549,60 @@ def test_messages_are_the_official_clients_messages() -> None:
                 charge.pop("$time", None)  # ours dates the charge (the official client does not)
         return data
 
+    # Ours are built once in the form the transport posts (integer ms, "ip": "0"): what the
+    # transport makes of the official client's messages.
+    transport = MixpanelTransport("http://127.0.0.1:9")
+
+    def posted(endpoint: str, message: str) -> object:
+        body, reason, _ = transport._prepare(endpoint, message.encode(), int(time.time() * 1000))
+        assert body is not None, reason
+        return comparable(body.decode())
+
     mine = ours.history
     assert [endpoint for endpoint, _ in mine] == [endpoint for endpoint, _ in theirs]
-    assert [comparable(m) for _, m in mine] == [comparable(m) for _, m in theirs]
-    assert json.loads(mine[1][1])["properties"]["time"] == when
+    assert [posted(*m) for m in mine] == [posted(*m) for m in theirs]
+    assert [comparable(m) for _, m in mine[:2]] == [posted(*m) for m in theirs[:2]]
+    assert json.loads(mine[1][1])["properties"]["time"] == when * 1000
     assert len(json.loads(mine[0][1])["properties"]["$insert_id"]) == 32
+    assert all(type(m) is Prepared for _, m in mine[:2])
 
 
 def test_integers_beyond_64_bits_are_still_json() -> None:
     mp = MixpanelTrack({"mixpanel.token": "false"}, distinct_id="u")
     mp.track(Events.page_viewed, {EventProperties.title: 2**70})
     assert mp.mocked_messages[0]["msg"]["properties"]["Title"] == 2**70
+
+
+def test_final_events_are_built_once_and_only_when_every_rule_holds() -> None:
+    now = time.time()
+
+    def event(**properties: object) -> dict[str, t.Any]:
+        base = {"token": "tok", "distinct_id": "u", "time": now, "$insert_id": "a" * 32}
+        return {"event": "Page Viewed", "properties": {**base, **properties}}
+
+    body = final_event(event(), now)
+    assert type(body) is Prepared
+    posted = json.loads(body)["properties"]
+    assert posted["time"] == round(now * 1000) and posted["ip"] == "0"
+    assert json.loads(final_event(event(ip="1.2.3.4"), now))["properties"]["ip"] == "1.2.3.4"
+    # A rule broken: a plain body, which the transport refuses with the reason.
+    for broken in (
+        event(distinct_id="undefined"),
+        event(time=float("nan")),
+        event(time=now + 7200),
+        event(Big="x" * 1_000_000),
+    ):
+        assert type(final_event(broken, now)) is str
+
+
+def test_a_consumer_put_in_by_a_test_gets_the_official_form() -> None:
+    mp = MixpanelTrack({"mixpanel.token": "tok"}, distinct_id="u")
+    got: list[str] = []
+
+    class Recorder:
+        def send(self, endpoint: str, message: str, *args: object) -> None:
+            got.append(message)
+
+    mp.api._consumer = Recorder()
+    mp.track(Events.page_viewed)
+    assert type(got[0]) is str and "ip" not in json.loads(got[0])["properties"]

@@ -19,7 +19,21 @@ if t.TYPE_CHECKING:
     from ..log import Log
     from ..settings import MixpanelSettings
 
-__all__ = ["Delivery", "DeliveryFactory", "Message", "Outcome", "Transport", "batches"]
+__all__ = ["Delivery", "DeliveryFactory", "Message", "Outcome", "Prepared", "Transport", "batches"]
+
+
+class Prepared(str):
+    """A message body already in the form its destination takes, checked when it was built.
+
+    :class:`~pyramid_mixpanel.MixpanelTrack` builds its events this way (integer milliseconds,
+    ``ip``, ``$insert_id``, every documented rule checked once), so the sender posts them as
+    they are instead of parsing, checking and encoding each again. A body that travelled
+    through the spool or a Celery broker comes back a plain string and is prepared again
+    (the same result: preparing is idempotent).
+    """
+
+    __slots__ = ()
+
 
 #: One message of a lane: ``(endpoint, JSON body)``, e.g. ``("events", '{"event": ...}')``.
 Message = tuple[str, str]

@@ -32,6 +32,7 @@ signal hooks are installed when an engine is first used, not when this module is
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import os
 import signal
 import threading
@@ -74,6 +75,19 @@ SUPERVISOR_CAP = 30.0
 # After the store failed a request, the next requests skip it for this long (seconds): one
 # request in this interval pays the spool's lock wait, not every request.
 STORE_RETRY = 1.0
+# Woken by a hand-over, the sender waits this long (seconds) for more before it claims, unless
+# a whole batch is already waiting: otherwise it posts the first few messages of a busy app one
+# request at a time, each post waking it again, and takes the GIL from the app's threads.
+LINGER = 0.05
+# While the destination cannot be reached at all, how often the sender checks whether it takes
+# connections again (seconds), instead of sleeping out a backoff of up to a minute.
+PROBE_INTERVAL = 1.0
+# At most this many batches held back during an outage are made due at once when the destination
+# is back; older ones wait out their own backoff.
+MAX_HELD = 64
+# With ``mixpanel.spool_commit = group``: how long the spooler lets hand-overs gather before it
+# commits them in one transaction (seconds). The most a ``kill -9`` can cost in that mode.
+GROUP_WINDOW = 0.005
 # A problem writing the spool on the request path is logged at most this often (seconds).
 SPOOL_LOG_INTERVAL = 10.0
 
@@ -138,6 +152,7 @@ class BackgroundEngine(Delivery):
         *,
         policy: RetryPolicy | None = None,
         spooled: bool = False,
+        group_commit: bool = False,
         flush_interval: float = 1.0,
         shutdown_timeout: float = 5.0,
     ) -> None:
@@ -147,6 +162,9 @@ class BackgroundEngine(Delivery):
         self.log = log
         self.policy = policy or RetryPolicy()
         self.spooled = spooled
+        #: Hand-overs go to memory and the spooler thread commits them in groups (see
+        #: ``mixpanel.spool_commit``); otherwise each request's messages are committed at once.
+        self.group_commit = group_commit and spooled
         self.flush_interval = flush_interval
         self.shutdown_timeout = shutdown_timeout
         self.stats = Counters(COUNTERS)
@@ -155,6 +173,7 @@ class BackgroundEngine(Delivery):
         self.overflow = MemoryStore(
             getattr(store, "max_messages", 100_000), getattr(store, "max_bytes", 64 << 20)
         )
+        self._stores = (store, self.overflow)
         #: When the sender last completed a cycle (wall clock), and the last error of a cycle.
         self.last_progress: float | None = None
         self.last_error = ""
@@ -216,6 +235,7 @@ class BackgroundEngine(Delivery):
             transport,
             log,
             spooled=bool(settings.spool_path),
+            group_commit=settings.spool_commit == "group",
             flush_interval=settings.flush_interval,
             shutdown_timeout=settings.shutdown_timeout,
         )
@@ -231,6 +251,24 @@ class BackgroundEngine(Delivery):
         self._pauses: dict[str, tuple[float, int]] = {}
         self._failing_since: float | None = None
         self._last_failure_log = 0.0
+        # The sender waits for work: the next hand-over must wake it (otherwise none does, so a
+        # busy app does not pay for waking a sender that is already at work).
+        self._idle = False
+        # Messages handed over since the sender last claimed, and the signal that a whole batch
+        # waits (ends a linger early).
+        self._handed = 0
+        self._full = threading.Event()
+        # While the destination was unreachable: when to check it again, and the batches held
+        # back for it (store, endpoint, row ids, held until), due again as soon as it is back.
+        self._unreachable = False
+        self._next_probe = 0.0
+        self._held: list[tuple[Store, str, tuple[int, ...], float]] = []
+        # The thread that posts a second full batch beside the sender's (see _post_and_settle).
+        self._poster: concurrent.futures.ThreadPoolExecutor | None = None
+        # The spooler of group commits, and whether it waits for hand-overs.
+        self._spooler: threading.Thread | None = None
+        self._spool_wake = threading.Event()
+        self._spooler_idle = False
 
     # -- the request side -------------------------------------------------------------------
 
@@ -242,6 +280,34 @@ class BackgroundEngine(Delivery):
         """
         if not messages:
             return 0
+        if self.group_commit:
+            # Committed by the spooler within GROUP_WINDOW, with what other requests handed over.
+            refused = self.overflow.put(messages)
+            accepted = len(messages) - refused
+            if self._spooler_idle:
+                self._spooler_idle = False
+                self._spool_wake.set()
+        else:
+            refused, accepted = self._store_put(messages)
+        self.stats.add("queued", accepted)
+        if refused:
+            self.stats.add("dropped", refused)
+            self.log.error(
+                self._event + "queue_full_dropped",
+                messages=refused,
+                detail="the queue cap (mixpanel.queue_max_messages / _bytes) is reached",
+            )
+        self._handed += accepted
+        self._ensure_sender()
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+        elif self._handed >= self.transport.max_records:
+            self._full.set()
+        return refused
+
+    def _store_put(self, messages: t.Sequence[Message]) -> tuple[int, int]:
+        """Into the store now, else into the overflow; ``(refused, accepted)``."""
         try:
             if time.monotonic() < self._store_retry_at:
                 # The store just failed: do not make every request wait to learn it again.
@@ -259,17 +325,7 @@ class BackgroundEngine(Delivery):
             accepted = len(messages) - refused
             self.stats.add("overflowed", accepted)
             self._spool_trouble(exc, accepted)
-        self.stats.add("queued", accepted)
-        if refused:
-            self.stats.add("dropped", refused)
-            self.log.error(
-                self._event + "queue_full_dropped",
-                messages=refused,
-                detail="the queue cap (mixpanel.queue_max_messages / _bytes) is reached",
-            )
-        self._ensure_sender()
-        self._wake.set()
-        return refused
+        return refused, accepted
 
     def _spool_trouble(self, exc: Exception, kept: int) -> None:
         now = time.monotonic()
@@ -297,6 +353,13 @@ class BackgroundEngine(Delivery):
                 target=self._run, name=f"pyramid_mixpanel-{self.transport.name}", daemon=True
             )
             self._thread.start()
+            if self.group_commit:
+                self._spooler = threading.Thread(
+                    target=self._spool_run,
+                    name=f"pyramid_mixpanel-{self.transport.name}-spooler",
+                    daemon=True,
+                )
+                self._spooler.start()
 
     def start(self) -> None:
         """Start the sender now, e.g. to send what a spool holds from an earlier run."""
@@ -328,15 +391,23 @@ class BackgroundEngine(Delivery):
     def _run(self) -> None:
         failures = 0
         next_check = 0.0
+        if self._handed:  # started by a hand-over: the first batch too gathers what follows
+            self._linger()
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + CHECK_INTERVAL
                     self._check_store()
-                self._spool_overflow()
+                if not self.group_commit:  # the spooler's job in that mode
+                    self._spool_overflow()
+                self._probe()
                 worked = self.send_due()
                 self.last_progress = time.time()
                 failures = 0
+                # Idle from here: a hand-over wakes the sender — unless every endpoint is
+                # paused, when it would only find nothing to send. Set before the store is
+                # asked what is due, so a hand-over is either seen there or wakes the wait.
+                self._idle = not worked and not self._all_paused()
                 wait = 0.0 if worked else self._idle_wait()
             except Exception as exc:  # a bug or a broken spool must not kill delivery for good
                 failures += 1
@@ -350,8 +421,11 @@ class BackgroundEngine(Delivery):
                     restart_in=round(wait, 2),
                 )
             if wait > 0:
-                self._wake.wait(wait)
+                woken = self._wake.wait(wait)
                 self._wake.clear()
+                self._idle = False
+                if woken and not self._closed:
+                    self._linger()
 
     def _check_store(self) -> None:
         """A spool file replaced or deleted under us is said, and what it held carried over."""
@@ -364,56 +438,188 @@ class BackgroundEngine(Delivery):
             )
         self.store.beat(self.last_progress or time.time(), self.last_error)
 
-    def _spool_overflow(self) -> None:
-        """Move what waited in memory into the spool, now that it may take it again."""
+    def _spool_overflow(self) -> int:
+        """Move what waits in memory into the spool, in one transaction; return how many."""
         if not self.overflow.pending() or self.store is self.overflow:
-            return
-        for endpoint in self.transport.endpoints:
-            batch = self.overflow.claim(endpoint, self.overflow.clock(), 10_000, 1 << 40)
-            if batch is None:
-                continue
-            try:
-                refused = self.store.put([(endpoint, body) for body in batch.bodies])
-            except SpoolError:
-                self.overflow.retry(batch, self.overflow.clock())  # still not: sent from memory
-                return
+            return 0
+        clock = self.overflow.clock()
+        batches = [
+            batch
+            for endpoint in self.transport.endpoints
+            if (batch := self.overflow.claim(endpoint, clock, 10_000, 1 << 40)) is not None
+        ]
+        if not batches:
+            return 0
+        try:
+            refused = self.store.put(
+                [(batch.endpoint, body) for batch in batches for body in batch.bodies]
+            )
+        except Exception as exc:
+            for batch in batches:  # still not: they wait in memory (and may be sent from there)
+                self.overflow.retry(batch, clock)
+            if not isinstance(exc, SpoolError):
+                raise  # a bug: the supervisor logs it; the messages are back in memory
+            self._store_retry_at = time.monotonic() + STORE_RETRY
+            self._spool_trouble(exc, sum(len(batch.ids) for batch in batches))
+            return 0
+        moved = 0
+        for batch in batches:
             self.overflow.ack(batch)
-            self._store_retry_at = 0.0  # the spool takes messages again: so may requests
-            self.stats.add("spooled", len(batch.ids) - refused)
-            if refused:
-                self.stats.add("dropped", refused)
-                self.log.error(self._event + "queue_full_dropped", messages=refused)
+            moved += len(batch.ids)
+        self._store_retry_at = 0.0  # the spool takes messages again: so may requests
+        self.stats.add("spooled", moved - refused)
+        if refused:
+            self.stats.add("dropped", refused)
+            self.log.error(self._event + "queue_full_dropped", messages=refused)
+        return moved
+
+    def _spool_run(self) -> None:
+        """The spooler of ``mixpanel.spool_commit = group``: commits hand-overs in groups."""
+        failures = 0
+        while not self._stop.is_set():
+            # Idle from here: set before the overflow is looked at, so a hand-over is either
+            # seen there or wakes the wait.
+            self._spooler_idle = True
+            due, now = self.overflow.next_due(), self.overflow.clock()
+            if due is None or due > now:  # (what the sender took from memory is not due)
+                wait = self.flush_interval if due is None else min(self.flush_interval, due - now)
+                self._spool_wake.wait(wait)
+                self._spool_wake.clear()
+            self._spooler_idle = False
+            # What other requests hand over meanwhile joins this commit; a spool that just
+            # failed is given STORE_RETRY before the next attempt.
+            pause = max(GROUP_WINDOW, self._store_retry_at - time.monotonic())
+            if self._stop.wait(pause):
+                return  # close() spools what is left
+            try:
+                moved = self._spool_overflow()
+                failures = 0
+            except Exception as exc:  # a broken spool must not stop the spooler for good
+                failures += 1
+                self.stats.add("sender_errors")
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.log.error(self._event + "spooler_error", error=self.last_error)
+                self._stop.wait(min(SUPERVISOR_CAP, 0.1 * 2.0 ** min(failures, 16)))
+                continue
+            if moved and self._idle:
+                self._idle = False
+                self._wake.set()
+
+    def _linger(self) -> None:
+        """Woken by a hand-over: let a busy app's next ones join the batch (see ``LINGER``)."""
+        if self._handed < self.transport.max_records:
+            self._full.wait(LINGER)
+        self._full.clear()
+
+    def _paused(self, now: float) -> list[str]:
+        return [e for e, (until, _) in self._pauses.items() if until > now]
+
+    def _all_paused(self) -> bool:
+        return len(self._paused(time.monotonic())) == len(self.transport.endpoints)
 
     def _idle_wait(self) -> float:
-        waits = [self.flush_interval]
-        for store in (self.store, self.overflow):
-            due = store.next_due()
-            if due is not None:
-                waits.append(max(0.0, due - store.clock()))
+        """How long the sender may sleep.
+
+        Until the next retry or pause is due (only endpoints that may send count), the next
+        probe of an unreachable destination, or ``flush_interval``.
+        """
         now = time.monotonic()
+        paused = self._paused(now)
+        active = [e for e in self.transport.endpoints if e not in paused]
+        waits = [self.flush_interval]
+        if active:
+            for store in (self.store, self.overflow):
+                due = store.next_due(active)
+                if due is not None:
+                    waits.append(max(0.0, due - store.clock()))
         waits.extend(until - now for until, _ in self._pauses.values() if until > now)
+        if self._unreachable and paused and hasattr(self.transport, "reachable"):
+            waits.append(self._next_probe - now)
         return max(0.01, min(waits))
+
+    def _probe(self) -> None:
+        """Check whether an unreachable destination takes connections again.
+
+        Every ``PROBE_INTERVAL`` while it could not be reached: if it does, the pauses end and
+        what was held back is due now.
+
+        Only for a destination that did not answer at all (connection refused, no route,
+        timeout) and a transport that can check (``reachable()``): a 429 or 5xx answer is
+        always waited out, as Mixpanel asks. The failure counts stay, so a post that fails
+        again backs off from where it was.
+        """
+        if not self._unreachable or not self._pauses:
+            return
+        now = time.monotonic()
+        if now < self._next_probe:
+            return
+        self._next_probe = now + PROBE_INTERVAL
+        reachable = getattr(self.transport, "reachable", None)
+        if reachable is None or not reachable():
+            return
+        self._unreachable = False
+        self._pauses = {e: (0.0, failures) for e, (_, failures) in self._pauses.items()}
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """The destination is back: batches held back for it are due now."""
+        held, self._held = self._held, []
+        for store, endpoint, ids, until in held:
+            store.hasten(endpoint, ids, until)
 
     def send_due(self) -> bool:
         """Send one due batch per endpoint that is not paused; return whether any was sent."""
         worked = False
         transport = self.transport
+        self._handed = 0
+        spool_trouble = time.monotonic() < self._store_retry_at
+        stores = (self.store,) if self.group_commit and not spool_trouble else self._stores
         for endpoint in transport.endpoints:
             paused_until, _ = self._pauses.get(endpoint, (0.0, 0))
             if paused_until > time.monotonic():
                 continue
             # The spool first; what waits in memory because the spool could not take it is
-            # sent from there rather than held back for as long as the spool is in trouble.
-            for store in (self.store, self.overflow):
+            # sent from there rather than held back for as long as the spool is in trouble
+            # (with group commits, memory is where every hand-over waits for the spooler: it
+            # is sent from there only while the spool is in trouble).
+            for store in stores:
                 batch = store.claim(
                     endpoint, store.clock(), transport.max_records, transport.max_bytes
                 )
                 if batch is not None:
                     worked = True
-                    self._settle(store, batch, transport.post(endpoint, batch.bodies))
+                    self._post_and_settle(store, batch)
                     break
         self._maybe_log_failures()
         return worked
+
+    def _post_and_settle(self, store: Store, batch: Batch) -> None:
+        """Post a batch; when it is full and more wait, post the next one beside it.
+
+        Two posts at once: while one waits for the network, the other is encoded and
+        compressed, so a backlog drains at the pace of the destination, not of this process's
+        CPU and the round trip in turn.
+        """
+        transport = self.transport
+        second = None
+        if len(batch.ids) == transport.max_records:
+            second = store.claim(
+                batch.endpoint, store.clock(), transport.max_records, transport.max_bytes
+            )
+        if second is None:
+            self._settle(store, batch, transport.post(batch.endpoint, batch.bodies))
+            return
+        if self._poster is None:
+            self._poster = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix=f"pyramid_mixpanel-{transport.name}-poster"
+            )
+        beside = self._poster.submit(transport.post, second.endpoint, second.bodies)
+        try:
+            first = transport.post(batch.endpoint, batch.bodies)
+        finally:
+            outcome = beside.result()  # a post never raises for the network, nor waits forever
+        self._settle(store, batch, first)
+        self._settle(store, second, outcome)
 
     def _settle(self, store: Store, batch: Batch, outcome: Outcome) -> None:
         if outcome.sent:
@@ -422,6 +628,8 @@ class BackgroundEngine(Delivery):
             self._pauses.pop(batch.endpoint, None)
             if not self._pauses:
                 self._failing_since = None
+            if self._held:
+                self._release_held()
             return
         arrived, retry, dead = outcome.partition(len(batch.ids))
         if dead:
@@ -452,12 +660,23 @@ class BackgroundEngine(Delivery):
             self._retry(store, again, outcome)
 
     def _retry(self, store: Store, batch: Batch, outcome: Outcome) -> None:
-        _, failures = self._pauses.get(batch.endpoint, (0.0, 0))
-        delay = self.policy.delay(max(batch.attempts, failures) + 1, outcome.retry_after)
-        store.retry(batch, store.clock() + delay)
+        paused_until, failures = self._pauses.get(batch.endpoint, (0.0, 0))
+        if paused_until > time.monotonic():
+            # The batch posted beside it failed first: this one waits as long (no doubling).
+            failures -= 1
+            delay = paused_until - time.monotonic()
+        else:
+            delay = self.policy.delay(max(batch.attempts, failures) + 1, outcome.retry_after)
+        not_before = store.clock() + delay
+        store.retry(batch, not_before)
         self.stats.add("retried", len(batch.ids))
         paused = self.transport.endpoints if outcome.unreachable else (batch.endpoint,)
         until = time.monotonic() + delay
+        self._unreachable = outcome.unreachable
+        if outcome.unreachable:
+            self._next_probe = time.monotonic() + PROBE_INTERVAL
+            if len(self._held) < MAX_HELD:
+                self._held.append((store, batch.endpoint, batch.ids, not_before))
         for endpoint in paused:
             self._pauses[endpoint] = (until, failures + 1)
         self._failing_since = self._failing_since or time.monotonic()
@@ -503,14 +722,19 @@ class BackgroundEngine(Delivery):
                 time.sleep(0.02)  # a drain's pace, not a test waiting for something
             self._stop.set()
             self._wake.set()
+            self._full.set()
+            self._spool_wake.set()
             thread.join(max(0.0, deadline - time.monotonic()))
+            if self._spooler is not None:
+                self._spooler.join(max(0.1, deadline - time.monotonic()))
         if thread is None:
             # This process never sent anything: what a shared spool holds is not its to report.
             self.store.close()
             self.transport.close()
             return 0
-        if self.spooled and self.overflow.pending() and not thread.is_alive():
-            # A last chance for what waited in memory: into the spool, not lost with us.
+        if self.spooled and self.overflow.pending():
+            # A last chance for what waited in memory: into the spool, not lost with us (the
+            # overflow hands each message to one taker: a sender still posting is no harm).
             try:
                 self._spool_overflow()
             except Exception as exc:  # the spool is still unusable: they are counted as lost
@@ -530,6 +754,8 @@ class BackgroundEngine(Delivery):
         if not thread.is_alive():
             self.store.close()
             self.transport.close()
+            if self._poster is not None:
+                self._poster.shutdown(wait=False)
         return left
 
     def _drainable(self, deadline: float) -> bool:

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import socket
 import time
 import typing as t
+import urllib.parse
 from dataclasses import dataclass, field
 
 import orjson
@@ -43,13 +45,13 @@ import requests
 from .. import rules
 from ..log import redact
 from . import deadline
-from .base import Outcome
+from .base import Outcome, Prepared
 from .policy import is_retryable, parse_retry_after
 
 if t.TYPE_CHECKING:
     from ..settings import MixpanelSettings
 
-__all__ = ["ENDPOINTS", "GZIP_ENDPOINTS", "PATHS", "MixpanelTransport"]
+__all__ = ["ENDPOINTS", "GZIP_ENDPOINTS", "PATHS", "MixpanelTransport", "accepts_connections"]
 
 #: The client library's endpoint names and where they are posted.
 PATHS = {"events": "/import", "people": "/engage", "groups": "/groups", "imports": "/import"}
@@ -197,6 +199,11 @@ class MixpanelTransport:
         groups: dict[tuple[str, str] | None, list[tuple[int, bytes]]] = {}
         now_ms = int(self.clock() * 1000)
         auth = self.import_auth if endpoint in EVENT_ENDPOINTS else None
+        if auth is not None and all(type(body) is Prepared for body in bodies):
+            # The busy path: events MixpanelTrack built in their final form, posted as they are.
+            items = [(i, t.cast(str, body).encode()) for i, body in enumerate(bodies)]
+            self._send(endpoint, items, auth, result)
+            return result.outcome(len(bodies))
         for position, body in enumerate(t.cast("t.Sequence[str | bytes]", bodies)):
             raw = body.encode() if isinstance(body, str) else body
             token = None
@@ -281,6 +288,10 @@ class MixpanelTransport:
                 return Outcome("retry", error, unreachable=True), False
         return self._classify(response, len(bodies)), response.status_code == 413
 
+    def reachable(self) -> bool:
+        """Whether the host takes connections again (the engine's probe during an outage)."""
+        return accepts_connections(self.base, self.timeout[0])
+
     def close(self) -> None:
         """Close the keep-alive connections."""
         self.session.close()
@@ -363,6 +374,21 @@ class MixpanelTransport:
 
     def _clean(self, text: str) -> str:
         return redact(text[:500], self.secrets)
+
+
+def accepts_connections(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the host of ``url`` can be opened within ``timeout``.
+
+    Cheaper and politer than a post: nothing is sent. Behind a proxy the host may stay
+    unreachable directly; the engine then waits out its backoff as it would without a probe.
+    """
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _accepted(answer: object) -> bool:

@@ -108,8 +108,18 @@ class Store(t.Protocol):
         ``error``. Returns how many could not be kept for lack of room (counted as dropped).
         """
 
-    def next_due(self) -> float | None:
-        """When the earliest waiting message becomes due (``None`` when empty)."""
+    def next_due(self, endpoints: t.Iterable[str] | None = None) -> float | None:
+        """When the earliest waiting message (of ``endpoints``, or any) becomes due.
+
+        ``None`` when there is none.
+        """
+
+    def hasten(self, endpoint: str, ids: t.Sequence[int], held_until: float) -> None:
+        """Make the rows ``ids`` of ``endpoint`` due now, if still held until ``held_until``.
+
+        ``held_until`` is what :meth:`retry` was given: rows another sender took meanwhile
+        stay as they are.
+        """
 
     def pending(self) -> int:
         """How many messages wait for delivery."""

@@ -85,6 +85,7 @@ STATEMENTS = {
     "lease": "UPDATE {p}messages SET due = ? WHERE id = ?",
     "delete": "DELETE FROM {p}messages WHERE id = ?",
     "retry": "UPDATE {p}messages SET due = ?, attempts = attempts + 1 WHERE id = ?",
+    "hasten": "UPDATE {p}messages SET due = ? WHERE id = ? AND due = ?",
     "bury": (
         "INSERT OR REPLACE INTO {p}dead (id, endpoint, body, error, failed_at, attempts)"
         " VALUES (?, ?, ?, ?, ?, ?)"
@@ -194,6 +195,10 @@ class SqliteSpool:
         try:
             opened.append(self._connect(5.0))
             opened.append(self._connect(self.put_wait))
+            # A checkpoint (copying the WAL into the file, with an fsync) runs in the connection
+            # whose commit fills the WAL: never a request's. The sender's connection keeps
+            # SQLite's automatic checkpoints, and the sender commits at least every two seconds.
+            opened[1].execute("PRAGMA wal_autocheckpoint=0")
             db = opened[0]
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             if not {f"{self._p}messages", f"{self._p}senders"} <= tables:
@@ -305,6 +310,16 @@ class SqliteSpool:
         with self._write() as db:
             db.executemany(self._sql["retry"], [(not_before, i) for i in batch.ids])
 
+    def hasten(self, endpoint: str, ids: t.Sequence[int], held_until: float) -> None:
+        """Held-back rows ``ids`` become due now.
+
+        Unless another sender leased them meanwhile: their ``due`` is then that lease, not
+        ``held_until``.
+        """
+        now = self.clock()
+        with self._write() as db:
+            db.executemany(self._sql["hasten"], [(now, i, held_until) for i in ids])
+
     def bury(
         self,
         batch: Batch,
@@ -327,13 +342,13 @@ class SqliteSpool:
             db.executemany(self._sql["delete"], [(i,) for i in batch.ids])
         return 0
 
-    def next_due(self) -> float | None:
+    def next_due(self, endpoints: t.Iterable[str] | None = None) -> float | None:
         """Earliest moment a waiting row may be claimed (now for rows a clock step left ahead)."""
         now = self.clock()
         with self._read() as db:
             ranges = [
                 db.execute(self._sql["next_due"], (endpoint,)).fetchone()
-                for endpoint in self.endpoints
+                for endpoint in (self.endpoints if endpoints is None else endpoints)
             ]
         dues = []
         for earliest, latest in ranges:
