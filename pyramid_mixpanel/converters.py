@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import re
 import typing as t
 import zoneinfo
@@ -44,6 +45,7 @@ __all__ = [
     "as_positive_float",
     "as_secret",
     "as_timezone",
+    "from_environment",
     "one_of",
     "parse_table",
     "positive_int",
@@ -339,6 +341,34 @@ class Setting:
     fallback: str | None = None
 
 
+#: ``env:NAME``: the value of the environment variable ``NAME`` (a shell-style name).
+ENV_REFERENCE = re.compile(r"env:([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def from_environment(key: str, raw: object) -> object:
+    """``raw``, or the environment variable it names as ``env:NAME``.
+
+    Lets an ``.ini`` keep secrets out of the file (``mixpanel.token = env:MIXPANEL_TOKEN``).
+    An unset variable is an error naming the setting and the variable, never a value.
+    """
+    if not isinstance(raw, str) or not raw.strip().startswith("env:"):
+        return raw
+    reference = raw.strip()
+    match = ENV_REFERENCE.fullmatch(reference)
+    if match is None:
+        raise MixpanelConfigurationError(
+            f"{key} = {reference[:60]!r}: env: must be followed by a variable name"
+            " (letters, digits and _)"
+        )
+    name = match.group(1)
+    value = os.environ.get(name)
+    if value is None:
+        raise MixpanelConfigurationError(
+            f"{key} = env:{name}: the environment variable {name} is not set"
+        )
+    return value
+
+
 def parse_table(
     settings: t.Mapping[str, object],
     table: t.Iterable[Setting],
@@ -364,7 +394,7 @@ def parse_table(
             key, raw = row.fallback, settings.get(row.fallback)
         if raw is None:
             continue
-        value = row.convert(key, raw)
+        value = row.convert(key, from_environment(key, raw))
         if value is not None:
             values[row.field] = value
     for key in settings:

@@ -14,7 +14,7 @@ import typing as t
 import weakref
 
 from .catalog import Property, Section, closest, normalise
-from .converters import redact_url
+from .converters import from_environment, redact_url
 from .counters import Counters
 from .customerio import CustomerIOTransport
 from .delivery import Delivery, build_delivery
@@ -218,6 +218,39 @@ class Runtime:
         """
         return sum(delivery.close(timeout) for delivery in self.lanes.values())
 
+    def setup(self) -> dict[str, str]:
+        """What runs, for the startup line and ``pmixpanel status``.
+
+        The mode (and in testing mode why), the delivery, where messages wait, the host and
+        region, the release policy and whether Customer.io is replicated to.
+        """
+        settings = self.settings
+        if settings.testing:
+            raw = from_environment("mixpanel.token", (self.source or {}).get("mixpanel.token"))
+            shown = raw.strip() if isinstance(raw, str) else raw
+            reason = (
+                "mixpanel.token is not set"
+                if shown is None
+                else f"mixpanel.token = {str(shown).lower() or '(empty)'}"
+            )
+            return {"mode": "testing", "reason": reason, "release_policy": settings.release_policy}
+        described = {"mode": "live", "delivery": settings.delivery}
+        if settings.consumer is not None:
+            described["delivery"] = f"sync, through {settings.consumer.__name__}"
+        elif settings.delivery in ("background", "celery"):
+            described["queue"] = (
+                f"spool {settings.spool_path} (commit: {settings.spool_commit})"
+                if settings.spool_path
+                else "memory"
+            )
+        described.update(
+            api_host=redact_url(settings.api_host),
+            region=settings.region,
+            release_policy=settings.release_policy,
+            customerio="on" if settings.customerio_enabled else "off",
+        )
+        return described
+
     def log_configured(self) -> None:
         """Log how tracking is set up: the original package's lines, then any advice.
 
@@ -255,6 +288,9 @@ class Runtime:
         if settings.id_merge != "simplified":
             fields["id_merge"] = settings.id_merge
         self.log.say("info", "Mixpanel configured", **fields)
+        # The original's line is kept as it was (apps' tests compare it); this one says what
+        # actually runs.
+        self.log.info("mixpanel.setup", **self.setup())
         if settings.testing:
             self.log.say("warning", "Mixpanel is in testing mode, no message will be sent!")
         if settings.api_secret and not settings.has_service_account:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import typing as t
 from dataclasses import dataclass, field, fields
 
+from ._extras import require
 from .catalog import (
     Catalog,
     EventProperties,
@@ -412,7 +413,7 @@ def parse_settings(settings: t.Mapping[str, object]) -> MixpanelSettings:
             " .region are not"
         )
     if values.get("customerio_site_id"):
-        _require_customerio()
+        require("customerio", "customerio", "customerio.tracking.*")
     if "device_cookie" in values and "cookie_secret" not in values:
         # An unsigned device id could be set to any value, another visitor's included.
         raise MixpanelConfigurationError(
@@ -478,13 +479,3 @@ def _all_or_none(values: dict[str, object], group: dict[str, str]) -> None:
         raise MixpanelConfigurationError(
             f"{', '.join(missing)} must be set together with {', '.join(present)}"
         )
-
-
-def _require_customerio() -> None:
-    try:
-        import customerio  # noqa: F401
-    except ImportError:
-        raise MixpanelConfigurationError(
-            "customerio.tracking.* is set but the customerio package is not installed:"
-            " pip install 'pyramid_mixpanel[customerio]'"
-        ) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import pathlib
 import sqlite3
 import subprocess
@@ -116,6 +117,17 @@ def test_replay_sends_everything_with_progress(
     assert len(api.events()) == 2500  # through /import, as every event
 
 
+def test_replay_without_tqdm_prints_the_summary_alone(
+    tmp_path: pathlib.Path, api: MixpanelStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = write_ini(tmp_path, api)
+    fill_spool(tmp_path, 3)
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as without the import/metrics extras
+    code, out, _ = run(["replay", ini, "--timeout", "20"])
+    assert code == 0, out
+    assert out.splitlines() == ["mixpanel: sent 3, retried 0, dead 0, left 0"]
+
+
 def test_replay_gives_up_at_the_timeout(tmp_path: pathlib.Path, api: MixpanelStandIn) -> None:
     api.set_mode("down")
     ini = write_ini(tmp_path, api)
@@ -155,6 +167,80 @@ def test_testing_mode_and_sync_delivery_are_refused(
     code, out, _ = run(["status", write_ini(tmp_path, api, delivery="sync")])
     assert code == 1
     assert "mixpanel.delivery is 'sync'" in out
+
+
+def test_status_as_json_for_scripts(tmp_path: pathlib.Path, api: MixpanelStandIn) -> None:
+    api.set_mode("down")
+    ini = write_ini(tmp_path, api)
+    spool = fill_spool(tmp_path, 3)
+    now = time.time()
+    with sqlite3.connect(spool.path) as db:
+        db.execute("INSERT INTO senders VALUES (?, ?, ?, ?, ?)", ("web-1", 4242, now - 30, "", now))
+    code, out, _ = run(["status", ini, "--json"])
+    assert code == 0
+    status = json.loads(out)
+    assert status["setup"] == {
+        "mode": "live",
+        "delivery": "background",
+        "queue": f"spool {spool.path} (commit: request)",
+        "api_host": api.base_url,
+        "region": "us",
+        "release_policy": "commit",
+        "customerio": "off",
+    }
+    lane = status["lanes"]["mixpanel"]
+    assert lane["store"] == spool.path and lane["pending"] == 3 and lane["dead_letters"] == 0
+    assert lane["next_attempt_in"] == 0
+    assert [s["host"] for s in lane["senders"]] == ["web-1"]
+    assert lane["senders"][0]["progress_seconds_ago"] == pytest.approx(30, abs=5)
+
+
+def test_status_as_json_of_a_retry_an_empty_spool_and_sync_delivery(
+    tmp_path: pathlib.Path, api: MixpanelStandIn
+) -> None:
+    ini = write_ini(tmp_path, api)
+    spool = fill_spool(tmp_path, 1)
+    batch = spool.claim("events", spool.clock(), 10, 10**6)
+    assert batch is not None
+    spool.retry(batch, spool.clock() + 60)
+    code, out, _ = run(["status", ini, "--json"])
+    assert json.loads(out)["lanes"]["mixpanel"]["next_attempt_in"] == pytest.approx(60, abs=5)
+    spool.ack(batch)
+    code, out, _ = run(["status", ini, "--json"])
+    assert json.loads(out)["lanes"]["mixpanel"]["next_attempt_in"] == 0
+    code, out, _ = run(["status", write_ini(tmp_path, api, delivery="sync"), "--json"])
+    assert code == 1
+    assert json.loads(out)["lanes"] == {}
+
+
+def test_the_token_from_the_environment_in_the_ini(
+    tmp_path: pathlib.Path, api: MixpanelStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README "Secrets from the environment".
+    ini = write_ini(tmp_path, api, token="env:PMIXPANEL_TEST_TOKEN")
+    monkeypatch.setenv("PMIXPANEL_TEST_TOKEN", "tok-from-the-environment")
+    code, out, runtime = run(["status", ini, "--json"])
+    assert code == 0 and json.loads(out)["setup"]["mode"] == "live"
+    assert runtime is not None and runtime.settings.token == "tok-from-the-environment"
+    assert "tok-from-the-environment" not in out
+    monkeypatch.setenv("PMIXPANEL_TEST_TOKEN", "false")
+    code, out, _ = run(["status", ini, "--json"])
+    assert json.loads(out)["setup"]["reason"] == "mixpanel.token = false"
+
+
+def test_status_as_json_in_testing_mode_says_why(
+    tmp_path: pathlib.Path, api: MixpanelStandIn
+) -> None:
+    code, out, _ = run(["status", write_ini(tmp_path, api, token="false"), "--json"])
+    assert code == 1
+    assert json.loads(out) == {
+        "setup": {
+            "mode": "testing",
+            "reason": "mixpanel.token = false",
+            "release_policy": "commit",
+        },
+        "lanes": {},
+    }
 
 
 def test_status_shows_a_pending_retry(tmp_path: pathlib.Path, api: MixpanelStandIn) -> None:

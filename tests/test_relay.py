@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 import time
 import typing as t
 from dataclasses import dataclass
@@ -708,3 +709,15 @@ def test_a_path_pattern_that_would_capture_app_routes_is_refused() -> None:
     # Parsed in a configuration action: Pyramid wraps the error, whose text names the key.
     with pytest.raises(ConfigurationError, match="mixpanel.relay.path must be a plain URL"):
         make_app(path="/{anything}")
+
+
+def test_the_relay_without_ua_parser_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ua_parser", None)  # as if not installed
+    device_properties.cache_clear()
+    with pytest.raises(ConfigurationError, match=r"pip install 'pyramid_mixpanel\[relay\]'"):
+        make_app()
+    with pytest.raises(MixpanelConfigurationError, match="needs the ua_parser package"):
+        device_properties(CHROME + " (uncached)")
+    # Without user-agent parsing the relay needs no ua-parser.
+    post(make_app(parse_user_agent="false"), {"event": "Page Viewed"}, status=200)
+    device_properties.cache_clear()

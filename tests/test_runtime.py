@@ -132,14 +132,45 @@ def test_includeme_stores_the_runtime_and_logs_one_configured_line(
 
 
 def test_testing_mode_is_announced(caplog: pytest.LogCaptureFixture) -> None:
+    source = {"mixpanel.token": "false"}
     with caplog.at_level(logging.INFO, logger="pyramid_mixpanel"):
-        Runtime(parse_settings({"mixpanel.token": "false"})).log_configured()
+        Runtime(parse_settings(source), source=source).log_configured()
     assert [r.getMessage() for r in caplog.records] == [
         "Mixpanel configured consumer=MockedConsumer, events=Events,"
         " event_properties=EventProperties, profile_properties=ProfileProperties,"
         " profile_meta_properties=ProfileMetaProperties, customerio=False",
+        "mixpanel.setup mode='testing' reason='mixpanel.token = false' release_policy='commit'",
         "Mixpanel is in testing mode, no message will be sent!",
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ({}, {"mode": "testing", "reason": "mixpanel.token is not set"}),
+        ({"mixpanel.token": " Off "}, {"mode": "testing", "reason": "mixpanel.token = off"}),
+        ({"mixpanel.token": ""}, {"mode": "testing", "reason": "mixpanel.token = (empty)"}),
+        ({"mixpanel.token": False}, {"mode": "testing", "reason": "mixpanel.token = false"}),
+        (
+            {"mixpanel.token": "project-token", "mixpanel.delivery": "sync"},
+            {"mode": "live", "delivery": "sync", "region": "us", "customerio": "off"},
+        ),
+        (
+            {"mixpanel.token": "project-token", "mixpanel.consumer": "mixpanel.Consumer"},
+            {"mode": "live", "delivery": "sync, through Consumer"},
+        ),
+        (
+            {"mixpanel.token": "project-token", "mixpanel.region": "eu"},
+            {"queue": "memory", "api_host": "https://api-eu.mixpanel.com", "region": "eu"},
+        ),
+    ],
+)
+def test_the_startup_line_says_what_runs(
+    source: dict[str, object], expected: dict[str, str]
+) -> None:
+    described = Runtime(parse_settings(source), source=source).setup()
+    assert {key: described[key] for key in expected} == expected
+    assert "project-token" not in str(described)
 
 
 def test_a_consumer_setting_gives_the_consumer_delivery() -> None:

@@ -337,3 +337,41 @@ def test_arbitrary_values_are_parsed_or_refused_by_name(values: dict[str, object
 )
 def test_redact_url(url: str, redacted: str) -> None:
     assert redact_url(url) == redacted
+
+
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIXPANEL_TOKEN", "tok-from-env")
+    monkeypatch.setenv("MIXPANEL_SPOOL", "/tmp/from-env.db")
+    settings = parse_settings(
+        {"mixpanel.token": "env:MIXPANEL_TOKEN", "mixpanel.spool_path": " env:MIXPANEL_SPOOL "}
+    )
+    assert settings.token == "tok-from-env"
+    assert settings.spool_path == "/tmp/from-env.db"
+    # A variable that says "false" is testing mode, as the same word in the file would be.
+    monkeypatch.setenv("MIXPANEL_TOKEN", "false")
+    assert parse_settings({"mixpanel.token": "env:MIXPANEL_TOKEN"}).testing
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("env:NOT_THERE_AT_ALL", "mixpanel.token = env:NOT_THERE_AT_ALL: the environment"),
+        ("env:", "env: must be followed by a variable name"),
+        ("env:1BAD-NAME", "env: must be followed by a variable name"),
+    ],
+)
+def test_environment_references_that_cannot_be_used(
+    raw: str, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NOT_THERE_AT_ALL", raising=False)
+    with pytest.raises(MixpanelConfigurationError, match=message):
+        parse_settings({"mixpanel.token": raw})
+
+
+def test_a_value_from_the_environment_is_checked_as_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MIXPANEL_TIMEOUT", "soon")
+    with pytest.raises(MixpanelConfigurationError) as caught:
+        parse_settings({"mixpanel.token": "t", "mixpanel.read_timeout": "env:MIXPANEL_TIMEOUT"})
+    assert "mixpanel.read_timeout" in str(caught.value)

@@ -6,8 +6,7 @@ import functools
 import ipaddress
 import typing as t
 
-from ua_parser import parse as parse_user_agent
-
+from .._extras import require
 from .config import Network, origin_of
 
 __all__ = ["client_ip", "device_properties", "same_origin"]
@@ -50,7 +49,8 @@ def device_properties(user_agent: str) -> dict[str, str]:
     Uses the maintained ``ua-parser`` rules; unknown parts are left out rather than sent as
     "Other". Cached: a site sees few distinct user agents.
     """
-    result = parse_user_agent(user_agent[:MAX_USER_AGENT])
+    ua_parser = require("ua_parser", "relay", "pyramid_mixpanel.relay.client.device_properties")
+    result = ua_parser.parse(user_agent[:MAX_USER_AGENT])
     found: dict[str, str] = {}
     agent, system, device = result.user_agent, result.os, result.device
     if agent is not None and agent.family != UNKNOWN:

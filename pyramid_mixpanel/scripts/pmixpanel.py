@@ -113,6 +113,10 @@ class PMixpanelCommand:
                 sub.add_argument(
                     "--format", choices=("markdown", "json", "csv"), default="markdown"
                 )
+            if name == "status":
+                sub.add_argument(
+                    "--json", action="store_true", help="one JSON document, for scripts"
+                )
         return parser
 
     def run(self) -> int:
@@ -161,8 +165,10 @@ class PMixpanelCommand:
             return self.do_sync(settings, runtime)
         if command == "migrate":
             return self.do_migrate(settings, runtime)
+        if command == "status" and self.args.json:
+            return self.do_status_json(runtime)
         if runtime.settings.testing:
-            self.print("mixpanel.token is not set (testing mode): nothing is ever sent.")
+            self.print(f"testing mode ({runtime.setup()['reason']}): nothing is ever sent.")
             return 1
         engines = {
             name: delivery
@@ -206,20 +212,64 @@ class PMixpanelCommand:
             self.print(line + (f" (last error: {beat.error})" if beat.error else ""))
         return 0
 
-    def do_replay(self, engine: BackgroundEngine) -> int:
-        """Run the sender until the queue is empty, showing progress; 1 if some is left."""
-        from tqdm import tqdm
+    def do_status_json(self, runtime: Runtime) -> int:
+        """``status --json``: what runs and, per queued lane, what waits; 1 when nothing can.
 
+        ``{"setup": {...}, "lanes": {"mixpanel": {"store", "pending", "next_attempt_in",
+        "dead_letters", "senders": [{"host", "pid", "progress_seconds_ago", "error"}]}}}``.
+        The app's live counters are in its metrics (``pyramid_mixpanel.prometheus``, ``.otel``).
+        """
+        lanes: dict[str, t.Any] = {}
+        now = time.time()
+        for name, delivery in runtime.lanes.items():
+            if runtime.settings.testing or not isinstance(delivery, BackgroundEngine):
+                continue
+            store = delivery.store
+            due = store.next_due()
+            lanes[name] = {
+                "store": getattr(store, "path", None) or "memory",
+                "pending": store.pending(),
+                "next_attempt_in": round(due - now, 1) if due is not None and due > now else 0,
+                "dead_letters": store.dead_count(),
+                "senders": [
+                    {
+                        "host": beat.host,
+                        "pid": beat.pid,
+                        "progress_seconds_ago": round(now - beat.progress, 1),
+                        "error": beat.error,
+                    }
+                    for beat in store.beats()
+                    if beat.pid != os.getpid()
+                ],
+            }
+        json.dump({"setup": runtime.setup(), "lanes": lanes}, self.out, indent=2)
+        self.out.write("\n")
+        return 0 if lanes else 1
+
+    def do_replay(self, engine: BackgroundEngine) -> int:
+        """Run the sender until the queue is empty, showing progress; 1 if some is left.
+
+        The progress bar is tqdm's, when it is installed (the ``import`` and ``metrics``
+        extras bring it); without it, the summary line alone.
+        """
         total = engine.store.pending()
+        try:
+            from tqdm import tqdm
+        except ImportError:  # no bar: the summary line says it all
+            bar = None
+        else:
+            bar = tqdm(total=total, unit="msg", file=self.out, disable=total == 0)
         deadline = time.monotonic() + self.args.timeout
         engine.start()
-        with tqdm(total=total, unit="msg", file=self.out, disable=total == 0) as bar:
-            left = total
-            while left and time.monotonic() < deadline:
-                time.sleep(0.05)
-                now_left = engine.store.pending()
+        left = total
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            now_left = engine.store.pending()
+            if bar is not None:
                 bar.update(max(0, left - now_left))
-                left = now_left
+            left = now_left
+        if bar is not None:
+            bar.close()
         stats = engine.stats.snapshot()
         self.print(
             f"{engine.transport.name}: sent {stats['sent']}, retried {stats['retried']},"
