@@ -372,6 +372,18 @@ class BackgroundEngine(Delivery):
         if self.store.pending():
             self.start()
 
+    @property
+    def sender_up(self) -> bool:
+        """Whether the sender runs, or was not needed yet in this process (it starts lazily).
+
+        False once it died or the engine was closed. Reads no store (unlike :meth:`health`),
+        so it is safe after :meth:`close`.
+        """
+        thread = self._thread
+        if thread is None:
+            return not self._closed
+        return thread.is_alive()
+
     def health(self) -> dict[str, t.Any]:
         """Whether the sender runs, when it last completed a cycle, and its last error."""
         thread = self._thread

@@ -6,7 +6,9 @@ neither knows what its endpoints mean: one store holds one lane (Mixpanel, or Cu
 * :meth:`Store.put` accepts a request's messages (bounded by count and bytes; what does not fit
   is refused, counted and logged by the engine — never silently);
 * :meth:`Store.claim` hands out a due batch for one endpoint, within the lane's limits;
-* :meth:`Store.ack` / :meth:`Store.retry` / :meth:`Store.bury` settle a claimed batch.
+* :meth:`Store.ack` / :meth:`Store.retry` / :meth:`Store.bury` settle a claimed batch;
+* :meth:`Store.pending` and :meth:`Store.oldest_age` say how much waits, and how long the oldest
+  has waited (for monitoring: :mod:`pyramid_mixpanel.prometheus`, :mod:`pyramid_mixpanel.otel`).
 
 Due times are read from the store's own :attr:`Store.clock`: a monotonic clock in memory (a
 clock stepped backwards must not stall delivery), the wall clock in the spool (its times are
@@ -123,6 +125,13 @@ class Store(t.Protocol):
 
     def pending(self) -> int:
         """How many messages wait for delivery."""
+
+    def oldest_age(self, now: float | None = None) -> float | None:
+        """Seconds the oldest message waiting for delivery has waited; ``None`` when none waits.
+
+        ``now`` is on :attr:`clock` (default: now). For monitoring (read at scrape time): it
+        may cost a pass over the waiting messages, never anything on the request path.
+        """
 
     def dead(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest dead letters."""

@@ -16,37 +16,42 @@ from . import Batch, Beat, DeadLetter
 
 __all__ = ["MemoryStore"]
 
-_row_id, _body = operator.itemgetter(0), operator.itemgetter(1)
+_row_id, _body, _queued = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
+#: A message never tried: its row id, its body and when it was queued (on the store's clock).
+Fresh = tuple[int, str, float]
 
 
 def _take_fresh(
-    fresh: collections.deque[tuple[int, str]],
+    fresh: collections.deque[Fresh],
     room: int,
     size: int,
     max_bytes: int,
     ids: list[int],
     bodies: list[str],
-) -> None:
+) -> list[Fresh]:
     """Move up to ``room`` fresh messages into a batch of ``size`` bytes, within ``max_bytes``.
 
     The busy path of a sender: when the next messages fit as a whole (the usual case), they
-    move at once, without Python work per message.
+    move at once, without Python work per message. Returns the messages taken.
     """
     take = min(room, len(fresh))
     if size + take + sum(map(len, map(_body, itertools.islice(fresh, take)))) <= max_bytes:
         taken = [fresh.popleft() for _ in range(take)]
         ids.extend(map(_row_id, taken))
         bodies.extend(map(_body, taken))
-        return
+        return taken
+    taken = []
     while fresh and room:  # one at a time, up to the byte limit
-        row_id, body = fresh[0]
+        message = fresh[0]
+        body = message[1]
         if ids and size + len(body) + 1 > max_bytes:
             break
-        fresh.popleft()
-        ids.append(row_id)
+        taken.append(fresh.popleft())
+        ids.append(message[0])
         bodies.append(body)
         size += len(body) + 1
         room -= 1
+    return taken
 
 
 class MemoryStore:
@@ -69,12 +74,18 @@ class MemoryStore:
         self._ids = itertools.count(1)
         # Per endpoint: messages never tried, in order, and a heap of retries by due time, so a
         # batch waiting out its backoff does not hold back the messages behind it.
-        self._fresh: collections.defaultdict[str, collections.deque[tuple[int, str]]] = (
+        self._fresh: collections.defaultdict[str, collections.deque[Fresh]] = (
             collections.defaultdict(collections.deque)
         )
         self._retries: collections.defaultdict[str, list[tuple[float, int, str, int]]] = (
             collections.defaultdict(list)
         )
+        # When the messages that left ``_fresh`` were queued, for oldest_age(): the fresh
+        # messages of each claim not settled yet (noted as they are, so a claim costs one
+        # append), and by row id those a settlement left pending (held back for a retry) or
+        # that belong to a claim settled in parts.
+        self._claims: list[list[Fresh]] = []
+        self._queued: dict[int, float] = {}
         self._dead: collections.deque[DeadLetter] = collections.deque()
         self._dead_bytes = 0
         self._count = 0
@@ -84,14 +95,23 @@ class MemoryStore:
     def put(self, messages: t.Sequence[tuple[str, str]]) -> int:
         """Accept what fits (whole messages, in order); return how many were refused."""
         refused = 0
+        max_messages, max_bytes, fresh, ids = (
+            self.max_messages,
+            self.max_bytes,
+            self._fresh,
+            self._ids,
+        )
         with self._lock:
+            now = self.clock()  # under the lock: each deque stays in the order of its times
+            count, size = self._count, self._bytes
             for endpoint, body in messages:
-                if self._count + 1 > self.max_messages or self._bytes + len(body) > self.max_bytes:
+                if count + 1 > max_messages or size + len(body) > max_bytes:
                     refused += 1
                     continue
-                self._fresh[endpoint].append((next(self._ids), body))
-                self._count += 1
-                self._bytes += len(body)
+                fresh[endpoint].append((next(ids), body, now))
+                count += 1
+                size += len(body)
+            self._count, self._bytes = count, size
         return refused
 
     def claim(self, endpoint: str, now: float, max_records: int, max_bytes: int) -> Batch | None:
@@ -112,14 +132,36 @@ class MemoryStore:
                 size += len(body) + 1
                 attempts = max(attempts, tries)
             else:
-                _take_fresh(
+                taken = _take_fresh(
                     self._fresh[endpoint], max_records - len(ids), size, max_bytes, ids, bodies
                 )
+                if taken:
+                    self._claims.append(taken)
         if not ids:
             return None
         return Batch(endpoint, tuple(ids), tuple(bodies), attempts)
 
+    def _settle(self, batch: Batch, pending: bool) -> None:
+        """Stop noting ``batch`` as claimed; remember when its rows were queued if ``pending``."""
+        claims, first, count = self._claims, batch.ids[0], len(batch.ids)
+        for index, taken in enumerate(claims):
+            # The usual settlement: a whole claim of fresh messages, as it was taken.
+            if taken[0][0] == first and len(taken) == count:
+                del claims[index]
+                if pending:
+                    self._queued.update(zip(batch.ids, map(_queued, taken), strict=True))
+                return
+        # A part of a claim, or retries: every claimed row gets its own entry, then those of
+        # this batch go unless they stay pending.
+        for taken in claims:
+            self._queued.update(zip(map(_row_id, taken), map(_queued, taken), strict=True))
+        claims.clear()
+        if not pending:
+            for row_id in batch.ids:
+                self._queued.pop(row_id, None)
+
     def _forget(self, batch: Batch) -> None:
+        self._settle(batch, pending=False)
         self._count -= len(batch.ids)
         self._bytes -= sum(map(len, batch.bodies))
 
@@ -131,6 +173,7 @@ class MemoryStore:
     def retry(self, batch: Batch, not_before: float) -> None:
         """Hold the batch back until ``not_before``."""
         with self._lock:
+            self._settle(batch, pending=True)
             for row_id, body in zip(batch.ids, batch.bodies, strict=True):
                 heapq.heappush(
                     self._retries[batch.endpoint], (not_before, row_id, body, batch.attempts + 1)
@@ -191,6 +234,23 @@ class MemoryStore:
         with self._lock:
             return self._count
 
+    def oldest_age(self, now: float | None = None) -> float | None:
+        """Seconds the oldest pending message (queued, held back or being sent) has waited.
+
+        ``None`` when none waits. ``now`` is on :attr:`clock` (default: now). Costs a pass over
+        the messages held back for a retry, or being sent in a batch settled in parts.
+        """
+        with self._lock:
+            # Each deque and each claim is in the order of its times: the first is the oldest.
+            times = [queue[0][2] for queue in self._fresh.values() if queue]
+            times.extend(taken[0][2] for taken in self._claims)
+            held = list(self._queued.values())  # min() outside: put() waits on this lock
+        if held:
+            times.append(min(held))
+        if not times:
+            return None
+        return max(0.0, (self.clock() if now is None else now) - min(times))
+
     def dead(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest dead letters."""
         with self._lock:
@@ -205,13 +265,14 @@ class MemoryStore:
         """Queue dead letters again (ignoring the cap: they were accepted once)."""
         wanted = None if ids is None else set(ids)
         with self._lock:
+            now = self.clock()
             move = [d for d in self._dead if wanted is None or d.id in wanted]
             self._dead = collections.deque(
                 d for d in self._dead if not (wanted is None or d.id in wanted)
             )
             for letter in move:
                 self._dead_bytes -= len(letter.body)
-                self._fresh[letter.endpoint].append((letter.id, letter.body))
+                self._fresh[letter.endpoint].append((letter.id, letter.body, now))
                 self._count += 1
                 self._bytes += len(letter.body)
         return len(move)
@@ -235,6 +296,8 @@ class MemoryStore:
                 queue.clear()
             for heap in self._retries.values():
                 heap.clear()
+            self._claims.clear()
+            self._queued.clear()
             self._count = self._bytes = 0
             self._beat = None
 
