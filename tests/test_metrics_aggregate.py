@@ -64,8 +64,10 @@ def brute_sessions(times: list[int]) -> list[int]:
 
 def insert_all(times: list[int]) -> list[int]:
     clusters = [0, times[0], times[0]]
+    sessions = 1
     for moment in times[1:]:
-        add_time(clusters, moment)
+        sessions += add_time(clusters, moment)  # the change in the number of sessions
+    assert sessions == (len(clusters) - 1) // 2
     return clusters[1:]
 
 
@@ -570,6 +572,22 @@ def test_funnel_only_chunks_feed_no_daily_metrics() -> None:
     after = aggregator.add_chunk(day(1), day(1), [event("B", "u1", DAY), event("C", "u1", DAY + 1)])
     assert [r.total_events for r in after.daily] == [2]
     assert [(f.date, f.steps) for f in after.funnels + aggregator.finish()] == [(day(0), [1, 1, 1])]
+
+
+def test_funnel_only_chunks_count_what_they_skip_as_whole_chunks_do() -> None:
+    events = [
+        event("A", "u1", 100),
+        event("A", "u1", DAY + 5),  # the next day: outside the chunk
+        event("A", "u2", 200, account=None),  # no account
+        event("A", "u3", 300, account=["x" * 300, "acme"]),  # one id refused, one kept
+        event("A", "u4", 400, account="x" * 300),  # refused: no account left
+    ]
+    funnel_only, whole = Aggregator(funnel_settings()), Aggregator(funnel_settings())
+    funnel_only.add_chunk(day(0), day(0), events, metrics=False)
+    whole.add_chunk(day(0), day(0), events)
+    assert funnel_only.stats == whole.stats
+    assert (whole.stats.events, whole.stats.outside, whole.stats.unattributed) == (2, 1, 2)
+    assert whole.stats.rejected_accounts == 2
 
 
 def test_funnel_users_are_per_account() -> None:

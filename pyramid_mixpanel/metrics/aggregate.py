@@ -6,10 +6,11 @@ finished days. Nothing here touches the network or a database.
 
 Memory grows with users x days of one chunk, not with events:
 
-- per account, day and user a short list ``[category bits, start, end, start, end, ...]`` of
-  session clusters (events no more than 30 minutes apart), kept sorted and merged on insert, so
-  the session count is exact even when events arrive out of order (the export is not sorted),
-  with a fast path for events in order;
+- per account, day and user one ``array("q")`` (8-byte integers, no object per number): its
+  adoption category bits, the first time it did the first step of each local funnel, its
+  session clusters (events no more than 30 minutes apart) as sorted ``start, end`` pairs,
+  merged on insert so the session count is exact even when events arrive out of order (the
+  export is not sorted), with a fast path for events in order, then the hashes below;
 - per local funnel and user, the first time each day the user did the first step, and the times
   of the later steps' events within the chunk (only those events), reduced at the end of every
   chunk to one open chain per entry day;
@@ -19,7 +20,11 @@ Memory grows with users x days of one chunk, not with events:
   chunk has the same event name, ``distinct_id``, ``time`` and ``$insert_id``, Mixpanel's own
   rule; it is counted once, as Mixpanel's reports count it. A user's event later than every
   earlier one of the day cannot repeat one, so events in time order only append their hash.
-  These hashes are the one part that grows with events (8 bytes each), dropped with the chunk.
+  These hashes are the one part that grows with events (8 bytes each), dropped with the chunk;
+- per account and day, the events per combination of breakdown labels, at most
+  :data:`FOLD_AT` of them before they are added up per breakdown;
+- per aggregator, the labels of up to :data:`CACHED` combinations of breakdown values and the
+  handling of up to :data:`CACHED` event names, worked out once each.
 
 A day's events are those whose ``properties.time`` (epoch seconds) falls on it: a UTC day, or in a
 project created before 2023-01-01 a day of the project's timezone, since such a project's
@@ -41,21 +46,22 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import itertools
 import json
 import typing as t
 from array import array
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .config import MetricsSettings
 from .model import (
-    MAX_KEY,
     DailyMetrics,
     FunnelMetrics,
     ProfileAggregate,
     clean_text,
     storable,
 )
-from .score import engagement_score
+from .score import engagement_scorer
 
 __all__ = [
     "AggregateResult",
@@ -83,6 +89,16 @@ OTHER = "(other)"
 TOO_LONG = "(too long)"
 MAX_BREAKDOWN_VALUES = 1000
 MAX_LABEL = 255
+#: Event names, and combinations of breakdown values, whose handling is worked out once and
+#: kept (each).
+CACHED = 4096
+#: Combinations of breakdown labels counted per account-day before they are added up per
+#: breakdown.
+FOLD_AT = 4096
+#: Bits of adoption categories per 8-byte integer (the sign bit left alone).
+BITS = 63
+#: The first time of a funnel's first step in a user's day when it has none yet.
+NEVER = 2**63 - 1
 
 Event = t.Mapping[str, t.Any]
 
@@ -97,37 +113,45 @@ def from_day_number(number: int) -> dt.date:
     return EPOCH + dt.timedelta(days=number)
 
 
-def add_time(clusters: list[int], moment: int) -> None:
-    """Add an event time to ``clusters[1:]``, sorted ``[start, end, start, end, ...]`` pairs.
+def add_time(
+    clusters: t.MutableSequence[int], moment: int, head: int = 1, pairs: int | None = None
+) -> int:
+    """Add an event time to the sessions in ``clusters``; return the change in their number.
 
-    Two events belong to one session when no more than :data:`SESSION_GAP` seconds separate
-    them, so each pair is a session: a new time extends, joins or creates pairs. ``clusters[0]``
-    is left alone (it holds the user's category bits). The list must hold at least one pair.
+    The sessions are ``pairs`` sorted ``start, end`` pairs from ``clusters[head]`` (by default
+    all the rest of ``clusters``). Two events belong to one session when no more than
+    :data:`SESSION_GAP` seconds separate them, so each pair is a session: a new time extends
+    (0), joins (-1: it bridges two) or creates (+1) pairs. What is before and after the pairs
+    is left alone. There must be at least one pair.
     """
-    pairs = (len(clusters) - 1) // 2
+    if pairs is None:
+        pairs = (len(clusters) - head) // 2
     low, high = 0, pairs
     while low < high:  # the first pair starting after ``moment``
         middle = (low + high) // 2
-        if clusters[1 + 2 * middle] <= moment:
+        if clusters[head + 2 * middle] <= moment:
             low = middle + 1
         else:
             high = middle
-    after = 1 + 2 * low  # index of the next pair's start (== len when there is none)
+    after = head + 2 * low  # index of the next pair's start (just past the pairs when none)
     if low:
         end = after - 1
         if moment <= clusters[end]:
-            return
+            return 0
         if moment - clusters[end] <= SESSION_GAP:
             clusters[end] = moment
             if low < pairs and clusters[after] - moment <= SESSION_GAP:
                 # The time bridges two sessions: they become one.
                 clusters[end] = clusters[after + 1]
                 del clusters[after : after + 2]
-            return
+                return -1
+            return 0
     if low < pairs and clusters[after] - moment <= SESSION_GAP:
         clusters[after] = moment
-        return
-    clusters[after:after] = [moment, moment]
+        return 0
+    clusters.insert(after, moment)
+    clusters.insert(after, moment)
+    return 1
 
 
 def accounts_of(value: object) -> tuple[str, ...]:
@@ -180,6 +204,9 @@ def storable_accounts(value: object) -> tuple[tuple[str, ...], int]:
 
 def _clean_counts(counts: dict[str, int]) -> dict[str, int]:
     """``counts`` sorted, with NUL and lone surrogates replaced in its keys (merging twins)."""
+    joined = "".join(counts)
+    if joined.isascii() and "\x00" not in joined:  # nothing to replace: one pass over all keys
+        return dict(sorted(counts.items()))
     out: dict[str, int] = {}
     for key, count in counts.items():
         key = clean_text(key)
@@ -187,21 +214,186 @@ def _clean_counts(counts: dict[str, int]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+# -- a user's day ---------------------------------------------------------------------------
+
+
+class _Layout:
+    """Where things are in a user's day in an account, one ``array("q")``.
+
+    ::
+
+        [last, category bits..., first step times..., start, end, start, end, ..., hashes...]
+
+    ``last`` is the index of its last session's end; then the bits of the adoption categories
+    of its events (63 per item); per local funnel, the first time of its first step that day
+    (:data:`NEVER` if none); its sessions, sorted (first and last time of each); the hashes of
+    its events with an ``$insert_id``, to find the copies. One object per user-day, found with
+    one lookup per event; 8-byte integers, no object per number, and nothing the garbage
+    collector has to look through (a list would be).
+    """
+
+    def __init__(self, categories: int, funnels: int) -> None:
+        self.bits = 1
+        self.entries = self.bits + -(-categories // BITS)
+        #: The first session's start.
+        self.times = self.entries + funnels
+        #: A new user's day before its first time (copied: quicker than made from numbers).
+        self.start = array(
+            "q", (self.times + 1,) + (0,) * (self.entries - self.bits) + (NEVER,) * funnels
+        )
+
+    def category(self, index: int) -> tuple[int, int]:
+        """The item and bit of adoption category ``index``."""
+        return self.bits + index // BITS, 1 << index % BITS
+
+    def sessions(self, days: t.Collection[array[int]]) -> int:
+        """The sessions of these user-days."""
+        return (sum(day[0] for day in days) - len(days) * (self.times - 1)) // 2
+
+
+# -- what events mean, worked out once -------------------------------------------------------
+
+#: What an event name means: the name itself (one object for all events of that name, so
+#: the per-day lookups find it by identity), the item and bit of its adoption category in a
+#: user's day (0, 0 if none), the items of the funnels it is the first step of in a user's
+#: day, and the (funnel, step, steps) of the funnels it is a later step of.
+_Kind = tuple[str, int, int, tuple[int, ...], tuple[tuple[int, int, int], ...]]
+
+
+class _Kinds(dict[str, _Kind]):
+    """``kinds[name]``: what an event name means, worked out once.
+
+    Kept for up to :data:`CACHED` names of at most :data:`MAX_LABEL` characters (a name is
+    kept as long as the aggregator).
+    """
+
+    def __init__(self, settings: MetricsSettings, layout: _Layout) -> None:
+        super().__init__()
+        self.signals = settings.signals
+        self.categories = {category: n for n, category in enumerate(settings.categories)}
+        self.layout = layout
+        steps: dict[str, list[tuple[int, int, int]]] = {}
+        for index, funnel in enumerate(settings.funnels):
+            for step, event in enumerate(funnel.steps):
+                steps.setdefault(event, []).append((index, step, len(funnel.steps)))
+        #: Event name -> (funnel, step, steps) of the funnels it is a step of.
+        self.steps = {name: tuple(refs) for name, refs in steps.items()}
+
+    def __missing__(self, name: str) -> _Kind:
+        category = self.signals.get(name)
+        item, bit = (0, 0) if category is None else self.layout.category(self.categories[category])
+        refs = self.steps.get(name, ())
+        kind = (
+            name,
+            item,
+            bit,
+            tuple(self.layout.entries + index for index, step, _ in refs if not step),
+            tuple(ref for ref in refs if ref[1]),
+        )
+        if len(self) < CACHED and len(name) <= MAX_LABEL:
+            self[name] = kind
+        return kind
+
+
+def _fetcher(breakdowns: tuple[str, ...]) -> t.Callable[[t.Mapping[str, t.Any]], t.Any]:
+    """A function giving an event's values of the breakdowns (alone for one breakdown).
+
+    Written out for up to three breakdowns: twice as quick as a loop or a map.
+    """
+    if len(breakdowns) == 1:
+        (first,) = breakdowns
+        return lambda props: props.get(first)
+    if len(breakdowns) == 2:
+        first, second = breakdowns
+        return lambda props: (props.get(first), props.get(second))
+    if len(breakdowns) == 3:
+        first, second, third = breakdowns
+        return lambda props: (props.get(first), props.get(second), props.get(third))
+    return lambda props: tuple([props.get(breakdown) for breakdown in breakdowns])
+
+
+#: The labels of an event's breakdown values; ``None`` for a value too long (counted under
+#: :data:`TOO_LONG` and in :attr:`AggregateStats.long_values` when they are added up: a value
+#: "(too long)" is a label like any other).
+_Labels = tuple[str | None, ...]
+
+
+class _LabelCache(dict[t.Any, _Labels]):
+    """``labels[values]``: the labels of what a :func:`_fetcher` gives, worked out once.
+
+    One tuple object per combination (the counts find it by identity), kept only when every
+    value is ``None`` or a string short enough (1, 1.0 and True are one key but three labels;
+    a long string is no key to keep), for up to :data:`CACHED` combinations.
+    """
+
+    def __init__(self, breakdowns: int) -> None:
+        super().__init__()
+        self.single = breakdowns == 1
+
+    def __missing__(self, values: t.Any) -> _Labels:
+        labels = self.work_out(values)
+        if len(self) < CACHED and all(
+            value is None or text is value
+            for value, text in zip((values,) if self.single else values, labels, strict=True)
+        ):
+            self[values] = labels
+        return labels
+
+    def work_out(self, values: t.Any) -> _Labels:
+        """The labels of ``values``, whatever they are (a list or an object too)."""
+        labels = [label(value) for value in ((values,) if self.single else values)]
+        return tuple(None if text is TOO_LONG else text for text in labels)
+
+
+# -- counters -------------------------------------------------------------------------------
+
+
 class _AccountDay:
     """Counters of one account on one day (its total is the sum of its event counts)."""
 
-    __slots__ = ("anonymous", "breakdowns", "events", "seen", "users")
+    __slots__ = ("anonymous", "breakdowns", "combos", "events", "funnels", "users")
 
-    def __init__(self, breakdowns: tuple[str, ...]) -> None:
+    def __init__(self, breakdowns: int, funnels: tuple[dict[str, _FunnelUser], ...]) -> None:
         self.events: dict[str, int] = {}
-        #: distinct_id -> [category bits, session start, session end, ...] (memory only).
-        self.users: dict[str, list[int]] = {}
-        #: (property, value -> events) per breakdown.
-        self.breakdowns: list[tuple[str, dict[str, int]]] = [(p, {}) for p in breakdowns]
-        #: distinct_id -> hashes of the user's events with an ``$insert_id`` (deduplication).
-        self.seen: dict[str, array[int]] = {}
-        #: The same for events without a ``distinct_id``.
-        self.anonymous: set[int] = set()
+        #: Per breakdown (in the order of the settings), label -> events.
+        self.breakdowns: tuple[dict[str, int], ...] = tuple({} for _ in range(breakdowns))
+        #: Events per combination of breakdown labels, not added to ``breakdowns`` yet: one
+        #: lookup per event rather than one per breakdown (see :meth:`fold`).
+        self.combos: dict[_Labels, int] = {}
+        #: distinct_id -> its day (see :class:`_Layout`; memory only).
+        self.users: dict[str, array[int]] = {}
+        #: Hashes of the events without a ``distinct_id`` (deduplication), once there is one.
+        self.anonymous: set[int] | None = None
+        #: Per local funnel, the account's users in it (the funnel's own dict, found once here
+        #: rather than once per event).
+        self.funnels = funnels
+
+    def fold(self) -> int:
+        """Add the events per combination of labels to those per label; count the long ones.
+
+        Returns how many values were too long. Adds up in the order each combination first
+        came, so the labels of a breakdown come in the order they first came too: the first
+        :data:`MAX_BREAKDOWN_VALUES` of them are those an event-by-event count keeps (the others
+        are counted under :data:`OTHER`).
+        """
+        most = MAX_BREAKDOWN_VALUES
+        long = 0
+        for labels, count in self.combos.items():
+            for values, text in zip(self.breakdowns, labels, strict=True):
+                if text is None:
+                    text = TOO_LONG
+                    long += count
+                if text in values:
+                    values[text] += count
+                elif len(values) < most:
+                    values[text] = count
+                else:
+                    values[OTHER] = values.get(OTHER, 0) + count
+        self.combos.clear()
+        return long
+
+
+# -- local funnels --------------------------------------------------------------------------
 
 
 class _FunnelUser:
@@ -209,14 +401,34 @@ class _FunnelUser:
 
     __slots__ = ("entries", "open", "times")
 
-    def __init__(self, steps: int) -> None:
-        #: Day number -> first time of the first step that day, in the current chunk.
+    def __init__(self) -> None:
+        #: Day number -> first time of the first step that day: the chains at the first step
+        #: (entries of the current chunk, and those of earlier chunks still open).
         self.entries: dict[int, int] = {}
-        #: Sorted times of each later step's events in the current chunk (index 0 unused).
-        #: (Arrays of 8-byte integers: a quarter of the memory of a list of ints.)
-        self.times: list[array[int]] = [array("q") for _ in range(steps)]
-        #: Chains still within their window from earlier chunks: [day, step, time, entry time].
-        self.open: list[list[int]] = []
+        #: Sorted times of each later step's events in the current chunk (index 0 unused), once
+        #: there is one. (Arrays of 8-byte integers: a quarter of the memory of a list of ints.)
+        self.times: list[array[int]] | None = None
+        #: Chains past the first step still within their window from earlier chunks:
+        #: (day, step, time, entry time).
+        self.open: t.Sequence[tuple[int, int, int, int]] = ()
+
+    def enter(self, day: int, moment: int) -> None:
+        """Record a time of the first step."""
+        entry = self.entries.setdefault(day, moment)
+        if moment < entry:
+            self.entries[day] = moment
+
+    def add(self, step: int, steps: int, moment: int) -> None:
+        """Record the time of an event of a later ``step`` (of ``steps``)."""
+        if self.times is None:
+            self.times = [array("q") for _ in range(steps)]
+        times = self.times[step]
+        if not times or moment > times[-1]:
+            times.append(moment)
+        else:
+            at = bisect.bisect_left(times, moment)
+            if times[at] != moment:
+                times.insert(at, moment)
 
 
 class _Funnel:
@@ -231,60 +443,149 @@ class _Funnel:
         self.strict = [False] + [steps[i] == steps[i - 1] for i in range(1, len(steps))]
         #: account -> distinct_id -> progress.
         self.users: dict[str, dict[str, _FunnelUser]] = {}
-        self.counts: dict[tuple[str, int], list[int]] = {}
+        #: (account, entry day) -> how many settled chains stopped at each step (one increment
+        #: per chain; the users who reached each step are summed when the row is handed out).
+        self.stopped: dict[tuple[str, int], list[int]] = {}
+        #: The same for the chains still open after the last :meth:`advance`, where they stand.
+        self.open_rows: dict[tuple[str, int], list[int]] = {}
 
-    def record(self, account: str, day: int, reached: int) -> None:
-        counts = self.counts.get((account, day))
-        if counts is None:
-            counts = self.counts[account, day] = [0] * len(self.steps)
-        for step in range(reached + 1):
-            counts[step] += 1
+    def _row(self, key: tuple[str, int], stopped: list[int]) -> FunnelMetrics:
+        """The row of an entry day: the users who reached each step (stopped there or later)."""
+        reached = list(itertools.accumulate(reversed(stopped)))[::-1]
+        return FunnelMetrics(key[0], self.name, self.name, from_day_number(key[1]), reached)
 
     def advance(self, end: int) -> None:
         """Move every chain as far as the events seen so far allow; settle finished ones.
 
         ``end`` is the epoch time up to which every event has been seen: a chain whose window
-        closes before it can no longer progress.
+        closes before it can no longer progress. The chains left open are counted where they
+        stand as well (:meth:`peek` and :meth:`settle_open` need no other pass over them).
+        """
+        window, size = self.window, len(self.steps)
+        users_left: dict[str, dict[str, _FunnelUser]] = {}
+        self.open_rows = {}
+        for account, users in self.users.items():
+            # Per entry day: the account's chains stopped at each step, and those still open.
+            stopped: dict[int, list[int]] = {}
+            still: dict[int, list[int]] = {}
+            waiting: list[int] = []  # entry days of chains at the first step, all still open
+            kept: dict[str, _FunnelUser] = {}
+            for key, user in users.items():
+                entries = user.entries
+                if user.times is not None:
+                    self._move(user, end, stopped, still)
+                elif user.open or (entries and min(entries.values()) + window < end):
+                    self._wait(user, end, stopped, still)
+                else:  # most users, most chunks: nothing moves, nothing stops
+                    waiting += entries
+                if user.entries or user.open:
+                    kept[key] = user
+            for day, count in Counter(waiting).items():
+                row = still.get(day)
+                if row is None:
+                    row = still[day] = [0] * size
+                row[0] += count
+            for day, row in stopped.items():
+                self._add(self.stopped, (account, day), row)
+            for day, row in still.items():
+                self.open_rows[account, day] = row
+            if kept:
+                users_left[account] = kept
+        self.users = users_left
+
+    def _count(self, rows: dict[int, list[int]], day: int, step: int) -> None:
+        row = rows.get(day)
+        if row is None:
+            row = rows[day] = [0] * len(self.steps)
+        row[step] += 1
+
+    def _wait(
+        self,
+        user: _FunnelUser,
+        end: int,
+        stopped: dict[int, list[int]],
+        still: dict[int, list[int]],
+    ) -> None:
+        """:meth:`_move` for a user without events of a later step: no chain moves.
+
+        The chains whose window has closed stop where they stand.
+        """
+        window = self.window
+        waiting: dict[int, int] = {}
+        for day, t1 in user.entries.items():
+            if t1 + window < end:
+                self._count(stopped, day, 0)
+            else:
+                waiting[day] = t1
+                self._count(still, day, 0)
+        user.entries = waiting
+        chains = []
+        for chain in user.open:
+            if chain[3] + window < end:
+                self._count(stopped, chain[0], chain[1])
+            else:
+                chains.append(chain)
+                self._count(still, chain[0], chain[1])
+        user.open = chains
+
+    def _move(
+        self,
+        user: _FunnelUser,
+        end: int,
+        stopped: dict[int, list[int]],
+        still: dict[int, list[int]],
+    ) -> None:
+        """Move the user's chains along its events; count each where it stops or stands.
+
+        A chain still at the first step stays an entry (day -> its time) for the next chunk,
+        the others are kept as (day, step, time, entry time).
         """
         last = len(self.steps) - 1
-        for account in list(self.users):
-            users = self.users[account]
-            for key in list(users):
-                user = users[key]
-                chains = user.open + [[d, 0, t1, t1] for d, t1 in sorted(user.entries.items())]
-                still_open = []
-                for chain in chains:
-                    day, step, moment, t1 = chain
-                    deadline = t1 + self.window
-                    while step < last:
-                        times = user.times[step + 1]
-                        if self.strict[step + 1]:
-                            found = bisect.bisect_right(times, moment)
-                        else:
-                            found = bisect.bisect_left(times, moment)
-                        if found == len(times) or times[found] > deadline:
-                            break
-                        step, moment = step + 1, times[found]
-                    if step == last or deadline < end:
-                        self.record(account, day, step)
-                    else:
-                        still_open.append([day, step, moment, t1])
-                if still_open:
-                    user.open = still_open
-                    user.entries = {}
-                    user.times = [array("q") for _ in self.steps]
+        window, strict, times = self.window, self.strict, user.times
+        assert times is not None
+        waiting: dict[int, int] = {}
+        chains: list[tuple[int, int, int, int]] = []
+        for day, step, moment, t1 in [
+            *((day, 0, t1, t1) for day, t1 in user.entries.items()),
+            *user.open,
+        ]:
+            deadline = t1 + window
+            while step < last:
+                later = times[step + 1]
+                if strict[step + 1]:
+                    found = bisect.bisect_right(later, moment)
                 else:
-                    del users[key]
-            if not users:
-                del self.users[account]
+                    found = bisect.bisect_left(later, moment)
+                if found == len(later) or later[found] > deadline:
+                    break
+                step, moment = step + 1, later[found]
+            if step == last or deadline < end:
+                self._count(stopped, day, step)
+                continue
+            self._count(still, day, step)
+            if step:
+                chains.append((day, step, moment, t1))
+            else:
+                waiting[day] = t1
+        user.entries, user.open = waiting, chains
+        user.times = None  # the next chunk's events are searched from scratch
+
+    @staticmethod
+    def _add(rows: dict[tuple[str, int], list[int]], key: tuple[str, int], row: list[int]) -> None:
+        """Add ``row`` to ``rows[key]``."""
+        total = rows.get(key)
+        if total is None:
+            rows[key] = list(row)
+        else:
+            for step, count in enumerate(row):
+                total[step] += count
 
     def settle_open(self) -> None:
         """Count every open chain where it stands (the end of the data)."""
-        for account, users in self.users.items():
-            for user in users.values():
-                for day, step, _, _ in user.open:
-                    self.record(account, day, step)
-        self.users.clear()
+        for key, row in self.open_rows.items():
+            self._add(self.stopped, key, row)
+        self.users = {}
+        self.open_rows = {}
 
     def peek(self) -> list[FunnelMetrics]:
         """The entry days not handed out yet, counted where their users stand (nothing changes).
@@ -293,27 +594,17 @@ class _Funnel:
         stores it with the days it belongs to, so a sync stopped before those days settle still
         leaves them their rows (later syncs complete them).
         """
-        counts = {key: list(steps) for key, steps in self.counts.items()}
-        for account, users in self.users.items():
-            for user in users.values():
-                for day, step, _, _ in user.open:
-                    row = counts.setdefault((account, day), [0] * len(self.steps))
-                    for reached in range(step + 1):
-                        row[reached] += 1
-        return [
-            FunnelMetrics(account, self.name, self.name, from_day_number(day), steps)
-            for (account, day), steps in sorted(counts.items())
-        ]
+        rows = {key: list(stopped) for key, stopped in self.stopped.items()}
+        for key, row in self.open_rows.items():
+            self._add(rows, key, row)
+        return [self._row(key, stopped) for key, stopped in sorted(rows.items())]
 
     def take(self, before: int | None) -> list[FunnelMetrics]:
         """Hand out the counts of entry days before day number ``before`` (all with None)."""
         out = []
-        for (account, day), counts in sorted(self.counts.items()):
-            if before is None or day < before:
-                out.append(
-                    FunnelMetrics(account, self.name, self.name, from_day_number(day), counts)
-                )
-                del self.counts[account, day]
+        for key in sorted(self.stopped):
+            if before is None or key[1] < before:
+                out.append(self._row(key, self.stopped.pop(key)))
         return out
 
 
@@ -364,17 +655,11 @@ class Aggregator:
             _Funnel(index, funnel.name, funnel.steps, window)
             for index, funnel in enumerate(settings.funnels)
         ]
-        categories = settings.categories
-        self.category_bits = {category: 1 << n for n, category in enumerate(categories)}
-        # Event name -> (category bits, ((funnel, step), ...)): one lookup per event tells
-        # whether it matters beyond counting.
-        special: dict[str, tuple[int, list[tuple[int, int]]]] = {}
-        for event, category in settings.signals.items():
-            special[event] = (self.category_bits[category], [])
-        for funnel in self.funnels:
-            for step, event in enumerate(funnel.steps):
-                special.setdefault(event, (0, []))[1].append((funnel.index, step))
-        self.special = {name: (bits, tuple(refs)) for name, (bits, refs) in special.items()}
+        self._layout = _Layout(len(settings.categories), len(self.funnels))
+        self._kinds = _Kinds(settings, self._layout)
+        self._fetch = _fetcher(settings.breakdowns) if settings.breakdowns else None
+        self._labels = _LabelCache(len(settings.breakdowns))
+        self._score = engagement_scorer(settings)
 
     @property
     def funnel_events(self) -> tuple[str, ...]:
@@ -398,15 +683,21 @@ class Aggregator:
         :func:`~pyramid_mixpanel.metrics.lines.parse_line`).
         """
         first_day, last_day = day_number(first), day_number(last)
-        by_day: dict[int, dict[str, _AccountDay]] = (
-            {day: {} for day in range(first_day, last_day + 1)} if metrics else {}
-        )
-        self._consume(events, first_day, last_day, by_day)
         result = ChunkResult()
-        for day, accounts in by_day.items():
-            date = from_day_number(day)
-            for account in sorted(accounts):
-                result.daily.append(self._daily(account, date, accounts[account]))
+        if metrics:
+            by_day: dict[int, dict[str, tuple[_AccountDay]]] = {
+                day: {} for day in range(first_day, last_day + 1)
+            }
+            self._consume(events, first_day, last_day, by_day)
+            for day, accounts in by_day.items():
+                date = from_day_number(day)
+                for account in sorted(accounts):
+                    bucket = accounts[account][0]
+                    self.stats.long_values += bucket.fold()
+                    self._enter(day, bucket)
+                    result.daily.append(self._daily(account, date, bucket))
+        else:
+            self._feed_funnels(events, first_day, last_day)
         end = (last_day + 1) * DAY
         for funnel in self.funnels:
             funnel.advance(end)
@@ -424,26 +715,53 @@ class Aggregator:
             out.extend(funnel.take(before=None))
         return out
 
+    def _route(
+        self, value: object, accounts: dict[str, tuple[_AccountDay]]
+    ) -> tuple[tuple[_AccountDay, ...], int]:
+        """The counters of the accounts ``value`` names on a day, and how many ids it refuses.
+
+        The counters of a new account are made here. The slow path of :meth:`_consume`: once
+        per account-day, and for the values that are not one known account id (lists,
+        numbers, ids refused, no account).
+        """
+        names, refused = storable_accounts(value)
+        found: list[_AccountDay] = []
+        for name in names:
+            day = accounts.get(name)
+            if day is None:
+                funnels = tuple(funnel.users.setdefault(name, {}) for funnel in self.funnels)
+                day = accounts[name] = (_AccountDay(len(self.settings.breakdowns), funnels),)
+            found += day
+        return tuple(found), refused
+
     def _consume(
         self,
         events: t.Iterable[Event],
         first_day: int,
         last_day: int,
-        by_day: dict[int, dict[str, _AccountDay]],
+        by_day: dict[int, dict[str, tuple[_AccountDay]]],
     ) -> None:
-        # The hot loop: one pass, locals only, a fast path for the common case at every step.
+        # The hot loop: one pass, locals only, a fast path for the common case at every step;
+        # what can be worked out once per account-day, event name or breakdown values is
+        # worked out once (``_route``, ``_kinds``, ``_labels``), and counts per breakdown and
+        # funnel entries are added up per account-day and user-day afterwards.
         stats = self.stats
         prop = self.settings.account_property
         getter = self.settings.account_getter
-        breakdowns = self.settings.breakdowns
-        special = self.special
-        funnels = [(f.users, len(f.steps)) for f in self.funnels]
+        fetch = self._fetch
+        labels_of = self._labels
+        kinds = self._kinds
+        route = self._route
+        head, start = self._layout.times, self._layout.start
         gap = SESSION_GAP
-        plain = (0, ())
+        fold_at = FOLD_AT
         current: int | None = None  # the day of the previous event
-        accounts: dict[str, _AccountDay] | None = None
-        counted = unattributed = outside = duplicates = rejected = long_values = 0
-        too_long = TOO_LONG
+        # Day -> account -> its counters alone in a tuple: an event of a known account (its
+        # id was checked when they were made) finds what it counts for in one lookup, however
+        # many accounts an event may name.
+        accounts: dict[str, tuple[_AccountDay]] = {}
+        labels: _Labels = ()
+        counted = unattributed = outside = duplicates = rejected = 0
         for event in events:
             props = event["properties"]
             moment = props["time"]
@@ -455,108 +773,95 @@ class Aggregator:
                     outside += 1
                     continue
                 current = day
-                accounts = by_day.get(day)
+                accounts = by_day[day]
             value = props.get(prop) if getter is None else getter(event)
-            names: tuple[str, ...]
-            if (
-                value.__class__ is str
-                and value
-                and len(value) <= MAX_KEY
-                and value.isascii()  # O(1) in CPython
-                and "\x00" not in value
-            ):
-                names = (value,)  # the common case, checked inline: this runs once per event
-            else:
-                names, refused = storable_accounts(value)
+            targets: tuple[_AccountDay, ...] | None
+            try:
+                # A number or None is no account id (a string): no known account either.
+                targets = accounts.get(value)  # type: ignore[arg-type]
+            except TypeError:  # a list
+                targets = None
+            if targets is None:
+                targets, refused = route(value, accounts)
                 rejected += refused
-            if not names:
-                unattributed += 1
-                continue
-            name = event["event"]
+                if not targets:
+                    unattributed += 1
+                    continue
+            name, item, bit, entries, later = kinds[event["event"]]
+            if fetch is not None:
+                values = fetch(props)
+                try:
+                    labels = labels_of[values]
+                except TypeError:  # a list or an object as a value
+                    labels = labels_of.work_out(values)
             user = props.get("distinct_id")
-            bits, refs = special.get(name, plain)
-            twin = 0
-            if accounts is not None:
-                insert_id = props.get("$insert_id")
-                if insert_id:
-                    # Mixpanel's deduplication key (the user, account and day are the bucket's).
-                    twin = hash((name, moment, insert_id)) or 1
-            fresh = True  # nothing of the event is counted yet: it may still be a copy
-            for account in names:
-                if accounts is not None:
-                    bucket = accounts.get(account)
-                    if bucket is None:
-                        bucket = accounts[account] = _AccountDay(breakdowns)
-                    if user:
-                        clusters = bucket.users.get(user)
-                        if clusters is None:
-                            bucket.users[user] = [bits, moment, moment]
+            insert_id = props.get("$insert_id")
+            # Mixpanel's deduplication key (the user, account and day are the bucket's).
+            twin = (hash((name, moment, insert_id)) or 1) if insert_id else 0
+            for bucket in targets:
+                if user:
+                    record = bucket.users.get(user)
+                    if record is None:
+                        record = bucket.users[user] = start[:]
+                        record.append(moment)
+                        record.append(moment)
+                        if twin:
+                            record.append(twin)
+                    else:
+                        at = record[0]  # the last session's end
+                        end = record[at]
+                        if moment > end:
+                            # Later than every event of the user so far: not a copy.
+                            if moment - end <= gap:
+                                record[at] = moment
+                            else:  # a new session
+                                record.insert(at + 1, moment)
+                                record.insert(at + 1, moment)
+                                record[0] = at + 2
                             if twin:
-                                bucket.seen[user] = array("q", (twin,))
+                                record.append(twin)
                         else:
-                            end = clusters[-1]
                             if twin:
-                                seen = bucket.seen.get(user)
-                                if seen is None:
-                                    bucket.seen[user] = array("q", (twin,))
-                                elif moment > end or twin not in seen:
-                                    # Later than every event of the user so far: not a copy.
-                                    seen.append(twin)
-                                elif fresh:
-                                    break
+                                if twin not in record[at + 1 :]:
+                                    record.append(twin)
+                                elif bucket is targets[0]:
+                                    break  # a copy (of the event of the first account it names)
                                 # (A copy seen only by a later account: its account list
                                 # changed, so it counts for the accounts that are new.)
-                            if bits:
-                                clusters[0] |= bits
-                            if moment >= end:
-                                if moment - end <= gap:
-                                    clusters[-1] = moment
-                                else:
-                                    clusters += (moment, moment)
-                            elif moment < clusters[-2]:
-                                add_time(clusters, moment)
-                    elif twin:
-                        if twin not in bucket.anonymous:
-                            bucket.anonymous.add(twin)
-                        elif fresh:
-                            break
-                    counts = bucket.events
-                    counts[name] = counts.get(name, 0) + 1
-                    for key, values in bucket.breakdowns:
-                        key = props.get(key)
-                        if key.__class__ is not str or len(key) > MAX_LABEL:
-                            key = label(key)
-                            if key is too_long:
-                                long_values += 1
-                        if key in values:
-                            values[key] += 1
-                        elif len(values) < MAX_BREAKDOWN_VALUES:
-                            values[key] = 1
-                        else:
-                            values[OTHER] = values.get(OTHER, 0) + 1
-                if refs and user:
-                    for index, step in refs:
-                        states, steps = funnels[index]
-                        by_user = states.get(account)
-                        if by_user is None:
-                            by_user = states[account] = {}
-                        state = by_user.get(user)
-                        if state is None:
-                            state = by_user[user] = _FunnelUser(steps)
-                        if step:
-                            times = state.times[step]
-                            if not times or moment > times[-1]:
-                                times.append(moment)
-                            else:
-                                at = bisect.bisect_left(times, moment)
-                                if times[at] != moment:
-                                    times.insert(at, moment)
-                        else:
-                            entries = state.entries
-                            entry = entries.get(day)
-                            if entry is None or moment < entry:
-                                entries[day] = moment
-                fresh = False
+                            if moment < record[at - 1]:
+                                sessions = (at - head + 1) // 2
+                                record[0] = at + 2 * add_time(record, moment, head, sessions)
+                    if bit:
+                        record[item] |= bit
+                    for entry in entries:
+                        if moment < record[entry]:
+                            record[entry] = moment
+                    if later:
+                        funnels = bucket.funnels
+                        for index, step, steps in later:
+                            state = funnels[index].get(user)
+                            if state is None:
+                                state = funnels[index][user] = _FunnelUser()
+                            state.add(step, steps, moment)
+                elif twin:
+                    anonymous = bucket.anonymous
+                    if anonymous is None:
+                        bucket.anonymous = {twin}
+                    elif twin not in anonymous:
+                        anonymous.add(twin)
+                    elif bucket is targets[0]:
+                        break
+                counts = bucket.events
+                counts[name] = counts.get(name, 0) + 1
+                if fetch is not None:
+                    combos = bucket.combos
+                    count = combos.get(labels)
+                    if count is not None:
+                        combos[labels] = count + 1
+                    else:
+                        if len(combos) >= fold_at:
+                            stats.long_values += bucket.fold()
+                        combos[labels] = 1
             else:
                 counted += 1
                 continue
@@ -566,33 +871,92 @@ class Aggregator:
         stats.outside += outside
         stats.duplicates += duplicates
         stats.rejected_accounts += rejected
-        stats.long_values += long_values
+
+    def _enter(self, day: int, bucket: _AccountDay) -> None:
+        """Hand the funnels the first time each user of an account-day did their first step.
+
+        Kept in the user's day until now: one lookup per user-day rather than one per event.
+        """
+        first = self._layout.entries
+        for index, by_user in enumerate(bucket.funnels):
+            item = first + index
+            for user, record in bucket.users.items():
+                moment = record[item]
+                if moment != NEVER:
+                    state = by_user.get(user)
+                    if state is None:
+                        state = by_user[user] = _FunnelUser()
+                    state.enter(day, moment)
+
+    def _feed_funnels(self, events: t.Iterable[Event], first_day: int, last_day: int) -> None:
+        """Feed the local funnels only (``metrics=False``).
+
+        No counters, and no deduplication (a copy moves no funnel).
+        """
+        stats = self.stats
+        prop = self.settings.account_property
+        getter = self.settings.account_getter
+        counted = unattributed = outside = rejected = 0
+        for event in events:
+            props = event["properties"]
+            moment = props["time"]
+            if moment.__class__ is not int:
+                moment = int(moment)
+            day = moment // DAY
+            if not first_day <= day <= last_day:
+                outside += 1
+                continue
+            names, refused = storable_accounts(props.get(prop) if getter is None else getter(event))
+            rejected += refused
+            if not names:
+                unattributed += 1
+                continue
+            counted += 1
+            user = props.get("distinct_id")
+            refs = self._kinds.steps.get(event["event"], ())
+            if refs and user:
+                for account in names:
+                    for index, step, steps in refs:
+                        by_user = self.funnels[index].users.setdefault(account, {})
+                        state = by_user.get(user)
+                        if state is None:
+                            state = by_user[user] = _FunnelUser()
+                        if step:
+                            state.add(step, steps, moment)
+                        else:
+                            state.enter(day, moment)
+        stats.events += counted
+        stats.unattributed += unattributed
+        stats.outside += outside
+        stats.rejected_accounts += rejected
 
     def _daily(self, account: str, date: dt.date, bucket: _AccountDay) -> DailyMetrics:
-        users = len(bucket.users)
-        sessions = 0
-        adopted = [0] * len(self.category_bits)
-        for clusters in bucket.users.values():
-            sessions += (len(clusters) - 1) // 2
-            bits = clusters[0]
-            if bits:
-                for n in range(len(adopted)):
-                    if bits >> n & 1:
-                        adopted[n] += 1
-        by_category = dict(zip(self.category_bits, adopted, strict=True))
+        records = bucket.users.values()
+        users = len(records)
+        adopted = [0] * len(self._kinds.categories)
+        for n in range(0, len(adopted), BITS):
+            # Users per combination of categories, then per category: one pass over the users.
+            item = self._layout.bits + n // BITS
+            for bits, count in Counter(record[item] for record in records).items():
+                for bit in range(min(BITS, len(adopted) - n)):
+                    if bits >> bit & 1:
+                        adopted[n + bit] += count
         total = sum(bucket.events.values())
         return DailyMetrics(
             account=account,
             date=date,
             total_events=total,
             unique_users=users,
-            sessions=sessions,
+            sessions=self._layout.sessions(records),
             avg_events_per_user=round(total / users, 4) if users else 0.0,
             # Names and values are stored as JSON, where PostgreSQL refuses NUL and lone
             # surrogates: cleaned once per account-day here rather than once per event.
             event_counts=_clean_counts(bucket.events),
-            breakdowns={prop: _clean_counts(values) for prop, values in bucket.breakdowns},
-            engagement_score=engagement_score(by_category, users, self.settings),
+            breakdowns={
+                prop: _clean_counts(values)
+                for prop, values in zip(self.settings.breakdowns, bucket.breakdowns, strict=True)
+            },
+            engagement_score=self._score(adopted, users),
         )
 
 

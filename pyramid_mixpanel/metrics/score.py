@@ -35,7 +35,13 @@ from ..log import Log
 from .config import MetricsSettings
 from .model import Anomaly
 
-__all__ = ["detect_anomaly", "engagement_score", "log_anomaly", "send_alert"]
+__all__ = [
+    "detect_anomaly",
+    "engagement_score",
+    "engagement_scorer",
+    "log_anomaly",
+    "send_alert",
+]
 
 # Metrics keep no secret and no PII; the shared logger still redacts and honours structlog.
 _LOG = Log()
@@ -47,15 +53,29 @@ def engagement_score(adopted: t.Mapping[str, int], users: int, settings: Metrics
     :param adopted: per category, the active users who did one of its events.
     :param users: the account's active users that day.
     """
-    if not users or not settings.signals:
-        return 0.0
-    weights = {category: settings.weights.get(category, 1.0) for category in settings.categories}
-    total = math.fsum(weights.values())
-    reached = math.fsum(
-        weight * min(adopted.get(category, 0), users) / users
-        for category, weight in weights.items()
-    )
-    return round(100 * reached / total, 2)
+    counts = [adopted.get(category, 0) for category in settings.categories]
+    return engagement_scorer(settings)(counts, users)
+
+
+def engagement_scorer(settings: MetricsSettings) -> t.Callable[[t.Sequence[int], int], float]:
+    """:func:`engagement_score` with the weights worked out once, for many account-days.
+
+    The returned function takes the adopting users of each category in the order of
+    ``settings.categories``, and the active users.
+    """
+    weights = [settings.weights.get(category, 1.0) for category in settings.categories]
+    total = math.fsum(weights)
+
+    def score(adopted: t.Sequence[int], users: int) -> float:
+        if not users or not weights:
+            return 0.0
+        reached = math.fsum(
+            weight * min(count, users) / users
+            for weight, count in zip(weights, adopted, strict=True)
+        )
+        return round(100 * reached / total, 2)
+
+    return score
 
 
 def detect_anomaly(
