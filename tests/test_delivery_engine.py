@@ -429,7 +429,9 @@ class ProbedTransport(ScriptedTransport):
     def post(self, endpoint: str, bodies: t.Sequence[str] | t.Sequence[bytes]) -> Outcome:
         if not self.up.is_set():
             self.posts.append((endpoint, tuple(t.cast("t.Sequence[str]", bodies))))
-            return Outcome("retry", "ConnectionError: refused", unreachable=True)
+            return Outcome(
+                "retry", "ConnectionError: refused", unreachable=True, no_connection=True
+            )
         return super().post(endpoint, bodies)
 
 
@@ -477,7 +479,7 @@ def test_a_429_is_waited_out_never_probed(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_a_probe_that_finds_nothing_keeps_the_pause(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "PROBE_INTERVAL", 0.01)
-    transport = ScriptedTransport(Outcome("retry", "refused", unreachable=True))
+    transport = ScriptedTransport(Outcome("retry", "refused", unreachable=True, no_connection=True))
     # No reachable(): the engine cannot probe it and waits out the backoff.
     engine = make_engine(transport, policy=FixedPolicy())
     engine.submit([("events", "{}")])
@@ -686,3 +688,18 @@ def test_both_batches_of_a_pair_failing_pause_once(monkeypatch: pytest.MonkeyPat
     until, failures = engine._pauses["events"]
     assert failures == 1 and until == pytest.approx(time.monotonic() + 5, abs=1)
     assert engine.stats["retried"] == 4
+
+
+def test_a_host_that_accepts_but_does_not_answer_is_waited_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "PROBE_INTERVAL", 0.01)
+    transport = ProbedTransport()
+    transport.up.set()
+    transport.script.append(Outcome("retry", "ReadTimeout", unreachable=True))
+    engine = make_engine(transport, policy=FixedPolicy())
+    engine.submit([("events", "{}")])
+    wait_for(lambda: engine.stats["retried"] == 1)
+    engine._probe()
+    assert transport.probes == 0 and engine._pauses["events"][0] > time.monotonic()
+    engine.close(0)

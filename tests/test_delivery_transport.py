@@ -497,3 +497,18 @@ def test_events_built_in_their_final_form_are_posted_as_they_are() -> None:
             transport = MixpanelTransport(api.base_url, import_auth=auth)
             assert transport.post("events", [body]).sent
         assert [e["properties"]["time"] for e in api.events()] == [round(now * 1000)]
+
+
+def test_only_a_destination_that_took_no_connection_is_worth_probing() -> None:
+    event = {"event": "e", "properties": {"time": time.time(), "distinct_id": "u"}}
+    body = json.dumps(event)
+    closed = free_port()
+    refused = MixpanelTransport(f"http://127.0.0.1:{closed}", import_auth=("tok", ""))
+    outcome = refused.post("events", [body])
+    assert outcome.unreachable and outcome.no_connection
+    with MixpanelStandIn() as api:
+        api.set_mode("hang")
+        hung = MixpanelTransport(api.base_url, timeout=(1, 0.2), import_auth=("tok", ""))
+        outcome = hung.post("events", [body])
+        api.set_mode("up")
+    assert outcome.unreachable and not outcome.no_connection

@@ -59,6 +59,10 @@ class Outcome:
     reasons: t.Mapping[int, str] = field(default_factory=dict, hash=False)
     #: True when the destination could not be reached at all (connection error or timeout).
     unreachable: bool = False
+    #: True when not even a connection could be opened (refused, no route, connect timeout):
+    #: the engine may then check cheaply when it can be (a server that accepts connections
+    #: but does not answer is waited out instead).
+    no_connection: bool = False
     #: With ``kind == "retry"``: positions to try again, when not the whole batch.
     pending: frozenset[int] = field(default_factory=frozenset)
 

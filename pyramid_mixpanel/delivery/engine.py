@@ -555,10 +555,11 @@ class BackgroundEngine(Delivery):
         Every ``PROBE_INTERVAL`` while it could not be reached: if it does, the pauses end and
         what was held back is due now.
 
-        Only for a destination that did not answer at all (connection refused, no route,
-        timeout) and a transport that can check (``reachable()``): a 429 or 5xx answer is
-        always waited out, as Mixpanel asks. The failure counts stay, so a post that fails
-        again backs off from where it was.
+        Only for a destination that took no connection at all (refused, no route, connect
+        timeout: ``Outcome.no_connection``) and a transport that can check (``reachable()``):
+        one that accepts connections but does not answer, and a 429 or 5xx answer, are waited
+        out, as Mixpanel asks. The failure counts stay, so a post that fails again backs off
+        from where it was.
         """
         if not self._unreachable or not self._pauses:
             return
@@ -684,7 +685,8 @@ class BackgroundEngine(Delivery):
         self.stats.add("retried", len(batch.ids))
         paused = self.transport.endpoints if outcome.unreachable else (batch.endpoint,)
         until = time.monotonic() + delay
-        self._unreachable = outcome.unreachable
+        # Only a destination that took no connection is probed (see _probe).
+        self._unreachable = outcome.no_connection
         if outcome.unreachable:
             self._next_probe = time.monotonic() + PROBE_INTERVAL
             if len(self._held) < MAX_HELD:

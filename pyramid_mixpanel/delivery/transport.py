@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import orjson
 import requests
+import urllib3
 
 from .. import rules
 from ..log import redact
@@ -88,6 +89,7 @@ class _Result:
                 failed=failed,
                 reasons=reasons,
                 unreachable=failure.unreachable,
+                no_connection=failure.no_connection,
                 pending=frozenset() if whole else pending,
             )
         whole = len(failed) == count
@@ -285,7 +287,8 @@ class MixpanelTransport:
                     error = f"no whole answer within {self.total_timeout:g}s"
                 else:
                     error = self._clean(f"{type(exc).__name__}: {exc}")
-                return Outcome("retry", error, unreachable=True), False
+                no_connection = not limit.expired and _no_connection(exc)
+                return Outcome("retry", error, unreachable=True, no_connection=no_connection), False
         return self._classify(response, len(bodies)), response.status_code == 413
 
     def reachable(self) -> bool:
@@ -374,6 +377,20 @@ class MixpanelTransport:
 
     def _clean(self, text: str) -> str:
         return redact(text[:500], self.secrets)
+
+
+def _no_connection(exc: requests.RequestException) -> bool:
+    """Whether not even a connection could be opened (refused, no route, name, connect timeout).
+
+    A read timeout or a connection dropped mid-answer means the host accepted one: checking
+    whether it accepts connections would then say nothing about whether it answers.
+    """
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.exceptions.ConnectionError):
+        return False
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def accepts_connections(url: str, timeout: float) -> bool:
