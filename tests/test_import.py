@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import math
@@ -292,6 +293,138 @@ def test_a_valid_insert_id_is_kept_an_invalid_one_rejected() -> None:
             prepare_record(with_id(bad))
     assert valid_insert_id("a" * 36)
     assert not valid_insert_id(None)
+
+
+# Rows and the $insert_id every version so far derived for them: a later version must derive the
+# same, or importing the same file again duplicates every row in Mixpanel (which deduplicates on
+# it). The rows take each path of the preparation: the fast one, and the full one (times to
+# convert, a number as distinct_id, nested values, the row's own ip or $insert_id).
+KNOWN_IDS: list[tuple[dict[str, t.Any], str]] = [
+    (
+        {"event": "Page Viewed", "properties": {"distinct_id": "user-1", "time": T0, "Path": "/x"}},
+        "49567394a691de81d2bbccae1ec40c08",
+    ),
+    (
+        {
+            "event": "Page Viewed",
+            "properties": {"time": T0 * 1000, "Path": "/x", "distinct_id": "user-1"},
+        },
+        "49567394a691de81d2bbccae1ec40c08",
+    ),
+    (
+        {
+            "event": "Page Viewed",
+            "properties": {"distinct_id": "user-1", "time": str(T0), "Path": "/x"},
+        },
+        "49567394a691de81d2bbccae1ec40c08",
+    ),
+    (
+        {
+            "event": "Page Viewed",
+            "properties": {"distinct_id": "user-1", "time": "2023-11-14T22:13:20Z", "Path": "/x"},
+        },
+        "49567394a691de81d2bbccae1ec40c08",
+    ),
+    (
+        {
+            "event": "Page Viewed",
+            "properties": {"distinct_id": "user-1", "time": T0 + 0.5, "Path": "/x"},
+        },
+        "ebea10e3f67f28dd65cd2c40585087e9",
+    ),
+    (
+        {"event": "Page Viewed", "properties": {"distinct_id": 42, "time": T0}},
+        "e5c627d0b28c78c2f27ec35024b6cfb2",
+    ),
+    (
+        {
+            "event": "Page Viewed",
+            "properties": {"distinct_id": "u", "time": T0, "ip": "203.0.113.9"},
+        },
+        "a8e38acdee5ca366417a95ec7d5b8d91",
+    ),
+    (
+        {
+            "event": "User Charged",
+            "properties": {
+                "distinct_id": "u",
+                "time": T0,
+                "tags": ["a", "b"],
+                "cart": {"n": 2, "items": [1, 2]},
+            },
+        },
+        "40f3e9d403a2945ad38c0f1190c8edfe",
+    ),
+    (
+        {
+            "event": "Ünïcode ✓",
+            "properties": {
+                "distinct_id": "ü",
+                "time": T0,
+                "Title": '日本語 "quoted" \\ {brace} [bracket]',
+                "z": None,
+                "b": True,
+                "f": 1.25,
+                "n": -3,
+            },
+        },
+        "5c5ceed3c5016943643df499f4f3874a",
+    ),
+    (
+        {
+            "event": "Page Viewed",
+            "properties": {
+                "distinct_id": "u",
+                "time": T0,
+                "$referrer": "https://example.com/",
+                "Zed": 1,
+                "alpha": 2,
+                "$os": "Linux",
+            },
+        },
+        "b03e1b9c39d9a5e85dac343545801b29",
+    ),
+    (
+        {
+            "event": "Page Viewed",
+            "properties": {"distinct_id": "u", "time": T0},
+            "extra": "dropped",
+        },
+        "776fe2e2fa73570ce38e16950de30cc5",
+    ),
+    (
+        {
+            "event": "Page Viewed",
+            "properties": {"distinct_id": "u", "time": T0, "$insert_id": "order-42"},
+        },
+        "order-42",
+    ),
+    (
+        {"event": "{", "properties": {"distinct_id": "u", "time": T0, "[": "}"}},
+        "6dd93118c0b0c46dac4b9571a39b47ee",
+    ),
+]
+
+
+def test_insert_ids_stay_those_of_earlier_versions(
+    tmp_path: pathlib.Path, api: ScriptedStandIn
+) -> None:
+    for row, insert_id in KNOWN_IDS:
+        event = json.loads(prepare_record(row))
+        assert event["properties"]["$insert_id"] == insert_id, row
+        if insert_id != "order-42":
+            # As documented: the SHA-256 of the event as sent without its $insert_id, as
+            # compact JSON with sorted keys (which the standard library writes the same way).
+            del event["properties"]["$insert_id"]
+            canonical = json.dumps(
+                event, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+            assert hashlib.sha256(canonical).hexdigest()[:32] == insert_id
+    # The import sends the very same events (its rows are prepared in place, as they are read).
+    data = write_jsonl(tmp_path / "events.jsonl", [row for row, _ in KNOWN_IDS])
+    report = import_file(data, settings_for(api), progress=False, allow_undeclared=True)
+    assert report.ok, report.summary()
+    assert import_records(api) == [json.loads(prepare_record(row)) for row, _ in KNOWN_IDS]
 
 
 def test_importing_twice_creates_no_duplicates(

@@ -6,6 +6,7 @@ hypothesis can think of. Real files, the loopback Mixpanel, no mocks of our code
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import io
@@ -712,6 +713,104 @@ def test_any_json_row_is_a_record_or_a_rejection(rows_: list[t.Any], catalog: Ca
             json.loads(prepare_record(row, catalog))
         except RowRejectedError as exc:
             assert str(exc)
+
+
+PAST_THE_LIMITS = [  # property values Mixpanel refuses, and why
+    ({"a": {"b": {"c": {"d": 1}}}}, "objects nested deeper than 3 levels"),
+    ([[[[1]]]], "lists nested deeper than 3 levels"),
+    (list(range(255)), "a list of 255 items (fewer than 255 allowed)"),
+    ({str(i): i for i in range(255)}, "an object with 255 keys (fewer than 255 allowed)"),
+]
+# Property values at and past Mixpanel's limits of nesting and size, and strings holding the
+# braces and brackets by which the fast path tells a nested value.
+AT_THE_LIMITS = st.sampled_from(
+    [
+        {"a": {"b": {"c": 1}}},
+        [[[1]]],
+        list(range(254)),
+        {str(i): i for i in range(254)},
+        *(value for value, _ in PAST_THE_LIMITS),
+        "{",
+        "[x]",
+        "a{b}c",
+        7,
+    ]
+)
+# Rows the fast path takes, or nearly (a time of 1971, in seconds or in milliseconds).
+FAST_ROWS = st.fixed_dictionaries(
+    {
+        "event": NAMES,
+        "properties": st.fixed_dictionaries(
+            {
+                "distinct_id": st.text(min_size=1, max_size=20) | st.sampled_from([" NULL "]),
+                "time": RECENT | st.sampled_from([31_536_001, 31_536_001_000]),
+                "Path": AT_THE_LIMITS,
+            },
+            optional={"ip": st.just("203.0.113.9"), "nested": JSON},
+        ),
+    },
+    optional={"extra": JSON},
+)
+
+
+@given(FAST_ROWS, st.sampled_from([None, Catalog()]), st.booleans())
+def test_the_fast_path_sends_what_the_full_path_would(
+    row: t.Any, catalog: Catalog | None, owned: bool
+) -> None:
+    """A shortcut, never another answer: the body or the reason of the full path (``_checked``).
+
+    And a row the fast path hands on to the full one is as it came (it is changed in place when
+    ``owned``), so the report shows it as read.
+    """
+    prepare = Preparer(catalog, LATEST_MS)
+    fast, full = copy.deepcopy(row), copy.deepcopy(row)
+
+    def outcome(call: t.Callable[[object, bool], bytes], record: object) -> object:
+        try:
+            return call(record, owned)
+        except RowRejectedError as exc:
+            return str(exc)
+
+    assert outcome(prepare, fast) == outcome(prepare._checked, full)
+    assert fast == full
+
+
+@pytest.mark.parametrize("ip", [None, "203.0.113.9"])
+@pytest.mark.parametrize(("value", "reason"), PAST_THE_LIMITS)
+def test_a_value_past_the_limits_is_reported_with_the_row_as_read(
+    tmp_path: pathlib.Path, api: ScriptedStandIn, value: object, reason: str, ip: str | None
+) -> None:
+    properties = {"distinct_id": "u", "time": T0, "x": value, **({"ip": ip} if ip else {})}
+    row = {"event": "Page Viewed", "properties": properties}
+    data = write_jsonl(tmp_path / "events.jsonl", [row, *rows(1)])
+    report = import_file(data, settings_for(api), progress=False)
+    assert (report.sent, report.rejected_locally) == (1, 1)
+    (line,) = report_lines(data)
+    assert line["error"] == f"properties.x has {reason}"
+    assert line["row"] == row  # as read: no time in milliseconds, no ip added
+
+
+def test_a_row_of_1971_over_a_megabyte_is_refused_for_its_size(
+    tmp_path: pathlib.Path, api: ScriptedStandIn
+) -> None:
+    # Rows are prepared in place: the fast path puts the time back when it hands a row on, so
+    # the full path does not read 1971 in milliseconds as seconds (and call it the future).
+    properties = {"distinct_id": "u", "time": 31_536_001, "Blob": "x" * 1_000_000}
+    row = {"event": "Page Viewed", "properties": properties}
+    data = write_jsonl(tmp_path / "events.jsonl", [row])
+    report = import_file(data, settings_for(api), progress=False)
+    assert report.rejected_locally == 1
+    assert "Mixpanel's limit is 1 MB" in report_lines(data)[0]["error"]
+
+
+def test_lines_of_whitespace_are_not_rows(tmp_path: pathlib.Path, api: ScriptedStandIn) -> None:
+    data = tmp_path / "events.jsonl"
+    data.write_bytes(
+        b"\n \n\t\r\n" + jsonl_bytes(rows(1)) + b"\x0b\x0c \n" + jsonl_bytes(rows(1, 1))
+    )
+    report = import_file(data, settings_for(api), progress=False)
+    assert (report.read, report.sent, report.rejected_locally) == (2, 2, 0)
+    assert report.ok
 
 
 @given(st.lists(st.binary(max_size=120) | ROWS.map(lambda row: json.dumps(row).encode())))

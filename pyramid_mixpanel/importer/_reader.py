@@ -137,11 +137,11 @@ def jsonl_rows(lines: Lines) -> t.Iterator[Row]:
                 offset += skipped
                 yield line, offset, None, too_long(len(raw) + skipped, limit)
                 continue
-            if raw.isspace():
-                continue
             try:
                 record = loads(raw)
             except orjson.JSONDecodeError as exc:  # NaN, Infinity and bad UTF-8 included
+                if raw.isspace():  # a blank line is not JSON, nor a row: tested only here
+                    continue
                 text = raw.decode("utf-8", "replace").rstrip("\r\n")
                 yield line, offset, text, f"not valid JSON: {exc}"
                 continue

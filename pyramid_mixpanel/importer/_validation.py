@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import binascii
 import datetime as dt
 import functools
-import hashlib
 import math
 import time
 import typing as t
+from binascii import hexlify
+from hashlib import sha256
 
 import orjson
 
 from ..rules import (
+    BLOCKED_IDS,
     EARLIEST_MS,
     FUTURE_SLACK_MS,
     MAX_EVENT_BYTES,
@@ -41,7 +42,6 @@ __all__ = [
 # A row with fewer properties than this can take the fast path: with the $insert_id and ip
 # added it stays below Mixpanel's limit.
 MAX_FAST_PROPERTIES = MAX_PROPERTIES - 2
-COLLECTIONS = (dict, list)
 INSERT_ID_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 ONE_MS = dt.timedelta(milliseconds=1)
@@ -124,7 +124,7 @@ def _iso_ms(text: str, value: object) -> int:
 
 
 def _hash_id(canonical: bytes) -> str:
-    return hashlib.sha256(canonical).hexdigest()[:32]
+    return sha256(canonical).hexdigest()[:32]
 
 
 def derive_insert_id(event: str, properties: t.Mapping[str, object]) -> str:
@@ -155,42 +155,63 @@ class Preparer:
 
     def __call__(self, record: object, owned: bool = False) -> bytes:
         """The event's JSON; ``owned``: ``record`` was parsed here and may be changed in place."""
-        # The fast path: a well-formed row with a string distinct_id, whole-number time and no
-        # $insert_id of its own, which is nearly every row of a large import. Anything else,
-        # including every row that will be rejected, takes the full path below.
-        if type(record) is dict:
-            event, properties = record.get("event"), record.get("properties")
-            if (
-                type(event) is str
-                and type(properties) is dict
-                and event
-                and (self.catalog is None or event in self.declared)
-                and type(properties.get("distinct_id")) is str
-                and "$insert_id" not in properties
-                and len(properties) < MAX_FAST_PROPERTIES
-                and not blocked_id(properties["distinct_id"])
-                and not any(type(value) in COLLECTIONS for value in properties.values())
-            ):
-                when = properties.get("time")
-                if type(when) is int and when >= 0:
-                    ms = when if when >= MILLISECONDS_FROM else when * 1000
-                    if EARLIEST_MS <= ms <= self.latest_ms:
-                        sent = properties if owned else dict(properties)
-                        sent["time"] = ms
-                        # Without ip, /import geolocates the event to this machine.
-                        sent.setdefault("ip", "0")
-                        try:
-                            encoded = orjson.dumps(
-                                {"event": event, "properties": sent}, option=SORTED
-                            )
-                        except TypeError:  # not JSON: the full path says which value
-                            return self._checked(record, owned)
-                        body = b'%s,"$insert_id":"%s"}}' % (
-                            encoded[:-2],
-                            binascii.hexlify(hashlib.sha256(encoded).digest()[:16]),
-                        )
-                        if len(body) < MAX_EVENT_BYTES:
-                            return body
+        # The fast path, inline (a call per row costs more than most of its tests): a
+        # well-formed row with a string distinct_id, a whole-number time and no $insert_id of
+        # its own, which is nearly every row of a large import. It tests only what such a row
+        # can break; anything else, including every row that will be rejected, takes the full
+        # path (_checked), which sends the same body or says why not.
+        if type(record) is not dict:
+            return self._checked(record, owned)
+        event, properties = record.get("event"), record.get("properties")
+        if not (
+            type(event) is str
+            and type(properties) is dict
+            and event
+            and (self.catalog is None or event in self.declared)
+        ):
+            return self._checked(record, owned)
+        distinct_id, when = properties.get("distinct_id"), properties.get("time")
+        if not (
+            type(distinct_id) is str
+            and type(when) is int
+            and "$insert_id" not in properties
+            and len(properties) < MAX_FAST_PROPERTIES
+            and distinct_id.strip().lower() not in BLOCKED_IDS  # rules.blocked_id
+        ):
+            return self._checked(record, owned)
+        ms = when if when >= MILLISECONDS_FROM else when * 1000
+        if not EARLIEST_MS <= ms <= self.latest_ms:
+            return self._checked(record, owned)
+        if owned:
+            sent = properties
+            # A row of just "event" and "properties" is encoded as it is: no new dict per row.
+            top = record if len(record) == 2 else {"event": event, "properties": sent}
+        else:
+            sent = dict(properties)
+            top = {"event": event, "properties": sent}
+        sent["time"] = ms
+        added_ip = "ip" not in sent
+        if added_ip:
+            sent["ip"] = "0"  # without ip, /import geolocates the event to this machine
+        try:
+            encoded = orjson.dumps(top, option=SORTED)
+        except TypeError:  # not JSON (a Python caller's value): the full path says which
+            pass
+        else:
+            # A value that nests (an object or a list) must stay within Mixpanel's depth and
+            # sizes. Two byte searches tell whether there is one: with nothing nested, the only
+            # braces are the event's and its properties', and there is no bracket. (One inside
+            # a string only costs the check of each value.)
+            if (encoded.count(b"{") == 2 and b"[" not in encoded) or _nesting_allowed(sent):
+                digest = sha256(encoded).digest()
+                body = b'%s,"$insert_id":"%s"}}' % (encoded[:-2], hexlify(digest[:16]))
+                if len(body) < MAX_EVENT_BYTES:
+                    return body
+        # Put the row back as it came: the full path reads it anew (a time in the
+        # milliseconds of 1971 would otherwise read as seconds, far in the future).
+        sent["time"] = when
+        if added_ip:
+            del sent["ip"]
         return self._checked(record, owned)
 
     def _checked(self, record: object, owned: bool) -> bytes:
@@ -264,6 +285,11 @@ class Preparer:
     def _undeclared(self, event: str) -> str:
         section = t.cast("Catalog", self.catalog).events
         return f"event {section.describe_unknown(event)} (--allow-undeclared imports it anyway)"
+
+
+def _nesting_allowed(properties: dict[str, t.Any]) -> bool:
+    """True when no property value breaks Mixpanel's limits of nesting depth and size."""
+    return all(value_problem(value) is None for value in properties.values())
 
 
 def prepare_record(record: object, catalog: Catalog | None = None) -> str:
