@@ -7,7 +7,15 @@ import types
 
 from .exceptions import MixpanelConfigurationError
 
-__all__ = ["require"]
+__all__ = ["optional", "require"]
+
+
+def optional(module: str) -> types.ModuleType | None:
+    """``module`` when it is installed, else ``None`` (for what only makes things faster)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
 
 
 def require(module: str, extra: str, needed_by: str) -> types.ModuleType:

@@ -46,6 +46,23 @@ API_SECRET_RETIREMENT = "2027-03-03"  # noqa: S105  # a date, not a secret
 _BY_SETTINGS: weakref.WeakValueDictionary[int, Runtime] = weakref.WeakValueDictionary()
 
 
+#: Why a runtime is in testing mode when nothing says otherwise.
+NO_TOKEN_REASON = "mixpanel.token is not set"  # noqa: S105  # a sentence, not a secret
+#: What :meth:`Runtime.setup` says without settings of ours: no ``mixpanel.setup`` line then.
+DEFAULT_SETUPS = (
+    {"mode": "testing", "reason": NO_TOKEN_REASON, "release_policy": "commit"},
+    {
+        "mode": "live",
+        "delivery": "background",
+        "queue": "memory",
+        "api_host": f"https://{INGESTION_HOSTS['us']}",
+        "region": "us",
+        "release_policy": "commit",
+        "customerio": "off",
+    },
+)
+
+
 class Runtime:
     """Settings plus what is derived from them once: catalogue, logging, delivery.
 
@@ -229,7 +246,7 @@ class Runtime:
             raw = from_environment("mixpanel.token", (self.source or {}).get("mixpanel.token"))
             shown = raw.strip() if isinstance(raw, str) else raw
             reason = (
-                "mixpanel.token is not set"
+                NO_TOKEN_REASON
                 if shown is None
                 else f"mixpanel.token = {str(shown).lower() or '(empty)'}"
             )
@@ -288,9 +305,12 @@ class Runtime:
         if settings.id_merge != "simplified":
             fields["id_merge"] = settings.id_merge
         self.log.say("info", "Mixpanel configured", **fields)
-        # The original's line is kept as it was (apps' tests compare it); this one says what
-        # actually runs.
-        self.log.info("mixpanel.setup", **self.setup())
+        # The original's lines are kept as they were and, for the two setups an app of the
+        # original has without settings of ours (no token; a token and nothing else), alone:
+        # apps' tests compare every line logged at startup. Otherwise this one says what runs.
+        setup = self.setup()
+        if setup not in DEFAULT_SETUPS:
+            self.log.info("mixpanel.setup", **setup)
         if settings.testing:
             self.log.say("warning", "Mixpanel is in testing mode, no message will be sent!")
         if settings.api_secret and not settings.has_service_account:

@@ -512,3 +512,24 @@ def test_only_a_destination_that_took_no_connection_is_worth_probing() -> None:
         outcome = hung.post("events", [body])
         api.set_mode("up")
     assert outcome.unreachable and not outcome.no_connection
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_batches_are_gzip_with_or_without_isal(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyramid_mixpanel.delivery import transport as transport_module
+
+    if not fast:
+        monkeypatch.setattr(transport_module, "_igzip", None)  # as without the fast extra
+    else:
+        assert transport_module._igzip is not None  # the test extra installs isal
+    raw = json.dumps([{"event": "e", "properties": {"n": i}} for i in range(500)]).encode()
+    for level in (1, 5, 9):
+        packed = transport_module.gzip_bytes(raw, level)
+        assert gzip.decompress(packed) == raw and len(packed) < len(raw) / 4
+
+
+def test_optional_modules() -> None:
+    from pyramid_mixpanel._extras import optional
+
+    assert optional("json") is json
+    assert optional("pyramid_mixpanel_no_such_module") is None

@@ -9,6 +9,7 @@ import json
 import math
 import pathlib
 import re
+import sys
 import threading
 import typing as t
 
@@ -17,6 +18,7 @@ import pytest
 from pyramid_mixpanel.catalog import Catalog
 from pyramid_mixpanel.delivery.policy import RetryPolicy
 from pyramid_mixpanel.delivery.transport import MixpanelTransport
+from pyramid_mixpanel.exceptions import MixpanelConfigurationError
 from pyramid_mixpanel.importer import (
     ImportReport,
     ImportSetupError,
@@ -1119,3 +1121,14 @@ def test_only_the_records_still_due_are_retried(
     sizes = [len(r.records) for r in api.requests if r.records]
     assert sizes == [2]  # only the two that had not arrived were posted again
     assert len(api.events()) == 4
+
+
+def test_the_import_without_tqdm_names_the_extra(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("")
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as without the extra
+    with pytest.raises(MixpanelConfigurationError, match=r"pyramid_mixpanel\[import\]"):
+        import_file(str(path), parse_settings({"mixpanel.token": "tok"}))
+    assert not (tmp_path / "events.jsonl.failed.jsonl").exists()

@@ -729,3 +729,14 @@ def test_days_are_the_project_timezone_days(api: QueryStandIn, tmp_path: pathlib
             now=dt.datetime(2026, 1, 4, 9, tzinfo=dt.timezone.utc),
         )
         assert (later.from_date, later.to_date, later.events) == (day(2), day(2), 1)
+
+
+def test_pmixpanel_sync_without_tqdm_names_the_extra(
+    api: QueryStandIn, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = write_ini(tmp_path, app_settings(api, f"sqlite:///{tmp_path / 'x.db'}"))
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as without the extra
+    code, output = run(ini)
+    assert code == 2
+    assert "pmixpanel sync needs the tqdm package" in output
+    assert "pip install 'pyramid_mixpanel[metrics]'" in output

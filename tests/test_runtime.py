@@ -145,6 +145,39 @@ def test_testing_mode_is_announced(caplog: pytest.LogCaptureFixture) -> None:
 
 
 @pytest.mark.parametrize(
+    ("source", "lines"),
+    [
+        (
+            {},
+            [
+                "Mixpanel configured consumer=MockedConsumer, events=Events,"
+                " event_properties=EventProperties, profile_properties=ProfileProperties,"
+                " profile_meta_properties=ProfileMetaProperties, customerio=False",
+                "Mixpanel is in testing mode, no message will be sent!",
+            ],
+        ),
+        (
+            {"mixpanel.token": "project-token"},
+            [
+                "Mixpanel configured consumer=PoliteBufferedConsumer, events=Events,"
+                " event_properties=EventProperties, profile_properties=ProfileProperties,"
+                " profile_meta_properties=ProfileMetaProperties, customerio=False",
+            ],
+        ),
+    ],
+)
+def test_an_originals_setup_logs_the_originals_lines_alone(
+    source: dict[str, str], lines: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Apps' tests written for the original compare every startup line.
+    with caplog.at_level(logging.DEBUG):
+        runtime = Runtime(parse_settings(source), source=source)
+        runtime.log_configured()
+    assert [r.getMessage() for r in caplog.records] == lines
+    runtime.close()
+
+
+@pytest.mark.parametrize(
     ("source", "expected"),
     [
         ({}, {"mode": "testing", "reason": "mixpanel.token is not set"}),

@@ -44,6 +44,7 @@ import requests
 import urllib3
 
 from .. import rules
+from .._extras import optional
 from ..log import redact
 from . import deadline
 from .base import Outcome, Prepared
@@ -51,6 +52,9 @@ from .policy import is_retryable, parse_retry_after
 
 if t.TYPE_CHECKING:
     from ..settings import MixpanelSettings
+
+#: The fast extra's gzip (see gzip_bytes), or None.
+_igzip = optional("isal.igzip")
 
 __all__ = ["ENDPOINTS", "GZIP_ENDPOINTS", "PATHS", "MixpanelTransport", "accepts_connections"]
 
@@ -270,7 +274,7 @@ class MixpanelTransport:
         raw = b"[" + b",".join(bodies) + b"]"
         headers = {"Content-Type": "application/json"}
         if endpoint in GZIP_ENDPOINTS:
-            raw = gzip.compress(raw, compresslevel=self.compresslevel)
+            raw = gzip_bytes(raw, self.compresslevel)
             headers["Content-Encoding"] = "gzip"
         with deadline.deadline(self.total_timeout) as limit:
             try:
@@ -377,6 +381,18 @@ class MixpanelTransport:
 
     def _clean(self, text: str) -> str:
         return redact(text[:500], self.secrets)
+
+
+def gzip_bytes(raw: bytes, level: int) -> bytes:
+    """``raw`` gzip'd: with ISA-L when the ``fast`` extra installed it, else with zlib.
+
+    ISA-L (``isal``) compresses a batch of events about five times faster than zlib, a little
+    smaller, into the same gzip format; its levels are 0 to 3, zlib's 0 to 9 (mapped: 1-3 to 1,
+    4-6 to 2, 7-9 to 3). Without it, zlib at ``level`` (``mtime=0``: no clock read per batch).
+    """
+    if _igzip is not None:
+        return t.cast(bytes, _igzip.compress(raw, min(3, (level + 2) // 3)))
+    return gzip.compress(raw, compresslevel=level, mtime=0)
 
 
 def _no_connection(exc: requests.RequestException) -> bool:

@@ -11,8 +11,7 @@ import time
 import typing as t
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
+from .._extras import require
 from ..delivery.base import Outcome
 from ..delivery.policy import RetryPolicy
 from ..delivery.transport import MixpanelTransport
@@ -136,6 +135,8 @@ class _Importer:
             raise ImportSetupError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
         if mapping and fmt != "csv":
             raise ImportSetupError("a column mapping (--map) is only for CSV input")
+        # Checked before anything is opened: the import extra brings it.
+        self._progress_bar = require("tqdm", "import", "pmixpanel import").tqdm
         self.path = path
         self.name = os.path.basename(path)
         self.settings = settings
@@ -209,7 +210,7 @@ class _Importer:
             for transport in self.transports:
                 transport.close()
             raise
-        self.bar = tqdm(
+        self.bar = self._progress_bar(
             total=self.size,
             initial=self.state.done[1],
             unit="B",

@@ -34,6 +34,7 @@ import zoneinfo
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from .._extras import require
 from ..exceptions import MixpanelError
 from ..log import Log
 from ..settings import parse_query_settings
@@ -568,8 +569,7 @@ def sync(
     :raises MixpanelQueryError: Mixpanel refused an export (the days before it are stored; run
         again to resume).
     """
-    from tqdm import tqdm
-
+    tqdm = require("tqdm", "metrics", "pmixpanel sync").tqdm
     config = parse_metrics_settings(settings)
     query_settings = parse_query_settings(settings)
     log = Log(query_settings.secrets, query_settings.structlog)
