@@ -10,6 +10,12 @@ Mixpanel. Apps extend the defaults by subclassing and pointing a setting at the 
 
 Descriptions are the optional second argument of :class:`Event` and :class:`Property`; they do
 not take part in equality, so ``Event("Page Viewed")`` equals the catalogue's member.
+
+The tracking plan may go further, optionally: a property may declare its JSON type
+(``Property("Price", "…", type="number")``) and an event the properties it requires
+(``Event("Item Bought", "…", requires=(EventProperties.price,))``). ``track()`` checks them
+(an error in testing mode, a logged and counted violation in production) and
+``pmixpanel lexicon push`` publishes them to Mixpanel's Lexicon. Neither takes part in equality.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field
 from .exceptions import MixpanelConfigurationError, with_note
 
 __all__ = [
+    "PROPERTY_TYPES",
     "RESERVED_EVENT_PROPERTIES",
     "RESERVED_META_PROPERTIES",
     "RESERVED_PROFILE_PROPERTIES",
@@ -36,6 +43,7 @@ __all__ = [
     "ProfileMetaProperties",
     "ProfileProperties",
     "Property",
+    "PropertyType",
     "Section",
     "closest",
     "closest_match",
@@ -64,15 +72,48 @@ class Name:
         return hash(self.name)
 
 
-# eq=False: keep Name's equality and hash instead of generating new ones.
-@dataclass(frozen=True, eq=False)
-class Event(Name):
-    """A Mixpanel event name, e.g. ``Event("Page Viewed")``."""
+#: The JSON types a :class:`Property` may declare.
+PropertyType = t.Literal["string", "number", "boolean", "datetime", "list", "object"]
+PROPERTY_TYPES: tuple[str, ...] = t.get_args(PropertyType)
 
 
 @dataclass(frozen=True, eq=False)
 class Property(Name):
-    """A Mixpanel property name, e.g. ``Property("Path")`` or ``Property("$email")``."""
+    """A Mixpanel property name, e.g. ``Property("Path")`` or ``Property("$email")``.
+
+    :param type: optionally, the JSON type of its values: ``string``, ``number``, ``boolean``,
+        ``datetime`` (a ``datetime``/``date``, or an ISO 8601 string), ``list`` or ``object``.
+        ``None`` (the default) declares nothing. Not part of equality.
+    """
+
+    type: PropertyType | None = field(default=None, compare=False, repr=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.type is not None and self.type not in PROPERTY_TYPES:
+            raise MixpanelConfigurationError(
+                f"Property {self.name!r}: type must be one of {', '.join(PROPERTY_TYPES)},"
+                f" got {self.type!r}"
+            )
+
+
+# eq=False: keep Name's equality and hash instead of generating new ones.
+@dataclass(frozen=True, eq=False)
+class Event(Name):
+    """A Mixpanel event name, e.g. ``Event("Page Viewed")``.
+
+    :param requires: optionally, the event properties every such event must carry (declared
+        in the configured ``EventProperties`` or ``GroupKeys``). Not part of equality.
+    """
+
+    requires: tuple[Property, ...] = field(default=(), compare=False, repr=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.requires, tuple) or not all(
+            isinstance(prop, Property) for prop in self.requires
+        ):
+            raise MixpanelConfigurationError(
+                f"Event {self.name!r}: requires must be a tuple of Property, got {self.requires!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -284,6 +325,39 @@ class Catalog:
         self.event_property_members: frozenset[Property] = (
             self.event_properties.members | self.group_keys.members
         )
+        #: Declared types of event properties, by property (only those that declare one).
+        self.event_property_types: dict[Property, str] = {
+            prop: prop.type for prop in self.event_property_members if prop.type is not None
+        }
+        #: Required properties, by event (only events that require some).
+        self.requirements: dict[Event, tuple[Property, ...]] = {}
+        for attr, event in self.events.by_attr.items():
+            for prop in event.requires:
+                if prop not in self.event_property_members:
+                    raise MixpanelConfigurationError(
+                        f"{self.events.cls.__qualname__}.{attr} = {event.name!r} requires"
+                        f" {prop.name!r}, which is not declared in"
+                        f" {self.event_properties.cls.__qualname__} or"
+                        f" {self.group_keys.cls.__qualname__}"
+                    )
+            if event.requires:
+                self.requirements[event] = event.requires
+        #: Whether ``track()`` has anything to check against the plan: computed once, so a
+        #: catalogue without types or requirements costs nothing per call.
+        self.checks_plan: bool = bool(self.event_property_types or self.requirements)
+
+    def attr_of(self, member: Event | Property) -> str:
+        """``Class.attribute`` of an event or event property, for messages."""
+        sections = (
+            (self.events,)
+            if isinstance(member, Event)
+            else (self.event_properties, self.group_keys)
+        )
+        for section in sections:
+            for attr, declared in section.by_attr.items():
+                if declared == member:
+                    return f"{section.cls.__qualname__}.{attr}"
+        return repr(member.name)
 
     @property
     def sections(self) -> tuple[Section[t.Any], ...]:

@@ -36,7 +36,7 @@ __all__ = ["RUNTIME_KEY", "Runtime", "get_runtime", "runtime_for"]
 #: The registry key of the app's :class:`Runtime` (use :func:`get_runtime`).
 RUNTIME_KEY = "pyramid_mixpanel.runtime"
 HEADER_PREFIX = "HTTP_X_MIXPANEL_"
-COUNTERS = ("released", "discarded", "failed", "customerio_failed")
+COUNTERS = ("released", "discarded", "failed", "customerio_failed", "plan_violations")
 #: When Mixpanel stops accepting project API secrets (reference/project-secret).
 API_SECRET_RETIREMENT = "2027-03-03"  # noqa: S105  # a date, not a secret
 

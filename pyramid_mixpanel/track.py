@@ -329,6 +329,8 @@ class MixpanelTrack:
                 properties.update(self._values(props, allowed, section))
         else:
             properties = self._values(props, allowed, section) if props else {}
+        if self._catalog.checks_plan:
+            self._check_plan(event, props)
         if ip is not None:
             if not isinstance(ip, str):
                 raise TypeError(f"ip must be a string, got {type(ip).__name__}")
@@ -693,6 +695,41 @@ class MixpanelTrack:
             values[prop.name] = value
         return values
 
+    def _check_plan(self, event: Event, props: PropsType | None) -> None:
+        """Check an event's values against the declared types and requirements.
+
+        Only called when the catalogue declares some (``Catalog.checks_plan``). In testing
+        mode a violation raises; otherwise it is logged and counted, and the event still goes.
+        """
+        catalog = self._catalog
+        values: dict[Property, t.Any] = {**self.global_event_props, **(props or {})}
+        types = catalog.event_property_types
+        for prop, value in values.items():
+            wanted = types.get(prop)
+            if wanted is not None and not has_type(value, wanted):
+                self._plan_violation(
+                    event, prop, f"must be a {wanted} value, got {type(value).__name__}", TypeError
+                )
+        for prop in catalog.requirements.get(event, ()):
+            if prop not in values:
+                self._plan_violation(event, prop, "is required but missing", ValueError)
+
+    def _plan_violation(
+        self, event: Event, prop: Property, problem: str, kind: type[Exception]
+    ) -> None:
+        catalog = self._catalog
+        text = (
+            f"event {event.name!r} ({catalog.attr_of(event)}): property {prop.name!r}"
+            f" ({catalog.attr_of(prop)}) {problem}"
+        )
+        if self.testing:
+            raise kind(text)
+        # Never the value: it may be personal data.
+        self._runtime.log.warning(
+            "mixpanel.plan_violation", event_name=event.name, property=prop.name, problem=text
+        )
+        self._runtime.stats.add("plan_violations")
+
     def _profile_values(self, props: PropsType) -> dict[str, t.Any]:
         section = self._catalog.profile_properties
         return self._values(props, section.members, section)
@@ -793,6 +830,31 @@ def _epoch(value: dt.datetime | float) -> float:
     if isinstance(value, bool) or not isinstance(value, _NUMBERS):
         raise TypeError(f"time must be a datetime or epoch seconds, got {type(value).__name__}")
     return float(value)
+
+
+def has_type(value: object, wanted: str) -> bool:
+    """Whether ``value`` is of the declared property type ``wanted`` (``None`` always is)."""
+    if value is None:
+        return True
+    if wanted == "string":
+        return isinstance(value, str)
+    if wanted == "number":
+        return isinstance(value, _NUMBERS) and not isinstance(value, bool)
+    if wanted == "boolean":
+        return isinstance(value, bool)
+    if wanted == "datetime":
+        if isinstance(value, dt.date):
+            return True
+        if not isinstance(value, str):
+            return False
+        try:
+            dt.datetime.fromisoformat(value)
+        except ValueError:
+            return False
+        return True
+    if wanted == "list":
+        return isinstance(value, (list, tuple, set, frozenset))
+    return isinstance(value, dict)
 
 
 def json_value(name: str, value: object) -> object:

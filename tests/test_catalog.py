@@ -142,3 +142,13 @@ def test_normalise_and_closest() -> None:
     assert closest("dark_mode", ["Dark Mode", "Path"]) == " Did you mean 'Dark Mode'?"
     assert closest("Pathh", ["Path", "Title"]) == " Did you mean 'Path'?"
     assert closest("q", ["Path"]) == ""
+
+
+def test_types_and_requirements_default_to_nothing_declared() -> None:
+    from pyramid_mixpanel.catalog import PROPERTY_TYPES, Catalog
+
+    assert Property("Path").type is None
+    assert Event("Page Viewed").requires == ()
+    assert PROPERTY_TYPES == ("string", "number", "boolean", "datetime", "list", "object")
+    assert repr(Property("Price", type="number")) == "Property(name='Price')"
+    assert Catalog().checks_plan is False

@@ -381,3 +381,18 @@ def test_an_input_error_in_a_sub_command_is_one_line_and_exit_2(
         2,
         "pmixpanel status: the spool at /x is locked (token *** must never show)\n",
     )
+
+
+def test_lexicon_is_a_sub_command_with_diff_and_push() -> None:
+    parser = PMixpanelCommand.parser()
+    args = parser.parse_args(["lexicon", "push", "app.ini", "--dry-run", "--prune"])
+    assert (args.command, args.lexicon_command, args.dry_run, args.prune) == (
+        "lexicon",
+        "push",
+        True,
+        True,
+    )
+    args = parser.parse_args(["lexicon", "diff", "app.ini", "--format", "json"])
+    assert (args.lexicon_command, args.format, args.config_uri) == ("diff", "json", "app.ini")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["lexicon", "app.ini"])

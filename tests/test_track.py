@@ -606,3 +606,20 @@ def test_a_consumer_put_in_by_a_test_gets_the_official_form() -> None:
     mp.api._consumer = Recorder()
     mp.track(Events.page_viewed)
     assert type(got[0]) is str and "ip" not in json.loads(got[0])["properties"]
+
+
+def test_declared_types_are_checked_for_global_properties_too() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Typed(EventProperties):
+        count: Property = Property("Count", type="number")
+
+    mp = MixpanelTrack(
+        {**SETTINGS, "mixpanel.event_properties": Typed},
+        distinct_id="u1",
+        global_event_props={Typed.count: "many"},
+    )
+    with pytest.raises(TypeError, match=r"'Count' \(.*Typed.count\) must be a number value"):
+        mp.track(Events.page_viewed)
+    mp.global_event_props = {Typed.count: 3}
+    mp.track(Events.page_viewed, {Typed.count: 4.5})
+    assert mp.mocked_messages[0]["msg"]["properties"]["Count"] == 4.5

@@ -12,6 +12,8 @@
     pmixpanel sync development.ini                  # per-account metrics: resume to yesterday
     pmixpanel sync development.ini --from 2026-01-01 --to 2026-01-31   # or backfill days
     pmixpanel migrate development.ini               # create/upgrade the metrics tables
+    pmixpanel lexicon diff development.ini          # catalogue vs Lexicon; exit 1 on drift
+    pmixpanel lexicon push development.ini          # upload what changed (--dry-run, --prune)
 
 The config file is bootstrapped like ``pshell`` does, so ``includeme`` runs and the same
 settings apply as in the app. ``key=value`` arguments after the file are passed as variables.
@@ -117,6 +119,7 @@ class PMixpanelCommand:
                 sub.add_argument(
                     "--json", action="store_true", help="one JSON document, for scripts"
                 )
+        _lexicon_options(commands)
         return parser
 
     def run(self) -> int:
@@ -161,6 +164,8 @@ class PMixpanelCommand:
             return 1 if issues else 0
         if command == "import":
             return self.do_import(runtime)
+        if command == "lexicon":
+            return self.do_lexicon(runtime)
         if command == "sync":
             return self.do_sync(settings, runtime)
         if command == "migrate":
@@ -318,6 +323,34 @@ class PMixpanelCommand:
         self.print(report.summary())
         return 0 if report.ok else 1
 
+    def do_lexicon(self, runtime: Runtime) -> int:
+        """``lexicon diff`` (exit 1 on drift) and ``lexicon push`` (``--dry-run``, ``--prune``)."""
+        from ..lexicon import LexiconClient, LexiconMissingAccountError, diff, render_diff
+
+        args = self.args
+        try:
+            client = LexiconClient(
+                runtime.settings, retry=self.retry_policy, max_retries=args.max_retries
+            )
+        except LexiconMissingAccountError as exc:
+            self.print(f"pmixpanel lexicon: {exc}")
+            return 2
+        if args.lexicon_command == "diff":
+            result = diff(runtime.catalog, client.schemas())
+            self.out.write(render_diff(result, args.format))
+            return 1 if result else 0
+        result = diff(runtime.catalog, client.schemas(), prune=args.prune)
+        self.out.write(render_diff(result))
+        uploads, deletions = len(result.uploads), len(result.deletions)
+        if args.dry_run:
+            self.print(f"dry run: would upload {uploads} schema(s), delete {deletions}")
+            return 0
+        requests = client.upload(result.uploads) if result.uploads else 0
+        for entity_type, name in result.deletions:
+            client.delete(entity_type, name)
+        self.print(f"uploaded {uploads} schema(s) in {requests} request(s), deleted {deletions}")
+        return 0
+
     def do_migrate(self, settings: t.Mapping[str, object], runtime: Runtime) -> int:
         """Bring the metrics store to the latest schema; 2 when the metrics extra is missing."""
         try:
@@ -374,6 +407,36 @@ class PMixpanelCommand:
             return 1
         self.print(redact(report.summary(), runtime.settings.secrets))
         return 0 if report.ok else 1
+
+
+def _lexicon_options(commands: t.Any) -> None:
+    text = "compare the catalogue with Mixpanel's Lexicon, or push it there"
+    lexicon = commands.add_parser("lexicon", help=text, description=text)
+    actions = lexicon.add_subparsers(dest="lexicon_command", required=True)
+    for name, help_text in (
+        ("diff", "show what differs between the code and Lexicon; exit 1 when something does"),
+        ("push", "upload the schemas that changed; never deletes without --prune"),
+    ):
+        sub = actions.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("config_uri", help="the app's .ini file, e.g. development.ini")
+        sub.add_argument("config_vars", nargs="*", default=(), help="key=value variables")
+        sub.add_argument(
+            "--max-retries",
+            type=int,
+            default=5,
+            help="retries of a request Mixpanel cannot take now (429, 5xx; default 5)",
+        )
+        if name == "diff":
+            sub.add_argument("--format", choices=("table", "json"), default="table")
+        else:
+            sub.add_argument(
+                "--dry-run", action="store_true", help="show the differences, send nothing"
+            )
+            sub.add_argument(
+                "--prune",
+                action="store_true",
+                help="also delete what Lexicon has and the code does not declare",
+            )
 
 
 def _sync_options(sub: argparse.ArgumentParser) -> None:
