@@ -533,3 +533,16 @@ def test_optional_modules() -> None:
 
     assert optional("json") is json
     assert optional("pyramid_mixpanel_no_such_module") is None
+
+
+def test_which_failures_took_no_connection() -> None:
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    from pyramid_mixpanel.delivery.transport import _no_connection
+
+    refused = MaxRetryError(None, "/import", NewConnectionError(None, "refused"))  # type: ignore[arg-type]
+    assert _no_connection(requests.exceptions.ConnectTimeout())
+    assert _no_connection(requests.exceptions.ConnectionError(refused))
+    assert not _no_connection(requests.exceptions.ConnectionError("Connection aborted."))
+    assert not _no_connection(requests.exceptions.ConnectionError())
+    assert not _no_connection(requests.exceptions.ReadTimeout())
