@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types unit demo bench docs clean
+.PHONY: test lint types unit demo bench docs matrix clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP)
 ## make docs: the Sphinx site in docs/_build/html, warnings as errors.
 docs: $(STAMP)
 	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+## make matrix: Python 3.10-3.13, the lowest dependency versions and the built wheel (nox).
+matrix:
+	.ci/matrix $(SESSIONS)
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache *.egg-info

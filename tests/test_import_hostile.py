@@ -201,11 +201,15 @@ def test_a_row_nested_too_deep_to_write_back_is_reported_without_it(
     assert (report.sent, report.rejected_locally) == (2, 2)
     lines = report_lines(data)
     assert [line["line"] for line in lines] == [2, 3]
-    assert lines[0]["row"] is None
-    assert lines[0]["error"] == (
-        "a row must be a JSON object, got list (the row nests too deep to be written here)"
-    )
     assert "nests too deep" in lines[1]["error"]
+    if lines[0]["row"] is None:
+        # Python < 3.12: json.dumps (the report) gives up before orjson (the reader) does.
+        assert lines[0]["error"] == (
+            "a row must be a JSON object, got list (the row nests too deep to be written here)"
+        )
+    else:  # 3.12 and later write 1020 levels back
+        assert lines[0]["row"] == json.loads(deep)
+        assert lines[0]["error"] == "a row must be a JSON object, got list"
 
 
 # -- 2. damaged checkpoints -------------------------------------------------------------------
@@ -844,7 +848,12 @@ def test_any_csv_bytes_are_records_or_rejections(raw: bytes) -> None:
     assert lines.offset == len(data)
 
 
-CELLS = st.text(max_size=30) | TIMES.map(str) | RECENT.map(str)
+# No NUL: Python 3.10's csv.writer cannot write one (raw NUL bytes: the any-CSV-bytes test).
+CELLS = (
+    st.text(st.characters(blacklist_characters="\x00"), max_size=30)
+    | TIMES.map(str)
+    | RECENT.map(str)
+)
 
 
 GOOD_CELLS = st.tuples(NAMES, st.text(min_size=1, max_size=20), CELLS, CELLS).map(list)
