@@ -19,6 +19,7 @@ import time
 import tracemalloc
 import typing as t
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -201,15 +202,15 @@ def test_a_row_nested_too_deep_to_write_back_is_reported_without_it(
     assert (report.sent, report.rejected_locally) == (2, 2)
     lines = report_lines(data)
     assert [line["line"] for line in lines] == [2, 3]
-    assert "nests too deep" in lines[1]["error"]
-    if lines[0]["row"] is None:
-        # Python < 3.12: json.dumps (the report) gives up before orjson (the reader) does.
-        assert lines[0]["error"] == (
-            "a row must be a JSON object, got list (the row nests too deep to be written here)"
-        )
-    else:  # 3.12 and later write 1020 levels back
-        assert lines[0]["row"] == json.loads(deep)
-        assert lines[0]["error"] == "a row must be a JSON object, got list"
+    errors = ["a row must be a JSON object, got list", "event 'E' is not declared in"]
+    written_back = [orjson.loads(deep), orjson.loads(props)]  # (json.loads recurses too deep)
+    for line, error, row in zip(lines, errors, written_back, strict=True):
+        assert line["error"].startswith(error)
+        if line["row"] is None:
+            # Python < 3.12: json.dumps (the report) gives up before orjson (the reader) does.
+            assert line["error"].endswith("(the row nests too deep to be written here)")
+        else:  # 3.12 and later write 1020 levels back
+            assert line["row"] == row
 
 
 # -- 2. damaged checkpoints -------------------------------------------------------------------
