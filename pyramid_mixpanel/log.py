@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import typing as t
 
+from ._extras import require
+
 __all__ = ["REDACTED", "Log", "RedactedError", "redact"]
 
 
@@ -49,8 +51,7 @@ class Log:
         self._stdlib = logging.getLogger(name)
         self._structlog: t.Any = None
         if use_structlog:
-            import structlog
-
+            structlog = require("structlog", "structlog", "pyramid_heroku.structlog = true")
             self._structlog = structlog.get_logger(name)
 
     def child(self, suffix: str) -> Log:

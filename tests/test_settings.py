@@ -375,3 +375,13 @@ def test_a_value_from_the_environment_is_checked_as_the_setting(
     with pytest.raises(MixpanelConfigurationError) as caught:
         parse_settings({"mixpanel.token": "t", "mixpanel.read_timeout": "env:MIXPANEL_TIMEOUT"})
     assert "mixpanel.read_timeout" in str(caught.value)
+
+
+def test_structlog_output_without_structlog_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyramid_mixpanel.log import Log
+
+    monkeypatch.setitem(sys.modules, "structlog", None)  # as without the extra
+    with pytest.raises(MixpanelConfigurationError, match=r"pyramid_mixpanel\[structlog\]"):
+        Log(use_structlog=True)
