@@ -14,7 +14,7 @@ import subprocess
 import sys
 import typing as t
 
-__all__ = ["PIN", "Server", "server"]
+__all__ = ["PIN", "Child", "Server", "server"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SERVER = """
@@ -33,12 +33,16 @@ api.stop()
 PIN = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
 
 
-class Server:
-    """A MixpanelStandIn in a child process."""
+class Child:
+    """A loopback server in a child process of its own (pinned to CPU 0 where there are two or
+    more), spoken to one command a line on its standard input, one number a line back.
 
-    def __init__(self) -> None:
+    :param code: what ``python -c`` runs; it prints its base URL first.
+    """
+
+    def __init__(self, code: str, *args: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER],
+            [sys.executable, "-c", code, *args],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -49,21 +53,33 @@ class Server:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin, self.stdout = self.process.stdin, self.process.stdout
         self.base_url = self.stdout.readline().strip()
+        if not self.base_url.startswith("http://127.0.0.1:"):
+            self.process.kill()
+            raise RuntimeError(f"the loopback server did not start: {self.base_url!r}")
 
-    def events(self) -> int:
-        self.stdin.write("count\n")
-        self.stdin.flush()
-        return int(self.stdout.readline())
-
-    def requests(self) -> int:
-        """How many HTTP requests the stand-in answered."""
-        self.stdin.write("requests\n")
+    def _ask(self, command: str) -> int:
+        self.stdin.write(command + "\n")
         self.stdin.flush()
         return int(self.stdout.readline())
 
     def close(self) -> None:
-        self.stdin.close()
+        self.stdin.close()  # the child stops at the end of its input
         self.process.wait(10)
+
+
+class Server(Child):
+    """A MixpanelStandIn in a child process."""
+
+    def __init__(self) -> None:
+        super().__init__(SERVER)
+
+    def events(self) -> int:
+        """How many unique events the stand-in holds."""
+        return self._ask("count")
+
+    def requests(self) -> int:
+        """How many HTTP requests the stand-in answered."""
+        return self._ask("requests")
 
 
 @contextlib.contextmanager

@@ -85,7 +85,7 @@ class LexiconStandIn:
         self._updates: list[tuple[float, int]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
-        self.server.standin = self  # type: ignore[attr-defined]
+        self.server.standin = self  # type: ignore[attr-defined]  # the handlers' way back
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -242,7 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("DELETE")
 
     def _handle(self, method: str) -> None:
-        standin: LexiconStandIn = self.server.standin  # type: ignore[attr-defined]
+        standin: LexiconStandIn = self.server.standin  # type: ignore[attr-defined]  # set above
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         try:

@@ -516,6 +516,9 @@ def test_only_a_destination_that_took_no_connection_is_worth_probing() -> None:
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_batches_are_gzip_with_or_without_isal(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Mixpanel takes Content-Encoding: gzip on /track and /import (reference/track-event,
+    # reference/import-events; ../shared/mixpanel-rules.md): RFC 1952 gzip, whichever library
+    # wrote it. The loopback stand-in decodes it only on those paths.
     from pyramid_mixpanel.delivery import transport as transport_module
 
     if not fast:
@@ -540,6 +543,7 @@ def test_which_failures_took_no_connection() -> None:
 
     from pyramid_mixpanel.delivery.transport import _no_connection
 
+    # (urllib3 types the pool and connection arguments; the check reads only the reason)
     refused = MaxRetryError(None, "/import", NewConnectionError(None, "refused"))  # type: ignore[arg-type]
     assert _no_connection(requests.exceptions.ConnectTimeout())
     assert _no_connection(requests.exceptions.ConnectionError(refused))

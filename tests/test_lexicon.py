@@ -95,9 +95,9 @@ def test_types_and_requirements_are_optional_and_not_part_of_equality() -> None:
 
 def test_bad_types_and_requirements_are_configuration_errors() -> None:
     with pytest.raises(MixpanelConfigurationError, match="type must be one of"):
-        Property("Price", type="money")  # type: ignore[arg-type]
+        Property("Price", type="money")  # type: ignore[arg-type]  # the mistake under test
     with pytest.raises(MixpanelConfigurationError, match="tuple of Property"):
-        Event("Item Bought", requires=[ShopProperties.price])  # type: ignore[arg-type]
+        Event("Item Bought", requires=[ShopProperties.price])  # type: ignore[arg-type]  # under test
 
     @dataclasses.dataclass(frozen=True)
     class Stray(Events):

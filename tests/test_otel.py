@@ -98,6 +98,7 @@ def points(memory: InMemoryMetricReader) -> tuple[Points, dict[str, tuple[str, s
                 kinds[metric.name] = (metric.unit or "", type(metric.data).__name__)
                 for point in metric.data.data_points:
                     attributes = tuple(sorted((point.attributes or {}).items()))
+                    # (histogram points have no value; these instruments make sums and gauges only)
                     found[(metric.name, attributes)] = point.value  # type: ignore[union-attr]
     return found, kinds
 
