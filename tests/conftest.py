@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 
 from pyramid_mixpanel import MixpanelTrack
 from pyramid_mixpanel.delivery import engine as engine_module
+from pyramid_mixpanel.runtime import Runtime
 
 from .browser import browser  # noqa: F401  # headless Chromium, for the end-to-end tests
 from .recorder import recording
@@ -66,3 +67,12 @@ def tracks() -> Iterator[list[MixpanelTrack]]:
     """Every ``request.mixpanel`` built during the test."""
     with recording() as built:
         yield built
+
+
+@pytest.fixture
+def runtimes() -> Iterator[list[Runtime]]:
+    """Runtimes the test built: closed at its end, so no sender outlives it."""
+    built: list[Runtime] = []
+    yield built
+    for runtime in built:
+        runtime.close(0.5)

@@ -73,6 +73,18 @@ def wait_for(predicate: t.Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+def fail_first_put(spool: SqliteSpool, error: Exception) -> None:
+    """The spool's next put raises ``error``; the ones after it work again."""
+    real_put, pending = spool.put, [error]
+
+    def put(messages: t.Sequence[tuple[str, str]]) -> int:
+        if pending:
+            raise pending.pop()
+        return real_put(messages)
+
+    spool.put = put  # type: ignore[method-assign]  # the fault under test
+
+
 def test_submit_returns_at_once_and_the_sender_delivers() -> None:
     transport = ScriptedTransport()
     transport.gate = threading.Event()
@@ -186,15 +198,7 @@ def test_the_overflow_goes_back_into_the_spool_when_it_can(tmp_path: t.Any) -> N
     engine = make_engine(ScriptedTransport(), store=spool, spooled=True)
     transport = t.cast(ScriptedTransport, engine.transport)
     transport.gate = threading.Event()  # nothing is sent until the test says so
-    real_put, refusals = spool.put, [1]
-
-    def put_once_refused(messages: t.Sequence[tuple[str, str]]) -> int:
-        if refusals:
-            refusals.pop()
-            raise SpoolError(spool.path, "is locked by another process")
-        return real_put(messages)
-
-    spool.put = put_once_refused  # type: ignore[method-assign]  # the fault under test
+    fail_first_put(spool, SpoolError(spool.path, "is locked by another process"))
     engine.submit([("events", '{"a":1}')])  # the spool refuses: kept in memory
     assert engine.stats["overflowed"] == 1
     wait_for(lambda: engine.overflow.pending() == 0)  # the sender spooled it
@@ -572,15 +576,7 @@ def test_group_commit_keeps_what_the_spool_refused(
     transport.gate = threading.Event()
     engine = group_engine(tmp_path, transport)
     spool = t.cast(SqliteSpool, engine.store)
-    real_put, refusals = spool.put, [1]
-
-    def put_once_refused(messages: t.Sequence[tuple[str, str]]) -> int:
-        if refusals:
-            refusals.pop()
-            raise SpoolError(spool.path, "is locked by another process")
-        return real_put(messages)
-
-    spool.put = put_once_refused  # type: ignore[method-assign]  # the fault under test
+    fail_first_put(spool, SpoolError(spool.path, "is locked by another process"))
     with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
         engine.submit([("events", '{"n":1}')])
         wait_for(lambda: "spool_unavailable" in caplog.text)
@@ -602,15 +598,7 @@ def test_group_commit_spooler_survives_an_unexpected_error(
     transport.gate = threading.Event()
     engine = group_engine(tmp_path, transport)
     spool = t.cast(SqliteSpool, engine.store)
-    real_put, failures = spool.put, [1]
-
-    def put_with_a_bug(messages: t.Sequence[tuple[str, str]]) -> int:
-        if failures:
-            failures.pop()
-            raise RuntimeError("a bug")
-        return real_put(messages)
-
-    spool.put = put_with_a_bug  # type: ignore[method-assign]  # the fault under test
+    fail_first_put(spool, RuntimeError("a bug"))
     with caplog.at_level(logging.ERROR, logger="pyramid_mixpanel"):
         engine.submit([("events", "{}")])
         wait_for(lambda: engine.stats["spooled"] == 1)

@@ -11,7 +11,6 @@ import importlib.metadata
 import sys
 import typing as t
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import opentelemetry.metrics
 import pytest
@@ -20,37 +19,15 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from pyramid.config import Configurator
 from pyramid.registry import Registry
-from pyramid.request import Request
 
-from pyramid_mixpanel import EventProperties, Events, MixpanelConfigurationError, get_runtime
+from pyramid_mixpanel import MixpanelConfigurationError, get_runtime
 from pyramid_mixpanel.otel import METER_NAME, OTEL_KEY, Instruments, _version, instrument
 from pyramid_mixpanel.runtime import Runtime
 
 from .loopback import MixpanelStandIn, free_port, wait_until
+from .observed_app import ORIGIN, User, observed_app
 
-TOKEN = "tok-0123456789abcdef"
-ORIGIN = "http://localhost"
 Points = dict[tuple[str, tuple[tuple[str, t.Any], ...]], float]
-
-
-@dataclass(frozen=True)
-class User:
-    distinct_id: str
-
-
-def page(request: Request) -> dict[str, str]:
-    request.mixpanel.distinct_id = "user-1"
-    request.mixpanel.track(Events.page_viewed, {EventProperties.path: request.path})
-    return {"ok": "yes"}
-
-
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    """Runtimes the test built: closed at its end, so no sender outlives it."""
-    built: list[Runtime] = []
-    yield built
-    for runtime in built:
-        runtime.close(0.5)
 
 
 @pytest.fixture
@@ -63,25 +40,15 @@ def reader() -> Iterator[tuple[InMemoryMetricReader, MeterProvider]]:
 
 
 def make_app(
-    runtimes: list[Runtime], settings: dict[str, str], *, otel: bool = False
+    runtimes: list[Runtime], settings: dict[str, object], *, otel: bool = False
 ) -> tuple[webtest.TestApp, Registry]:
-    base = {
-        "mixpanel.token": TOKEN,
-        "mixpanel.connect_timeout": "0.5",
-        "mixpanel.read_timeout": "0.5",
-        "mixpanel.flush_interval": "0.05",
-    }
-    base.update(settings)
-    with Configurator(settings=base) as config:
+    def configure(config: Configurator) -> None:
         config.add_request_method(lambda request: User("user-1"), "user", reify=True)
         config.include("pyramid_mixpanel.relay")
         if otel:
             config.include("pyramid_mixpanel.otel")
-        config.add_route("page", "/page")
-        config.add_view(page, route_name="page", renderer="json")
-        wsgi = config.make_wsgi_app()
-    runtimes.append(get_runtime(config.registry))
-    return webtest.TestApp(wsgi, extra_environ={"HTTP_HOST": "localhost:80"}), config.registry
+
+    return observed_app(runtimes, settings, configure)
 
 
 def points(memory: InMemoryMetricReader) -> tuple[Points, dict[str, tuple[str, str]]]:

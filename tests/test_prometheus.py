@@ -13,8 +13,6 @@ import sqlite3
 import sys
 import threading
 import typing as t
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import prometheus_client
 import pytest
@@ -28,8 +26,6 @@ from pyramid.request import Request
 from pyramid.security import Denied
 
 from pyramid_mixpanel import (
-    EventProperties,
-    Events,
     MixpanelConfigurationError,
     get_runtime,
     prometheus,
@@ -44,21 +40,9 @@ from pyramid_mixpanel.prometheus import (
 from pyramid_mixpanel.runtime import Runtime
 
 from .loopback import MixpanelStandIn, free_port, wait_until
+from .observed_app import ORIGIN, User, observed_app
 
-TOKEN = "tok-0123456789abcdef"
-ORIGIN = "http://localhost"
 Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@dataclass(frozen=True)
-class User:
-    distinct_id: str
-
-
-def page(request: Request) -> dict[str, str]:
-    request.mixpanel.distinct_id = "user-1"
-    request.mixpanel.track(Events.page_viewed, {EventProperties.path: request.path})
-    return {"ok": "yes"}
 
 
 class DenyAll:
@@ -74,15 +58,6 @@ class DenyAll:
         return Denied(f"not {permission}")
 
 
-@pytest.fixture
-def runtimes() -> Iterator[list[Runtime]]:
-    """Runtimes the test built: closed at its end, so no sender outlives it."""
-    built: list[Runtime] = []
-    yield built
-    for runtime in built:
-        runtime.close(0.5)
-
-
 def make_app(
     runtimes: list[Runtime],
     settings: dict[str, object] | None = None,
@@ -91,15 +66,12 @@ def make_app(
     security: bool = False,
 ) -> tuple[webtest.TestApp, Registry]:
     base: dict[str, object] = {
-        "mixpanel.token": TOKEN,
-        "mixpanel.connect_timeout": "0.5",
-        "mixpanel.read_timeout": "0.5",
-        "mixpanel.flush_interval": "0.05",
         "mixpanel.prometheus.path": "/metrics",
         "mixpanel.prometheus.registry": CollectorRegistry(),
+        **(settings or {}),
     }
-    base.update(settings or {})
-    with Configurator(settings={k: v for k, v in base.items() if v is not None}) as config:
+
+    def configure(config: Configurator) -> None:
         config.include("pyramid_mixpanel.prometheus")
         if relay:
             config.add_request_method(
@@ -108,12 +80,8 @@ def make_app(
             config.include("pyramid_mixpanel.relay")
         if security:
             config.set_security_policy(DenyAll())
-        config.add_route("page", "/page")
-        config.add_view(page, route_name="page", renderer="json")
-        wsgi = config.make_wsgi_app()
-    runtimes.append(get_runtime(config.registry))
-    app = webtest.TestApp(wsgi, extra_environ={"HTTP_HOST": "localhost:80"})
-    return app, config.registry
+
+    return observed_app(runtimes, base, configure)
 
 
 def scrape(app: webtest.TestApp) -> Scrape:
