@@ -40,7 +40,7 @@ thousand events/s, so what is measured is the client, not a stand-in's validatio
 
 A peer that cannot be imported or fails is reported in one line, and the run goes on. Timings
 are printed with their targets, never asserted. Output: a plain-text table, the same as Markdown
-(for the README) with the machine's facts and the date.
+(for ``docs/performance.md``) with the machine's facts and the date.
 
 Run: ``make bench`` (or ``python -m benchmarks.peers [--events N] [--rounds R]``).
 """
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in imported:
         print(f"   {line}")
 
-    print(f"\nMarkdown (README):\n\n{heading}; {facts}.\n")
+    print(f"\nMarkdown (docs/performance.md):\n\n{heading}; {facts}.\n")
     print("\n".join(markdown(table)))
     if notes:
         print("\n" + "\n".join(f"- {note}" for note in notes))

@@ -2,7 +2,8 @@
 
 ``config.include("pyramid_mixpanel")`` adds ``request.mixpanel``, a
 :class:`~pyramid_mixpanel.track.MixpanelTrack` whose messages are released only after the
-request succeeded. See the README for settings and guarantees.
+request succeeded. The documentation's Settings page (``docs/settings.md``) lists the settings,
+its Tracking and Delivery pages (``docs/tracking.md``, ``docs/delivery.md``) the guarantees.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The plan lists every event and property with its description, as Markdown, JSON or CSV, so the
 documentation of what an app sends is generated from the code that sends it instead of being
-kept by hand. The lint checks the naming guidelines of the README:
+kept by hand. The lint checks the naming guidelines of ``docs/tracking.md``:
 
 * Title Case (``Page Viewed``, not ``page viewed``);
 * events as ``<Item> <Action>`` in past tense (``Button Clicked``, not ``Click Button``);

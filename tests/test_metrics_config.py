@@ -224,7 +224,7 @@ def test_core_settings_ignore_the_metrics_prefix(caplog: pytest.LogCaptureFixtur
 
 @pytest.mark.parametrize("off", ["off", "false", "", False])
 def test_profile_sync_can_be_turned_off_with_an_account_property(off: object) -> None:
-    # The README's promise: off means no profile sync, not "the event property again".
+    # docs/settings.md's promise: off means no profile sync, not "the event property again".
     assert parse(profile_account_property=off).profile_account_property is None
     with pytest.raises(MixpanelConfigurationError, match="profile_properties needs"):
         parse(profile_account_property=off, profile_properties="plan")

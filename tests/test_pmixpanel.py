@@ -217,7 +217,7 @@ def test_status_as_json_of_a_retry_an_empty_spool_and_sync_delivery(
 def test_the_token_from_the_environment_in_the_ini(
     tmp_path: pathlib.Path, api: MixpanelStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # README "Secrets from the environment".
+    # docs/settings.md, "Secrets from the environment".
     ini = write_ini(tmp_path, api, token="env:PMIXPANEL_TEST_TOKEN")
     monkeypatch.setenv("PMIXPANEL_TEST_TOKEN", "tok-from-the-environment")
     code, out, runtime = run(["status", ini, "--json"])

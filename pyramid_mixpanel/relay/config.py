@@ -38,7 +38,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class RelaySettings:
-    """The parsed ``mixpanel.relay.*`` settings; see the README for each key."""
+    """The parsed ``mixpanel.relay.*`` settings; ``docs/settings.md`` describes each key."""
 
     path: str = "/mixpanel/track"
     #: Events front ends may send, by Mixpanel name and by attribute name.
