@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Mixpanel's browser SDK for tests/test_proxy_browser.py, pinned by its package-lock.json.
+SDK := tests/browser_sdk/node_modules/.package-lock.json
 
 .PHONY: test lint types unit demo bench docs matrix clean
 
@@ -22,8 +24,15 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) $(SDK)
 	$(BIN)/pytest --cov --cov-report=term-missing $(PYTEST_ARGS)
+
+$(SDK): tests/browser_sdk/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd tests/browser_sdk && npm ci --no-audit --no-fund --ignore-scripts; \
+	else \
+		echo "npm not found: tests/test_proxy_browser.py will skip (CI installs npm)"; \
+	fi
 
 ## make demo: the example app on http://127.0.0.1:6543 in testing mode (no Mixpanel account needed).
 demo: $(STAMP)
@@ -48,4 +57,4 @@ matrix:
 	.ci/matrix $(SESSIONS)
 
 clean:
-	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache *.egg-info tests/browser_sdk/node_modules

@@ -43,6 +43,7 @@ NOT_RUNTIME_EXTRAS = {"test", "bench", "docs"}
 NOT_FAST = {
     "tests/test_celery.py": "Redis and Celery workers",
     "tests/test_relay_browser.py": "Chromium",
+    "tests/test_proxy_browser.py": "Chromium and the npm-installed browser SDK",
     "tests/test_insights.py": "Chromium and PostgreSQL",
     "tests/test_metrics_store.py": "PostgreSQL",
     "tests/test_metrics_sync.py": "PostgreSQL",

@@ -36,8 +36,12 @@ __all__ = ["OUTCOMES", "App", "Observed"]
 OUTCOMES = ("queued", "sent", "retried", "spooled", "overflowed", "dead", "dropped")
 #: The counter of failed sender cycles, exported on its own (it counts cycles, not messages).
 SENDER_ERRORS = "sender_errors"
-#: The relay's counter of accepted items (every other counter of the relay is a refusal reason).
+#: The relay's counter of accepted items (every other counter of the relay is a refusal reason,
+#: but :data:`NOT_CALLS`).
 ACCEPTED = "accepted"
+#: Counters of the relay's state that count something else than calls: the browser-SDK
+#: proxy's properties left out of accepted events (logged with their names).
+NOT_CALLS = ("dropped_properties",)
 #: An app: its registry (lanes and relay), or a runtime (lanes only).
 App: t.TypeAlias = "Registry | Runtime"
 
@@ -150,6 +154,8 @@ class Observed:
             return None
         counts = state.stats.snapshot()
         accepted = counts.pop(ACCEPTED, 0)
+        for name in NOT_CALLS:
+            counts.pop(name, None)
         return [(ACCEPTED, accepted), *sorted(counts.items())]
 
     def _queues(self) -> list[tuple[str, list[Store]]]:

@@ -347,7 +347,13 @@ SETTINGS: tuple[Setting, ...] = (
 #: Where the core looks for typos.
 NAMESPACES = ("mixpanel.", "customerio.tracking.")
 #: Keys parsed (and checked for typos) by the optional includes.
-ELSEWHERE = ("mixpanel.relay.", "mixpanel.metrics.", "mixpanel.insights.", "mixpanel.prometheus.")
+ELSEWHERE = (
+    "mixpanel.relay.",
+    "mixpanel.proxy.",
+    "mixpanel.metrics.",
+    "mixpanel.insights.",
+    "mixpanel.prometheus.",
+)
 QUERY_FIELDS = frozenset(f.name for f in fields(QuerySettings))
 
 

@@ -206,16 +206,26 @@ class MixpanelTrack:
         if rules.blocked_id(user_id):
             raise ValueError(f"user_id {user_id!r} is a placeholder Mixpanel refuses")
         previous, self._user_id = self._user_id, user_id
-        device_id = self._device_id
-        if device_id is None or previous == user_id:
+        if self._device_id is None or previous == user_id:
             return
+        self._link_device(user_id)
+        self._after_message()
+
+    def _link_device(self, user_id: str, extra: t.Mapping[str, t.Any] | None = None) -> None:
+        """Buffer the event that merges the device id's anonymous history into ``user_id``.
+
+        ``extra``: checked properties the event carries too (the browser-SDK proxy adds the
+        client's address, device and page); the identity fields are the server's.
+        """
+        device_id = t.cast(str, self._device_id)
         mode = self.settings.id_merge
+        located = dict(extra or {})
         if mode == "legacy":
             # reference/identity-create-alias: the alias joins the anonymous id's cluster.
-            alias = {"alias": user_id}
+            alias = {**located, "alias": user_id}
             self._event("events", "$create_alias", t.cast(str, self._anonymous_id), alias)
         else:
-            properties = {"$device_id": device_id}
+            properties = {**located, "$device_id": device_id}
             if mode == "simplified":
                 # identifying-users-simplified: an event with both ids merges them.
                 properties["$user_id"] = user_id
@@ -223,7 +233,6 @@ class MixpanelTrack:
                 # reference/create-identity: $anon_id must be a UUID v4 (device ids are).
                 properties.update({"$identified_id": user_id, "$anon_id": device_id})
             self._event("events", "$identify", user_id, properties)
-        self._after_message()
 
     def reset(self) -> None:
         """The user signed out: later messages are anonymous, under a fresh device id.
@@ -331,6 +340,39 @@ class MixpanelTrack:
             properties = self._values(props, allowed, section) if props else {}
         if self._catalog.checks_plan:
             self._check_plan(event, props)
+        self._emit_event(
+            event.name,
+            distinct_id,
+            properties,
+            time=time,
+            ip=ip,
+            device=device,
+            insert_id=insert_id,
+        )
+        # Anonymous visitors are not Customer.io customers: only users are replicated.
+        if self._replicate and not skip_customerio and self._user_id is not None:
+            raw = {**_names(self.global_event_props), **_names(props or {})}
+            self._replicate_call(
+                CustomerIOCall("track", distinct_id, cio_attributes(raw), event.name)
+            )
+        self._after_message()
+
+    def _emit_event(
+        self,
+        name: str,
+        distinct_id: str,
+        properties: dict[str, t.Any],
+        *,
+        time: dt.datetime | float | None = None,
+        ip: str | None = None,
+        device: t.Mapping[str, str] | None = None,
+        insert_id: str | None = None,
+    ) -> None:
+        """Add the identity, client and time fields to checked ``properties`` and buffer them.
+
+        What :meth:`track` does once the catalogue checks passed; the browser-SDK proxy calls it
+        with properties it checked against its own rules (``pyramid_mixpanel.proxy``).
+        """
         if ip is not None:
             if not isinstance(ip, str):
                 raise TypeError(f"ip must be a string, got {type(ip).__name__}")
@@ -365,23 +407,16 @@ class MixpanelTrack:
             >= rules.MAX_PROPERTIES
         ):
             raise ValueError(
-                f"{event.name!r} would have {total} properties with the ones every event"
+                f"{name!r} would have {total} properties with the ones every event"
                 f" carries; Mixpanel takes fewer than {rules.MAX_PROPERTIES}"
             )
         timestamp = None if time is None else _epoch(time)
         if timestamp is not None and time_module.time() - timestamp > IMPORT_AGE:
-            self._event("imports", event.name, distinct_id, properties, timestamp)
+            self._event("imports", name, distinct_id, properties, timestamp)
         else:
             if timestamp is not None:
                 properties["time"] = timestamp
-            self._event("events", event.name, distinct_id, properties)
-        # Anonymous visitors are not Customer.io customers: only users are replicated.
-        if self._replicate and not skip_customerio and self._user_id is not None:
-            raw = {**_names(self.global_event_props), **_names(props or {})}
-            self._replicate_call(
-                CustomerIOCall("track", distinct_id, cio_attributes(raw), event.name)
-            )
-        self._after_message()
+            self._event("events", name, distinct_id, properties)
 
     # -- profiles -------------------------------------------------------------------------
 

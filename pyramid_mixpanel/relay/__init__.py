@@ -33,6 +33,7 @@ __all__ = [
     "RelayState",
     "RelayView",
     "includeme",
+    "relay_state",
 ]
 
 #: Registry key of the :class:`RelayState` (settings, rate-limit buckets, counters).
@@ -41,6 +42,38 @@ ROUTE_NAME = "pyramid_mixpanel.relay"
 #: Where ``relay.js`` is served; build its URL with
 #: ``request.static_url("pyramid_mixpanel:static/relay.js")``.
 STATIC_NAME = "pyramid_mixpanel-static"
+
+
+def relay_state(config: Configurator) -> RelayState:
+    """The app's :class:`RelayState`, built from the ``mixpanel.relay.*`` settings once.
+
+    Called from configuration actions (after the core's, which builds the runtime): by the
+    relay and by the browser-SDK proxy, which share one policy, one set of rate-limit buckets
+    and one set of counters.
+    """
+    existing = config.registry.get(RELAY_KEY)
+    if isinstance(existing, RelayState):
+        return existing
+    runtime = get_runtime(config.registry)
+    settings = parse_relay_settings(config.get_settings(), runtime.catalog)
+    if any(network.prefixlen == 0 for network in settings.trusted_proxies):
+        # Every address is then a trusted proxy: X-Forwarded-For, which any client can
+        # write, decides the client IP (geolocation, the anonymous rate-limit key).
+        runtime.log.warning(
+            "mixpanel.relay_trusts_every_proxy",
+            setting="mixpanel.relay.trusted_proxies",
+            detail="a network of prefix length 0 (0.0.0.0/0, ::/0) trusts every address:"
+            " any client can spoof X-Forwarded-For; list only your proxies",
+        )
+    buckets = TokenBuckets(settings.rate, settings.burst, settings.max_clients)
+    state = RelayState(settings, buckets)
+    config.registry[RELAY_KEY] = state
+    if settings.parse_user_agent:
+        # Said now, not at the first call; and ua-parser compiles its rules on first use
+        # (~0.1 s): pay that at startup.
+        require("ua_parser", "relay", "mixpanel.relay.parse_user_agent = true (the default)")
+        device_properties("Mozilla/5.0")
+    return state
 
 
 def includeme(config: Configurator) -> None:
@@ -54,27 +87,8 @@ def includeme(config: Configurator) -> None:
     config.include("pyramid_mixpanel")
 
     def register() -> None:
-        app_settings = config.get_settings()
-        runtime = get_runtime(config.registry)
-        settings = parse_relay_settings(app_settings, runtime.catalog)
-        if any(network.prefixlen == 0 for network in settings.trusted_proxies):
-            # Every address is then a trusted proxy: X-Forwarded-For, which any client can
-            # write, decides the client IP (geolocation, the anonymous rate-limit key).
-            runtime.log.warning(
-                "mixpanel.relay_trusts_every_proxy",
-                setting="mixpanel.relay.trusted_proxies",
-                detail="a network of prefix length 0 (0.0.0.0/0, ::/0) trusts every address:"
-                " any client can spoof X-Forwarded-For; list only your proxies",
-            )
-        buckets = TokenBuckets(settings.rate, settings.burst, settings.max_clients)
-        state = RelayState(settings, buckets)
-        config.registry[RELAY_KEY] = state
-        if settings.parse_user_agent:
-            # Said now, not at the first call; and ua-parser compiles its rules on first use
-            # (~0.1 s): pay that at startup.
-            require("ua_parser", "relay", "mixpanel.relay.parse_user_agent = true (the default)")
-            device_properties("Mozilla/5.0")
-        config.add_route(ROUTE_NAME, settings.path)
+        state = relay_state(config)
+        config.add_route(ROUTE_NAME, state.settings.path)
         config.add_view(
             RelayView(state),
             route_name=ROUTE_NAME,

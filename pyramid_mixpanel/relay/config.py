@@ -134,7 +134,7 @@ def _csrf(key: str, value: object) -> str:
     return text
 
 
-def _path(key: str, value: object) -> str:
+def as_route_path(key: str, value: object) -> str:
     text = as_secret(key, value)
     if not text or not PLAIN_PATH.fullmatch(text):
         raise MixpanelConfigurationError(
@@ -147,7 +147,7 @@ def _path(key: str, value: object) -> str:
 TABLE: tuple[Setting, ...] = tuple(
     Setting(PREFIX + name, name, convert)
     for name, convert in (
-        ("path", _path),
+        ("path", as_route_path),
         ("distinct_id", as_callable),
         ("trusted_proxies", _networks),
         ("max_body_bytes", positive_int(10 * 1024 * 1024)),

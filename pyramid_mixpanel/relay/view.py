@@ -208,7 +208,11 @@ class RelayView:
             raise RelayRefusedError(
                 415, "content_type", "send JSON with Content-Type: application/json"
             )
-        limit = self.settings.max_body_bytes
+        return self._read(request, self.settings.max_body_bytes)
+
+    @staticmethod
+    def _read(request: Request, limit: int) -> bytes:
+        """The body, refused with 413 when longer than ``limit`` bytes."""
         if request.content_length is not None and request.content_length > limit:
             raise RelayRefusedError(413, "too_large", f"the body is larger than {limit} bytes")
         # Read at most one byte more than allowed: a chunked body has no Content-Length.
