@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.delivery
 	$(BIN)/python -m benchmarks.import
 	$(BIN)/python -m benchmarks.export
+	$(BIN)/python -m benchmarks.accuracy
 	$(BIN)/python -m benchmarks.peers
 
 ## make docs: the Sphinx site in docs/_build/html, warnings as errors.

@@ -25,7 +25,7 @@ from pyramid.request import Request
 
 from pyramid_mixpanel import query_limits
 from pyramid_mixpanel.insights import INSIGHTS_KEY
-from pyramid_mixpanel.insights.render import account_page, merge_funnels, volume_chart
+from pyramid_mixpanel.insights.render import account_page, funnel_summary, volume_chart
 from pyramid_mixpanel.insights.views import InsightsState, parse_insights_settings
 from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, MetricsStore, sync
 from pyramid_mixpanel.query import MixpanelQuery
@@ -148,7 +148,15 @@ def test_events_endpoint_known_answers(settings: dict[str, str]) -> None:
 
 def test_funnels_and_users_endpoints(settings: dict[str, str]) -> None:
     app = make_app(settings)
-    funnels = app.get("/api/mixpanel/funnels/acme", RANGE).json["funnels"]
+    answer = app.get("/api/mixpanel/funnels/acme", RANGE).json
+    funnels = answer["funnels"]
+    assert [(f["date"], f["steps"]) for f in funnels] == [
+        ("2026-01-01", [2, 1]),
+        ("2026-01-02", [1, 0]),
+    ]
+    [whole] = answer["range"]
+    assert (whole["funnel_name"], whole["steps"], whole["unique_users"]) == ("Signup", [2, 1], True)
+    assert (whole["conversion_rate"], whole["completed_users"]) == (0.5, 1)
     first_day = [f for f in funnels if f["date"] == "2026-01-01"]
     assert len(first_day) == 1
     signup = first_day[0]
@@ -285,8 +293,10 @@ def test_the_account_page(settings: dict[str, str]) -> None:
     assert html.count("<rect ") >= 3 + 2  # three days of bars, two funnel steps
     assert "<title>2026-01-01: 3 events</title>" in html
     assert '<td>Page Viewed</td><td class="n">4</td>' in html
-    assert "33% converted, 1 completed." in html  # entered: 2 on day 1, 1 on day 2
-    assert "step 1: 3 (100%)" in html
+    # a1 entered on day 1 (and signed up) and again on day 2, a2 on day 1: two users, each
+    # counted once by their first entry, not three daily entries.
+    assert "50% converted: 1 of 2 users completed (each user once" in html
+    assert "step 1: 2 (100%)" in html
     assert "2 known users" in html
 
 
@@ -392,11 +402,10 @@ def test_rendering_helpers() -> None:
     assert empty.count("<rect ") == 3
     spike = DailyMetrics("acme", JAN1, 10, 1, 1, 10.0, anomaly="spike")
     assert "#dc2626" in volume_chart([spike], JAN1, JAN1)  # anomalies stand out
-    one = FunnelMetrics("acme", "Signup", "Signup", JAN1, [4, 2])
-    two = FunnelMetrics("acme", "Signup", "Signup", day(1), [6, 3])
-    other = FunnelMetrics("acme", "7", "Saved", JAN1, [1, 1], "mixpanel")
-    merged = merge_funnels([one, two, other])
-    assert [(f.funnel_name, f.steps) for f in merged] == [("Saved", [1, 1]), ("Signup", [10, 5])]
+    local = FunnelMetrics("acme", "Signup", "Signup", JAN1, [4, 2])
+    saved = FunnelMetrics("acme", "7", "Saved", JAN1, [3, 1], "mixpanel")
+    assert funnel_summary(local).startswith("50% converted: 2 of 4 users completed (each user")
+    assert funnel_summary(saved).startswith("33% converted: 1 of 3 entries completed (Mixpanel")
 
 
 def test_anomalies_are_named_on_the_page() -> None:

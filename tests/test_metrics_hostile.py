@@ -467,7 +467,7 @@ def test_a_sync_stopped_after_its_last_chunk_keeps_every_funnel_row(
         raise KeyboardInterrupt
 
     with MetricsStore(database) as store:
-        monkeypatch.setattr(Aggregator, "finish", killed)
+        monkeypatch.setattr(Aggregator, "finish_result", killed)
         with pytest.raises(KeyboardInterrupt):
             local_sync(ListQuery(events), store, 0, 13)
         monkeypatch.undo()

@@ -32,6 +32,7 @@ import pytest
 from pyramid_mixpanel.metrics import (
     Aggregator,
     DailyMetrics,
+    FunnelEntry,
     FunnelMetrics,
     MetricsSettings,
     parse_metrics_settings,
@@ -289,8 +290,11 @@ class Reference:
         result = ChunkResult(daily)
         end = (high + 1) * DAY
         for index in range(len(self.config.funnels)):
-            rows = self.funnel_rows(index)
+            rows, entries = self.funnel_rows(index)
             before = (end - self.config.funnel_window_hours * 3600) // DAY
+            for entry in entries:
+                number = (entry.date - dt.date(1970, 1, 1)).days
+                (result.entries if number < before else result.open_entries).append(entry)
             for row in rows:
                 number = (row.date - dt.date(1970, 1, 1)).days
                 if number < before:
@@ -337,12 +341,14 @@ class Reference:
             engagement_score=score,
         )
 
-    def funnel_rows(self, index: int) -> list[FunnelMetrics]:
-        """Rows of the entry days not handed out yet, counted where their users stand."""
+    def funnel_rows(self, index: int) -> tuple[list[FunnelMetrics], list[FunnelEntry]]:
+        """Rows of the entry days not handed out yet, counted where their users stand, and
+        each user's entry of those days."""
         funnel = self.config.funnels[index]
         steps, window = funnel.steps, self.config.funnel_window_hours * 3600
         counts: dict[tuple[str, int], list[int]] = {}
-        for (account, _), history in self.history.items():
+        found: list[FunnelEntry] = []
+        for (account, user), history in self.history.items():
             history = sorted(history)
             entries: dict[int, int] = {}
             for moment, name in history:
@@ -366,7 +372,10 @@ class Reference:
                 row = counts.setdefault((account, number), [0] * len(steps))
                 for step in range(reached + 1):
                     row[step] += 1
-        return [
+                date = dt.date(1970, 1, 1) + dt.timedelta(days=number)
+                found.append(FunnelEntry(account, funnel.name, date, pseudonym(user), reached))
+        found.sort(key=lambda e: (e.account, e.date, e.user))
+        rows = [
             FunnelMetrics(
                 account,
                 funnel.name,
@@ -376,17 +385,30 @@ class Reference:
             )
             for (account, number), row in sorted(counts.items())
         ]
+        return rows, found
 
-    def finish(self) -> list[FunnelMetrics]:
-        out = []
+    def finish(self) -> ChunkResult:
+        out = ChunkResult()
         for index in range(len(self.config.funnels)):
-            for row in self.funnel_rows(index):
+            rows, entries = self.funnel_rows(index)
+            out.entries.extend(entries)
+            for row in rows:
                 self.handed.add((index, row.account, (row.date - dt.date(1970, 1, 1)).days))
-                out.append(row)
+                out.funnels.append(row)
         return out
 
 
 # -- scenarios ----------------------------------------------------------------------------------
+
+
+def pseudonym(user: object) -> str:
+    """A stand-in for the store's keyed hash: distinct, and not the id itself.
+
+    5 and 5.0 are one user (equal keys in the aggregator and here), whichever came first.
+    """
+    if isinstance(user, float) and user.is_integer():
+        user = int(user)
+    return hashlib.sha256(repr(user).encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def config(**values: str) -> MetricsSettings:
@@ -515,15 +537,17 @@ def run(
         for setting in ("CACHED", "FOLD_AT"):
             monkeypatch.setattr(aggregate_module, setting, 3, raising=False)
     events = stream(seed, size, paths=settings in (GETTER, OVERLAP, MANY), distinct=distinct)
-    aggregator, reference = Aggregator(settings), Reference(settings, cap)
+    aggregator, reference = Aggregator(settings, pseudonym), Reference(settings, cap)
     results, expected = [], []
     for first, last, chunk, metrics in chunked(events, sizes):
         results.append(aggregator.add_chunk(first, last, chunk, metrics=metrics))
         expected.append(reference.chunk(first, last, chunk, metrics))
-    finished = aggregator.finish()
+    finished = aggregator.finish_result()
     assert results == expected
     assert finished == reference.finish()
-    return results, finished, aggregator.stats, reference
+    if settings.funnels:  # the users' entries are checked, not only the rows
+        assert finished.entries and any(result.open_entries for result in results)
+    return results, finished.funnels, aggregator.stats, reference
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

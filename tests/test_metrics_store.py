@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import pathlib
 import typing as t
@@ -14,13 +15,18 @@ from alembic.config import Config
 from pyramid_mixpanel.metrics import (
     Anomaly,
     DailyMetrics,
+    FunnelEntry,
     FunnelMetrics,
     MetricsStore,
     ProfileAggregate,
 )
+from pyramid_mixpanel.metrics import store as store_module
 from pyramid_mixpanel.metrics.store import (
+    PSEUDONYM_KEY,
     SCRIPT_LOCATION,
     VERSION_TABLE,
+    funnel_entries_table,
+    keys_table,
     metadata,
     metrics_table,
     upsert,
@@ -29,12 +35,16 @@ from pyramid_mixpanel.metrics.store import (
 from .metrics_helpers import day
 from .postgres import PostgresServer, postgres  # noqa: F401  # the fixture
 
+NOW = dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc)
+
 TABLES = {
     "mixpanel_metrics",
     "mixpanel_funnels",
     "mixpanel_profiles",
     "mixpanel_sync_days",
     "mixpanel_query_limits",
+    "mixpanel_funnel_entries",
+    "mixpanel_metrics_keys",
 }
 
 
@@ -86,13 +96,20 @@ def test_upgrade_from_empty_and_down_again(url: str) -> None:
         assert not TABLES & set(sa.inspect(store.engine).get_table_names())
         store.upgrade()
         store.upgrade()  # idempotent
-        assert store.revision() == "0002" == store.head()
+        assert store.revision() == "0003" == store.head()
         names = set(sa.inspect(store.engine).get_table_names())
         assert TABLES | {VERSION_TABLE} <= names
         assert "alembic_version" not in names  # the app's own table name stays free
+        store.downgrade("0002")  # the funnel entries and keys go
+        assert set(sa.inspect(store.engine).get_table_names()) & TABLES == TABLES - {
+            "mixpanel_funnel_entries",
+            "mixpanel_metrics_keys",
+        }
         store.downgrade("0001")  # the query limits go, the metrics stay
         assert set(sa.inspect(store.engine).get_table_names()) & TABLES == TABLES - {
-            "mixpanel_query_limits"
+            "mixpanel_query_limits",
+            "mixpanel_funnel_entries",
+            "mixpanel_metrics_keys",
         }
         store.downgrade("base")
         assert store.revision() is None
@@ -114,7 +131,7 @@ def test_the_alembic_command_line_works_too(tmp_path: pathlib.Path) -> None:
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("sqlalchemy.url", database)
     command.upgrade(config, "head")
-    assert MetricsStore(database, migrate=False).revision() == "0002"
+    assert MetricsStore(database, migrate=False).revision() == "0003"
     # Offline mode prints the SQL for a DBA instead of running it.
     buffer = io.StringIO()
     offline = Config(output_buffer=buffer)
@@ -301,3 +318,86 @@ def test_reads(store: MetricsStore) -> None:
     assert store.top_events("acme", day(0), day(1)) == [("C", 5), ("A", 3), ("B", 2)]
     assert store.top_events("acme", day(0), day(1), limit=2) == [("C", 5), ("A", 3)]
     assert store.users("acme") is None
+
+
+# -- funnels over a range ---------------------------------------------------------------------
+
+
+def entry(user: str, n: int, reached: int, account: str = "acme") -> FunnelEntry:
+    return FunnelEntry(account, "Signup", day(n), user, reached)
+
+
+def test_funnels_over_a_range_count_each_user_once(store: MetricsStore) -> None:
+    # u1 entered on days 0 (reached step 1) and 2 (completed); u2 on day 1 (entered only); u3
+    # on day 2 (completed); u4 of another account.
+    store.write_funnels(
+        [
+            FunnelMetrics("acme", "Signup", "Signup", day(0), [1, 1, 0]),
+            FunnelMetrics("acme", "Signup", "Signup", day(1), [1, 0, 0]),
+            FunnelMetrics("acme", "Signup", "Signup", day(2), [2, 2, 2]),
+            FunnelMetrics("acme", "7", "Saved", day(0), [3, 1], "mixpanel"),
+            FunnelMetrics("acme", "7", "Saved", day(1), [2, 2], "mixpanel"),
+        ]
+    )
+    acme = [entry("u1", 0, 1), entry("u2", 1, 0), entry("u1", 2, 2), entry("u3", 2, 2)]
+    store.write_entries([*acme, entry("u4", 0, 2, "globex")])
+    saved, local = store.funnel_totals("acme", day(0), day(2))
+    # u1 by their first entry (day 0: step 1), not their later completion; u2; u3.
+    assert (local.funnel_name, local.steps, local.date) == ("Signup", [3, 2, 1], day(0))
+    # Saved funnels have no users: their daily rows are added up, and marked as Mixpanel's.
+    assert (saved.funnel_name, saved.steps, saved.source) == ("Saved", [5, 3], "mixpanel")
+    [later] = [f for f in store.funnel_totals("acme", day(1), day(2)) if f.source == "local"]
+    assert later.steps == [3, 2, 2]  # u1 now by their day-2 entry
+    assert store.funnel_totals("acme", day(5), day(6)) == []
+
+
+def test_entries_of_recomputed_days_are_replaced(store: MetricsStore) -> None:
+    store.write_entries([entry("u1", 0, 0), entry("u2", 0, 1), entry("u1", 1, 0)])
+    store.write_entries([entry("u1", 0, 2)], days=[day(0)])  # u2's day-0 entry is gone
+    with store.engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(
+                funnel_entries_table.c.user_key,
+                funnel_entries_table.c.metric_date,
+                funnel_entries_table.c.reached,
+            ).order_by(funnel_entries_table.c.metric_date)
+        ).all()
+    assert [tuple(row) for row in rows] == [("u1", day(0), 2), ("u1", day(1), 0)]
+
+
+def test_the_pseudonym_is_keyed_stable_and_never_the_id(url: str) -> None:
+    with MetricsStore(url) as store, MetricsStore(url) as same:
+        pseudonym = store.pseudonym()
+        assert pseudonym("user-42") == same.pseudonym()("user-42")
+        assert len(pseudonym("user-42")) == 32 and "user-42" not in pseudonym("user-42")
+        assert pseudonym(5) == pseudonym(5.0) != pseudonym("5")
+        assert pseudonym("a\udc00") != pseudonym("a")
+
+
+def test_two_stores_have_unrelated_pseudonyms(tmp_path: pathlib.Path) -> None:
+    with (
+        MetricsStore(f"sqlite:///{tmp_path / 'a.db'}") as first,
+        MetricsStore(f"sqlite:///{tmp_path / 'b.db'}") as second,
+    ):
+        assert first.pseudonym()("user-42") != second.pseudonym()("user-42")
+
+
+def test_a_key_made_by_another_process_meanwhile_is_the_one_used(
+    store: MetricsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    theirs = "ab" * 32
+
+    def made_elsewhere(size: int) -> str:
+        # Between this process's look and its insert, another one stored its key.
+        with store.engine.begin() as connection:
+            connection.execute(
+                sa.insert(keys_table).values(name=PSEUDONYM_KEY, value=theirs, created_at=NOW)
+            )
+        return "cd" * size
+
+    monkeypatch.setattr(store_module.secrets, "token_hex", made_elsewhere)
+    pseudonym = store.pseudonym()
+    monkeypatch.undo()
+    assert pseudonym("u") == store.pseudonym()("u")
+    with store.engine.connect() as connection:
+        assert connection.execute(sa.select(keys_table.c.value)).scalar_one() == theirs

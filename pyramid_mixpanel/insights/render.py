@@ -12,7 +12,7 @@ from html import escape
 
 from ..metrics.model import DailyMetrics, FunnelMetrics, ProfileAggregate
 
-__all__ = ["account_page", "funnel_chart", "merge_funnels", "volume_chart"]
+__all__ = ["account_page", "funnel_chart", "funnel_summary", "volume_chart"]
 
 
 BAR = "#2563eb"
@@ -79,20 +79,19 @@ def funnel_chart(funnel: FunnelMetrics, index: int) -> str:
     )
 
 
-def merge_funnels(funnels: t.Sequence[FunnelMetrics]) -> list[FunnelMetrics]:
-    """Sum each funnel's daily step counts over the range, one entry per funnel."""
-    merged: dict[tuple[str, str], FunnelMetrics] = {}
-    for funnel in funnels:
-        key = (funnel.source, funnel.funnel_id)
-        seen = merged.get(key)
-        if seen is None:
-            merged[key] = funnel
-            continue
-        steps = [a + b for a, b in zip(seen.steps, funnel.steps, strict=False)]
-        merged[key] = FunnelMetrics(
-            funnel.account, funnel.funnel_id, funnel.funnel_name, seen.date, steps, funnel.source
+def funnel_summary(funnel: FunnelMetrics) -> str:
+    """One line on a funnel over the page's range, saying what its numbers count."""
+    entered = funnel.steps[0] if funnel.steps else 0
+    if funnel.source == "local":
+        return (
+            f"{funnel.conversion_rate:.0%} converted: {funnel.completed_users} of {entered}"
+            " users completed (each user once, by their first entry in the range)."
         )
-    return sorted(merged.values(), key=lambda f: (f.funnel_name, f.source))
+    return (
+        f"{funnel.conversion_rate:.0%} converted: {funnel.completed_users} of {entered} entries"
+        " completed (Mixpanel's daily rows added up: a user who entered on several days counts"
+        " on each)."
+    )
 
 
 def account_page(
@@ -104,7 +103,11 @@ def account_page(
     funnels: t.Sequence[FunnelMetrics],
     users: ProfileAggregate | None,
 ) -> str:
-    """The whole HTML page of one account."""
+    """The whole HTML page of one account.
+
+    ``funnels``: one per funnel over the whole range
+    (:meth:`~pyramid_mixpanel.metrics.MetricsStore.funnel_totals`).
+    """
     total = sum(day.total_events for day in days)
     anomalies = [day for day in days if day.anomaly]
     score = days[-1].engagement_score if days else None
@@ -127,9 +130,8 @@ def account_page(
     )
     funnel_html = "".join(
         f"<h3>{escape(funnel.funnel_name)} <small>({escape(funnel.source)})</small></h3>"
-        f"<p>{funnel.conversion_rate:.0%} converted, {funnel.completed_users} completed.</p>"
-        + funnel_chart(funnel, index)
-        for index, funnel in enumerate(merge_funnels(funnels))
+        f"<p>{escape(funnel_summary(funnel))}</p>" + funnel_chart(funnel, index)
+        for index, funnel in enumerate(funnels)
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -248,15 +248,24 @@ class InsightsViews:
         }
 
     def funnels(self, request: Request) -> dict[str, t.Any]:
-        """Funnel conversion per day of one account."""
+        """Funnel conversion of one account: over the whole range, and per day.
+
+        ``range`` has one entry per funnel: local funnels count each user once, by their first
+        entry in the range (``"unique_users": true``); funnels pulled from Mixpanel add up
+        their daily rows (``false``). ``funnels`` has the rows per entry day.
+        """
         account = self._account(request)
         start, end = self._range(request)
-        funnels = self.state.store.funnels(account, start, end)
+        store = self.state.store
         return {
             "account": account,
             "from": start.isoformat(),
             "to": end.isoformat(),
-            "funnels": [_funnel(funnel) for funnel in funnels],
+            "range": [
+                {**_funnel(funnel), "unique_users": funnel.source == "local"}
+                for funnel in store.funnel_totals(account, start, end)
+            ],
+            "funnels": [_funnel(funnel) for funnel in store.funnels(account, start, end)],
         }
 
     def users(self, request: Request) -> dict[str, t.Any]:
@@ -296,7 +305,7 @@ class InsightsViews:
             end,
             days,
             rank_events(days),
-            store.funnels(account, start, end),
+            store.funnel_totals(account, start, end),
             store.users(account),
         )
         return Response(html, content_type="text/html", charset="utf-8")

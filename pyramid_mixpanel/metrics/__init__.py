@@ -4,8 +4,10 @@ Events and profiles are mapped to *accounts* (your customers' account ids) by a 
 a ``company_id`` group key, or by a callable. Per account and UTC day the sync stores total
 events, unique users, sessions (30-minute inactivity rule), events per user, events per name,
 breakdowns by configured properties, an engagement score and an anomaly flag; funnel conversion
-computed locally and pulled from saved Mixpanel funnels; and profile aggregates. Only counts and
-account ids are stored: no distinct ids, emails or names.
+computed locally and pulled from saved Mixpanel funnels; and profile aggregates. Counts and
+account ids are stored, no distinct ids, emails or names; for local funnels over a range to count
+each user once, each user's funnel entries are kept under a keyed pseudonym
+(:meth:`MetricsStore.pseudonym`).
 
 Needs the ``metrics`` extra (``pip install 'pyramid_mixpanel[metrics]'``)::
 
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from .aggregate import AggregateResult, Aggregator, aggregate_events, aggregate_profiles
 from .config import LocalFunnel, MetricsSettings, parse_metrics_settings
-from .model import Anomaly, DailyMetrics, FunnelMetrics, ProfileAggregate
+from .model import Anomaly, DailyMetrics, FunnelEntry, FunnelMetrics, ProfileAggregate
 from .score import detect_anomaly, engagement_score, log_anomaly
 from .store import MetricsStore
 from .sync import MalformedExportError, SyncError, SyncReport, sync
@@ -32,6 +34,7 @@ __all__ = [
     "Aggregator",
     "Anomaly",
     "DailyMetrics",
+    "FunnelEntry",
     "FunnelMetrics",
     "LocalFunnel",
     "MalformedExportError",

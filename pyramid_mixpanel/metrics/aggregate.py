@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from .config import MetricsSettings
 from .model import (
     DailyMetrics,
+    FunnelEntry,
     FunnelMetrics,
     ProfileAggregate,
     clean_text,
@@ -395,6 +396,9 @@ class _AccountDay:
 
 # -- local funnels --------------------------------------------------------------------------
 
+#: Chains counted per entry day: the users at each step, and each user's step.
+_Counts: t.TypeAlias = tuple[dict[int, list[int]], dict[int, dict[t.Any, int]]]
+
 
 class _FunnelUser:
     """One user's progress through one local funnel, within one account."""
@@ -448,6 +452,11 @@ class _Funnel:
         self.stopped: dict[tuple[str, int], list[int]] = {}
         #: The same for the chains still open after the last :meth:`advance`, where they stand.
         self.open_rows: dict[tuple[str, int], list[int]] = {}
+        #: (account, entry day) -> user -> the step its chain stopped at (settled, not handed
+        #: out yet), and the same for the open chains where they stand: the entries that make
+        #: funnels over a range exact (:class:`~.model.FunnelEntry`).
+        self.stopped_users: dict[tuple[str, int], dict[t.Any, int]] = {}
+        self.open_users: dict[tuple[str, int], dict[t.Any, int]] = {}
 
     def _row(self, key: tuple[str, int], stopped: list[int]) -> FunnelMetrics:
         """The row of an entry day: the users who reached each step (stopped there or later)."""
@@ -464,20 +473,29 @@ class _Funnel:
         window, size = self.window, len(self.steps)
         users_left: dict[str, dict[str, _FunnelUser]] = {}
         self.open_rows = {}
+        self.open_users = {}
         for account, users in self.users.items():
-            # Per entry day: the account's chains stopped at each step, and those still open.
+            # Per entry day: the account's chains stopped at each step, and those still open;
+            # and per entry day, each user's step (stopped, and open).
             stopped: dict[int, list[int]] = {}
             still: dict[int, list[int]] = {}
+            stopped_users: dict[int, dict[t.Any, int]] = {}
+            still_users: dict[int, dict[t.Any, int]] = {}
             waiting: list[int] = []  # entry days of chains at the first step, all still open
             kept: dict[str, _FunnelUser] = {}
             for key, user in users.items():
                 entries = user.entries
                 if user.times is not None:
-                    self._move(user, end, stopped, still)
+                    self._move(key, user, end, (stopped, stopped_users), (still, still_users))
                 elif user.open or (entries and min(entries.values()) + window < end):
-                    self._wait(user, end, stopped, still)
+                    self._wait(key, user, end, (stopped, stopped_users), (still, still_users))
                 else:  # most users, most chunks: nothing moves, nothing stops
                     waiting += entries
+                    for day in entries:
+                        by_user = still_users.get(day)
+                        if by_user is None:
+                            by_user = still_users[day] = {}
+                        by_user[key] = 0
                 if user.entries or user.open:
                     kept[key] = user
             for day, count in Counter(waiting).items():
@@ -489,22 +507,33 @@ class _Funnel:
                 self._add(self.stopped, (account, day), row)
             for day, row in still.items():
                 self.open_rows[account, day] = row
+            for day, by_user in stopped_users.items():
+                self.stopped_users.setdefault((account, day), {}).update(by_user)
+            for day, by_user in still_users.items():
+                self.open_users[account, day] = by_user
             if kept:
                 users_left[account] = kept
         self.users = users_left
 
-    def _count(self, rows: dict[int, list[int]], day: int, step: int) -> None:
+    def _count(self, counts: _Counts, day: int, step: int, key: t.Any) -> None:
+        """Count one chain of user ``key`` entered on ``day`` where it stands (``step``)."""
+        rows, users = counts
         row = rows.get(day)
         if row is None:
             row = rows[day] = [0] * len(self.steps)
         row[step] += 1
+        by_user = users.get(day)
+        if by_user is None:
+            by_user = users[day] = {}
+        by_user[key] = step
 
     def _wait(
         self,
+        key: t.Any,
         user: _FunnelUser,
         end: int,
-        stopped: dict[int, list[int]],
-        still: dict[int, list[int]],
+        stopped: _Counts,
+        still: _Counts,
     ) -> None:
         """:meth:`_move` for a user without events of a later step: no chain moves.
 
@@ -514,26 +543,27 @@ class _Funnel:
         waiting: dict[int, int] = {}
         for day, t1 in user.entries.items():
             if t1 + window < end:
-                self._count(stopped, day, 0)
+                self._count(stopped, day, 0, key)
             else:
                 waiting[day] = t1
-                self._count(still, day, 0)
+                self._count(still, day, 0, key)
         user.entries = waiting
         chains = []
         for chain in user.open:
             if chain[3] + window < end:
-                self._count(stopped, chain[0], chain[1])
+                self._count(stopped, chain[0], chain[1], key)
             else:
                 chains.append(chain)
-                self._count(still, chain[0], chain[1])
+                self._count(still, chain[0], chain[1], key)
         user.open = chains
 
     def _move(
         self,
+        key: t.Any,
         user: _FunnelUser,
         end: int,
-        stopped: dict[int, list[int]],
-        still: dict[int, list[int]],
+        stopped: _Counts,
+        still: _Counts,
     ) -> None:
         """Move the user's chains along its events; count each where it stops or stands.
 
@@ -560,9 +590,9 @@ class _Funnel:
                     break
                 step, moment = step + 1, later[found]
             if step == last or deadline < end:
-                self._count(stopped, day, step)
+                self._count(stopped, day, step, key)
                 continue
-            self._count(still, day, step)
+            self._count(still, day, step, key)
             if step:
                 chains.append((day, step, moment, t1))
             else:
@@ -584,8 +614,11 @@ class _Funnel:
         """Count every open chain where it stands (the end of the data)."""
         for key, row in self.open_rows.items():
             self._add(self.stopped, key, row)
+        for key, by_user in self.open_users.items():
+            self.stopped_users.setdefault(key, {}).update(by_user)
         self.users = {}
         self.open_rows = {}
+        self.open_users = {}
 
     def peek(self) -> list[FunnelMetrics]:
         """The entry days not handed out yet, counted where their users stand (nothing changes).
@@ -598,6 +631,35 @@ class _Funnel:
         for key, row in self.open_rows.items():
             self._add(rows, key, row)
         return [self._row(key, stopped) for key, stopped in sorted(rows.items())]
+
+    def peek_entries(self, pseudonym: t.Callable[[t.Any], str]) -> list[FunnelEntry]:
+        """The entries of :meth:`peek`'s rows, one per user and entry day."""
+        users: dict[tuple[str, int], dict[t.Any, int]] = {
+            key: dict(by_user) for key, by_user in self.stopped_users.items()
+        }
+        for key, by_user in self.open_users.items():
+            users.setdefault(key, {}).update(by_user)
+        return self._entries(users, pseudonym)
+
+    def take_entries(
+        self, before: int | None, pseudonym: t.Callable[[t.Any], str]
+    ) -> list[FunnelEntry]:
+        """Hand out the entries of the days :meth:`take` hands out (call it first)."""
+        taken = {}
+        for key in list(self.stopped_users):
+            if before is None or key[1] < before:
+                taken[key] = self.stopped_users.pop(key)
+        return self._entries(taken, pseudonym)
+
+    def _entries(
+        self, users: dict[tuple[str, int], dict[t.Any, int]], pseudonym: t.Callable[[t.Any], str]
+    ) -> list[FunnelEntry]:
+        out: list[FunnelEntry] = []
+        for (account, day), by_user in sorted(users.items()):
+            date = from_day_number(day)
+            named = sorted((pseudonym(user), step) for user, step in by_user.items())
+            out.extend(FunnelEntry(account, self.name, date, name, step) for name, step in named)
+        return out
 
     def take(self, before: int | None) -> list[FunnelMetrics]:
         """Hand out the counts of entry days before day number ``before`` (all with None)."""
@@ -617,6 +679,9 @@ class ChunkResult:
     #: The entry days not settled yet (their window is still open), counted where their users
     #: stand: what :meth:`Aggregator.finish` would give if the data ended with this chunk.
     open_funnels: list[FunnelMetrics] = field(default_factory=list)
+    #: The users' entries of ``funnels`` and of ``open_funnels``: one per user and entry day.
+    entries: list[FunnelEntry] = field(default_factory=list)
+    open_entries: list[FunnelEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -645,10 +710,17 @@ class Aggregator:
 
     Call :meth:`add_chunk` for consecutive ranges of whole days, oldest first, then
     :meth:`finish` for the funnel entries whose window is still open at the end of the data.
+
+    :param pseudonym: turns a ``distinct_id`` into the pseudonym its
+        :class:`~.model.FunnelEntry` records carry (the store's keyed hash); without it, no
+        entries are handed out (only the daily funnel rows).
     """
 
-    def __init__(self, settings: MetricsSettings) -> None:
+    def __init__(
+        self, settings: MetricsSettings, pseudonym: t.Callable[[t.Any], str] | None = None
+    ) -> None:
         self.settings = settings
+        self.pseudonym = pseudonym
         self.stats = AggregateStats()
         window = settings.funnel_window_hours * 3600
         self.funnels = [
@@ -699,20 +771,34 @@ class Aggregator:
         else:
             self._feed_funnels(events, first_day, last_day)
         end = (last_day + 1) * DAY
+        pseudonym = self.pseudonym
         for funnel in self.funnels:
             funnel.advance(end)
             # Day D is settled once every entry of D (at the latest, its last second) has had its
             # whole window: (D + 1) * DAY + window <= end.
-            result.funnels.extend(funnel.take(before=(end - funnel.window) // DAY))
+            before = (end - funnel.window) // DAY
+            result.funnels.extend(funnel.take(before=before))
             result.open_funnels.extend(funnel.peek())
+            if pseudonym is None:
+                funnel.stopped_users.clear()
+            else:
+                result.entries.extend(funnel.take_entries(before, pseudonym))
+                result.open_entries.extend(funnel.peek_entries(pseudonym))
         return result
 
     def finish(self) -> list[FunnelMetrics]:
         """The remaining funnel entry days, counted where their users stand now."""
-        out = []
+        return self.finish_result().funnels
+
+    def finish_result(self) -> ChunkResult:
+        """:meth:`finish`'s rows, with their users' entries (with a ``pseudonym``)."""
+        out = ChunkResult()
         for funnel in self.funnels:
             funnel.settle_open()
-            out.extend(funnel.take(before=None))
+            out.funnels.extend(funnel.take(before=None))
+            if self.pseudonym is not None:
+                out.entries.extend(funnel.take_entries(None, self.pseudonym))
+            funnel.stopped_users.clear()
         return out
 
     def _route(

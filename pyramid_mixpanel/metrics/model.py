@@ -16,6 +16,7 @@ __all__ = [
     "Anomaly",
     "AnomalyKind",
     "DailyMetrics",
+    "FunnelEntry",
     "FunnelMetrics",
     "FunnelSource",
     "ProfileAggregate",
@@ -112,6 +113,24 @@ class FunnelMetrics:
             if lost > worst:
                 worst, index = lost, step
         return index
+
+
+@dataclass(frozen=True)
+class FunnelEntry:
+    """One user's entry into a local funnel on one day, and how far that entry went.
+
+    What makes funnels over a range exact: Mixpanel's "Uniques" funnels count a user once, by
+    their first entry in the range (docs/reports/funnels/funnels-advanced, "Counting
+    Methods"), which daily rows cannot tell. ``user`` is a pseudonym (a keyed hash, see
+    :meth:`~pyramid_mixpanel.metrics.store.MetricsStore.pseudonym`), never the distinct id.
+    """
+
+    account: str
+    funnel_id: str
+    date: dt.date
+    user: str
+    #: Index of the last step the entry reached (0: entered only).
+    reached: int
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
+import secrets
 import typing as t
 from collections import defaultdict
 from dataclasses import dataclass
@@ -25,7 +27,15 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .model import MAX_KEY, Anomaly, DailyMetrics, FunnelMetrics, ProfileAggregate, storable
+from .model import (
+    MAX_KEY,
+    Anomaly,
+    DailyMetrics,
+    FunnelEntry,
+    FunnelMetrics,
+    ProfileAggregate,
+    storable,
+)
 
 __all__ = [
     "SCRIPT_LOCATION",
@@ -100,6 +110,32 @@ sync_days_table = sa.Table(
     sa.Column("events", sa.Integer, nullable=False),
     sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
 )
+#: Each user's entry into a local funnel per day, and the step it reached: what makes a funnel
+#: over a range exact (a user counts once, by their first entry in the range). ``user_key`` is
+#: a keyed hash of the distinct id (:meth:`MetricsStore.pseudonym`), never the id itself.
+funnel_entries_table = sa.Table(
+    "mixpanel_funnel_entries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(MAX_KEY), nullable=False),
+    sa.Column("funnel_id", sa.String(MAX_KEY), nullable=False),
+    sa.Column("metric_date", sa.Date, nullable=False),
+    sa.Column("user_key", sa.String(64), nullable=False),
+    sa.Column("reached", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint(
+        "account", "funnel_id", "metric_date", "user_key", name="uq_mixpanel_funnel_entries"
+    ),
+    sa.Index("ix_mixpanel_funnel_entries_date", "metric_date"),
+)
+#: Secrets the store makes for itself: the key of the users' pseudonyms.
+keys_table = sa.Table(
+    "mixpanel_metrics_keys",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
 #: Mixpanel's per-project query limits, shared by every process of the app: one row per project
 #: and limit, holding the recent calls or the held slots (see :mod:`.limits`).
 query_limits_table = sa.Table(
@@ -111,6 +147,9 @@ query_limits_table = sa.Table(
 )
 METRICS_KEY = ("account", "metric_date")
 FUNNELS_KEY = ("account", "funnel_id", "source", "metric_date")
+ENTRIES_KEY = ("account", "funnel_id", "metric_date", "user_key")
+#: The name of the pseudonym key in :data:`keys_table`.
+PSEUDONYM_KEY = "funnel_user_pseudonym"
 
 
 @dataclass(frozen=True)
@@ -198,6 +237,14 @@ def upsert(
         values = {name: value for name, value in row.items() if name not in key}
         if not connection.execute(sa.update(table).where(where).values(values)).rowcount:
             connection.execute(sa.insert(table).values(row))
+
+
+def _user_text(user: object) -> bytes:
+    """The bytes a distinct id is hashed from: 5 and 5.0 are one user, as in the aggregator."""
+    if isinstance(user, float) and user.is_integer():
+        user = int(user)
+    text = user if isinstance(user, str) else f"\x00{type(user).__name__}:{user!r}"
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _metrics_row(metrics: DailyMetrics, now: dt.datetime) -> dict[str, t.Any]:
@@ -413,6 +460,80 @@ class MetricsStore:
                 for batch in _batches(stale):
                     connection.execute(sa.delete(table).where(table.c.id.in_(batch)))
 
+    def write_entries(
+        self,
+        entries: t.Sequence[FunnelEntry],
+        *,
+        days: t.Sequence[dt.date] = (),
+        connection: sa.Connection | None = None,
+    ) -> None:
+        """Upsert users' funnel entries (keyed by account, funnel, day and user).
+
+        :param days: days whose entries were all recomputed: their entries not in ``entries``
+            are deleted, as :meth:`write_funnels` does for the local rows.
+        """
+        now = _now()
+        table = funnel_entries_table
+        rows = [
+            {
+                "account": e.account,
+                "funnel_id": e.funnel_id,
+                "metric_date": e.date,
+                "user_key": e.user,
+                "reached": e.reached,
+                "updated_at": now,
+            }
+            for e in entries
+        ]
+        with self._writing(connection) as connection:
+            for batch in _batches(rows):
+                upsert(connection, table, list(batch), ENTRIES_KEY)
+            fresh = {(e.account, e.funnel_id, e.date, e.user) for e in entries}
+            for day in days:
+                stored = connection.execute(
+                    sa.select(
+                        table.c.id, table.c.account, table.c.funnel_id, table.c.user_key
+                    ).where(table.c.metric_date == day)
+                ).all()
+                stale = [
+                    row.id
+                    for row in stored
+                    if (row.account, row.funnel_id, day, row.user_key) not in fresh
+                ]
+                for batch in _batches(stale):
+                    connection.execute(sa.delete(table).where(table.c.id.in_(batch)))
+
+    def pseudonym(self) -> t.Callable[[object], str]:
+        """The function that turns a ``distinct_id`` into the key its funnel entries carry.
+
+        A keyed BLAKE2b hash (128 bits) with a random 256-bit key this store makes once and
+        keeps (``mixpanel_metrics_keys``): the same user gets the same key in every sync, the
+        distinct id itself is never stored, and without the key the keys cannot be matched to
+        ids from elsewhere. (Whoever holds the database and a list of candidate ids can still
+        test them: entries are pseudonymous, not anonymous; see ``pmixpanel`` and the docs'
+        data policy.)
+        """
+        table = keys_table
+        select = sa.select(table.c.value).where(table.c.name == PSEUDONYM_KEY)
+        with self.engine.connect() as connection:
+            value = connection.execute(select).scalar()
+        if value is None:
+            try:
+                with self.engine.begin() as connection:
+                    value = secrets.token_hex(32)
+                    connection.execute(
+                        sa.insert(table).values(name=PSEUDONYM_KEY, value=value, created_at=_now())
+                    )
+            except sa.exc.IntegrityError:  # another process made it first: theirs counts
+                with self.engine.connect() as connection:
+                    value = connection.execute(select).scalar_one()
+        key = bytes.fromhex(value)
+
+        def pseudonym(user: object) -> str:
+            return hashlib.blake2b(_user_text(user), key=key, digest_size=16).hexdigest()
+
+        return pseudonym
+
     def replace_profiles(self, aggregates: t.Sequence[ProfileAggregate]) -> None:
         """Make the profile aggregates exactly ``aggregates`` (accounts not in it are removed)."""
         now = _now()
@@ -614,6 +735,84 @@ class MetricsStore:
                 )
                 for row in connection.execute(query)
             ]
+
+    def funnel_totals(
+        self, account: str, from_date: dt.date, to_date: dt.date
+    ) -> list[FunnelMetrics]:
+        """Each funnel of the account over the whole range, one entry per funnel.
+
+        Local funnels count unique users exactly, as Mixpanel's "Uniques" funnels do: each user
+        once, by their first entry in the range and the step that entry reached. Funnels pulled
+        from Mixpanel are stored per day only: their rows are added up (a user who entered on
+        several days counts on each), and the result says so (``source = "mixpanel"``; see
+        :meth:`funnels` for the days).
+        """
+        rows = self.funnels(account, from_date, to_date)
+        shapes: dict[tuple[str, str], FunnelMetrics] = {}
+        summed: dict[tuple[str, str], list[int]] = {}
+        key: tuple[str, str]
+        for row in rows:
+            key = (row.source, row.funnel_id)
+            shapes.setdefault(key, row)
+            if row.source != "local":
+                total = summed.setdefault(key, [0] * len(row.steps))
+                for step, users in enumerate(row.steps[: len(total)]):
+                    total[step] += users
+        reached = self._first_entries(account, from_date, to_date)
+        out = []
+        for key, shape in sorted(shapes.items(), key=lambda item: (item[1].funnel_name, item[0])):
+            if key[0] == "local":
+                steps = [0] * len(shape.steps)
+                for step, users in reached.get(shape.funnel_id, {}).items():
+                    for index in range(min(step + 1, len(steps))):
+                        steps[index] += users
+            else:
+                steps = summed[key]
+            out.append(
+                FunnelMetrics(
+                    account, shape.funnel_id, shape.funnel_name, from_date, steps, shape.source
+                )
+            )
+        return out
+
+    def _first_entries(
+        self, account: str, from_date: dt.date, to_date: dt.date
+    ) -> dict[str, dict[int, int]]:
+        """Funnel -> step -> users whose first entry in the range reached that step."""
+        table = funnel_entries_table
+        in_range = (
+            table.c.account == account,
+            table.c.metric_date >= from_date,
+            table.c.metric_date <= to_date,
+        )
+        first = (
+            sa.select(
+                table.c.funnel_id,
+                table.c.user_key,
+                sa.func.min(table.c.metric_date).label("first_date"),
+            )
+            .where(*in_range)
+            .group_by(table.c.funnel_id, table.c.user_key)
+            .subquery()
+        )
+        query = (
+            sa.select(table.c.funnel_id, table.c.reached, sa.func.count().label("users"))
+            .join(
+                first,
+                sa.and_(
+                    table.c.funnel_id == first.c.funnel_id,
+                    table.c.user_key == first.c.user_key,
+                    table.c.metric_date == first.c.first_date,
+                ),
+            )
+            .where(table.c.account == account)
+            .group_by(table.c.funnel_id, table.c.reached)
+        )
+        found: dict[str, dict[int, int]] = defaultdict(dict)
+        with self.engine.connect() as connection:
+            for row in connection.execute(query):
+                found[row.funnel_id][int(row.reached)] = int(row.users)
+        return found
 
     def users(self, account: str) -> ProfileAggregate | None:
         """The account's profile aggregate (``None`` when no profile names the account)."""

@@ -38,7 +38,13 @@ from .._extras import require
 from ..exceptions import MixpanelError
 from ..log import Log
 from ..settings import parse_query_settings
-from .aggregate import AggregateStats, Aggregator, aggregate_profiles, storable_accounts
+from .aggregate import (
+    AggregateStats,
+    Aggregator,
+    ChunkResult,
+    aggregate_profiles,
+    storable_accounts,
+)
 from .config import MetricsSettings, parse_metrics_settings
 from .lines import chunk_lines, parse_line
 from .model import MAX_KEY, Anomaly, FunnelMetrics, clean_text
@@ -378,7 +384,8 @@ class _Sync:
         self.query = query
         self.bar = bar
         self.report = SyncReport(timezone=timezone)
-        self.aggregator = Aggregator(config)
+        # Users' funnel entries carry the store's keyed pseudonym, never their distinct id.
+        self.aggregator = Aggregator(config, store.pseudonym() if config.funnels else None)
 
     def run(self, first: dt.date, last: dt.date) -> SyncReport:
         config, report = self.config, self.report
@@ -394,12 +401,12 @@ class _Sync:
                 result = self.aggregator.add_chunk(
                     chunk.from_date, chunk.to_date, self._events(chunk), metrics=False
                 )
-                self._funnels(result.funnels)
+                self._funnels(result)
         for chunk in self.query.export_chunks(first, last, chunk_days=config.chunk_days):
             self._chunk(chunk)
         # The rows of the entries still open are already stored (with their days); these are
         # the same numbers, now final for this run.
-        self._funnels(self.aggregator.finish())
+        self._funnels(self.aggregator.finish_result())
         if config.saved_funnels:
             self._saved_funnels(first - dt.timedelta(days=lookback), last)
         if config.profile_account_property:
@@ -451,6 +458,9 @@ class _Sync:
             store.write_funnels(
                 result.funnels + result.open_funnels, days=days, connection=connection
             )
+            store.write_entries(
+                result.entries + result.open_entries, days=days, connection=connection
+            )
             store.mark_synced({day: counted[day] for day in days}, connection=connection)
             for day in days:
                 new += self._anomalies(day, before[day], connection)
@@ -464,9 +474,15 @@ class _Sync:
         self.bar.update(len(days))
         self.bar.set_postfix(events=self.aggregator.stats.events, refresh=False)
 
-    def _funnels(self, funnels: list[FunnelMetrics]) -> None:
-        self.store.write_funnels(funnels)
-        self.report.funnel_rows += len(funnels)
+    def _funnels(self, result: ChunkResult) -> None:
+        """Store settled funnel rows and their entries.
+
+        Those of the days before the sync, of its end, or of a saved funnel.
+        """
+        with self.store.begin() as connection:
+            self.store.write_funnels(result.funnels, connection=connection)
+            self.store.write_entries(result.entries, connection=connection)
+        self.report.funnel_rows += len(result.funnels)
 
     def _anomalies(
         self, day: dt.date, before: t.Mapping[str, str], connection: sa.Connection
@@ -504,7 +520,8 @@ class _Sync:
                 self.report.errors.append(f"saved funnel {funnel_id}: {exc}")
                 continue
             name = names.get(funnel_id, str(funnel_id))
-            self._funnels(_saved_funnel_rows(answer, funnel_id, name, self.aggregator.stats))
+            rows = _saved_funnel_rows(answer, funnel_id, name, self.aggregator.stats)
+            self._funnels(ChunkResult(funnels=rows))
             segments = _segments(answer)
             if segments >= limit:
                 # Mixpanel keeps the top ``limit`` values and drops the rest without a word.
