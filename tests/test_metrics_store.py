@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import pathlib
+import secrets
 import typing as t
 
 import pytest
@@ -20,7 +21,6 @@ from pyramid_mixpanel.metrics import (
     MetricsStore,
     ProfileAggregate,
 )
-from pyramid_mixpanel.metrics import store as store_module
 from pyramid_mixpanel.metrics.store import (
     PSEUDONYM_KEY,
     SCRIPT_LOCATION,
@@ -395,7 +395,7 @@ def test_a_key_made_by_another_process_meanwhile_is_the_one_used(
             )
         return "cd" * size
 
-    monkeypatch.setattr(store_module.secrets, "token_hex", made_elsewhere)
+    monkeypatch.setattr(secrets, "token_hex", made_elsewhere)
     pseudonym = store.pseudonym()
     monkeypatch.undo()
     assert pseudonym("u") == store.pseudonym()("u")
