@@ -7,6 +7,7 @@ them in SQLite; a real Pyramid app serves them (WebTest, and waitress for the br
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import io
 import logging
@@ -25,6 +26,7 @@ from pyramid.request import Request
 
 from pyramid_mixpanel import query_limits
 from pyramid_mixpanel.insights import INSIGHTS_KEY
+from pyramid_mixpanel.insights import views as views_module
 from pyramid_mixpanel.insights.render import account_page, funnel_summary, volume_chart
 from pyramid_mixpanel.insights.views import InsightsState, parse_insights_settings
 from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, MetricsStore, sync
@@ -517,3 +519,141 @@ def test_settings_added_after_the_include_count(settings: dict[str, str]) -> Non
     app = webtest.TestApp(config.make_wsgi_app())
     app.get("/later/events/acme", RANGE, status=200)
     app.get("/api/mixpanel/events/acme", RANGE, status=404)
+
+
+# -- trends, the overview, CSV and chat commands ----------------------------------------------
+
+
+def test_funnel_trends_compare_with_the_previous_period(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    day_two = {"from": "2026-01-02", "to": "2026-01-02"}
+    [signup] = app.get("/api/mixpanel/funnels/acme", day_two).json["range"]
+    # Day 2: a1 entered again and did not sign up; day 1 (the previous period): 1 of 2.
+    assert (signup["steps"], signup["previous"]["steps"]) == ([1, 0], [2, 1])
+    assert signup["change"] == {"conversion_points": -50.0, "steps": [-1, -1]}
+    [first] = app.get("/api/mixpanel/funnels/acme", RANGE).json["range"]
+    assert (first["previous"], first["change"]) == (None, None)  # nothing before Jan 1
+    html = app.get("/mixpanel/accounts/acme", day_two).text
+    assert "Previous period: 50% converted (1 of 2); -50 points." in html
+    assert (
+        "No entries in the previous period to compare with."
+        in app.get("/mixpanel/accounts/acme", RANGE).text
+    )
+    assert views_module._previous(dt.date(1970, 1, 1), dt.date(1970, 1, 2)) is None
+    epoch = {"from": "1970-01-01", "to": "1970-01-02"}  # no period before 1970 to look up
+    assert app.get("/api/mixpanel/funnels/acme", epoch).json["range"] == []
+
+
+def test_the_accounts_overview_api(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    answer = app.get("/api/mixpanel/accounts", RANGE).json
+    assert (answer["total"], answer["sort"], answer["order"]) == (2, "events", "desc")
+    acme, globex = answer["accounts"]
+    assert (acme["account"], acme["events"], acme["active_days"]) == ("acme", 6, 3)
+    # 2 users on day 1, 1 on day 2, 1 on day 3: a daily mean, said as such.
+    assert acme["mean_daily_users"] == 1.33
+    assert (acme["known_users"], acme["trend"], acme["previous_events"]) == (2, None, 0)
+    assert (globex["account"], globex["events"], globex["known_users"]) == ("globex", 1, None)
+    paged = app.get("/api/mixpanel/accounts", {**RANGE, "per_page": "1", "page": "2"}).json
+    assert [row["account"] for row in paged["accounts"]] == ["globex"]
+    by_name = app.get("/api/mixpanel/accounts", {**RANGE, "sort": "account"}).json
+    assert [row["account"] for row in by_name["accounts"]] == ["acme", "globex"]
+    scores = app.get("/api/mixpanel/accounts", {**RANGE, "sort": "score", "order": "asc"}).json
+    assert len(scores["accounts"]) == 2
+    later = {"from": "2026-01-04", "to": "2026-01-06"}  # the trend against Jan 1-3
+    moved = app.get("/api/mixpanel/accounts", {**later, "sort": "trend"}).json["accounts"]
+    assert moved[0]["trend"] == -1.0  # all events were in the previous period
+    for bad in ({"sort": "x"}, {"order": "up"}, {"page": "0"}, {"per_page": "501"}, {"page": "a"}):
+        error = app.get("/api/mixpanel/accounts", bad, status=400).json["error"]
+        assert "sort" in error or "page" in error
+
+
+def test_the_accounts_overview_page(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    html = app.get("/mixpanel/accounts", RANGE).text
+    assert '<a href="/mixpanel/accounts/acme?from=2026-01-01&amp;to=2026-01-03">acme</a>' in html
+    assert "sort=events&amp;order=asc" in html  # the current column flips
+    assert 'name="viewport"' in html
+    app.get("/mixpanel/accounts", {"sort": "nope"}, status=400)
+
+
+def test_the_overview_page_of_an_empty_store(tmp_path: pathlib.Path) -> None:
+    database = f"sqlite:///{tmp_path / 'empty.db'}"
+    MetricsStore(database).close()
+    settings = {
+        "mixpanel.token": "false",
+        "mixpanel.metrics.database_url": database,
+        "mixpanel.metrics.account_property": "company_id",
+    }
+    html = make_app(settings).get("/mixpanel/accounts").text
+    assert "No accounts have metrics yet." in html
+
+
+def test_metrics_as_csv_for_analysts(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    answer = app.get("/api/mixpanel/metrics.csv", RANGE)
+    assert answer.content_type == "text/csv"
+    assert (
+        'filename="mixpanel-metrics-2026-01-01-2026-01-03.csv"'
+        in answer.headers["Content-Disposition"]
+    )
+    rows = list(csv.reader(io.StringIO(answer.text)))
+    assert rows[0] == list(views_module.CSV_COLUMNS)
+    assert rows[1][:5] == ["acme", "2026-01-01", "3", "2", "2"]
+    assert [row[0] for row in rows[1:]] == ["acme", "acme", "acme", "globex"]
+    assert views_module._cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert views_module._cell("acme") == "acme"
+
+
+@pytest.mark.parametrize(
+    ("question", "command", "said"),
+    [
+        ("Show Mixpanel events for acme", "events", "acme: 6 events on 3 active days"),
+        ("events for acme?", "events", "most frequent: Page Viewed"),
+        ("What's the funnel conversion for acme?", "funnels", "Signup 50% (1 of 2)"),
+        ("funnel conversion acme", "funnels", "acme, funnel conversion from 2026-01-01"),
+    ],
+)
+def test_chat_commands(settings: dict[str, str], question: str, command: str, said: str) -> None:
+    app = make_app(settings)
+    answer = app.get("/api/mixpanel/ask", {**RANGE, "q": question}).json
+    assert (answer["command"], answer["account"]) == (command, "acme")
+    assert said in answer["summary"]
+    assert answer["answer"]["account"] == "acme"
+
+
+def test_chat_commands_that_are_not_understood(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    answer = app.get("/api/mixpanel/ask", {"q": "delete everything"}, status=400).json
+    assert answer["understood"] == views_module.UNDERSTOOD
+    app.get("/api/mixpanel/ask", {"q": "events for initech"}, status=404)
+    later = {"from": "2026-01-05", "to": "2026-01-06"}
+    quiet = app.get("/api/mixpanel/ask", {"q": "funnel conversion globex", **later}).json
+    assert quiet["summary"] == "globex: no funnel data from 2026-01-05 to 2026-01-06."
+    none = app.get("/api/mixpanel/ask", {"q": "events for acme", "from": "2026-01-05"}).json
+    assert none["summary"].startswith("acme: 0 events on 0 active days")
+
+
+def test_the_new_views_need_the_permission(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    for path in ("/api/mixpanel/accounts", "/api/mixpanel/metrics.csv", "/mixpanel/accounts"):
+        app.get(path, extra_environ={"HTTP_X_USER": ""}, status=403)
+    app.get("/api/mixpanel/ask", {"q": "events for acme"}, extra_environ={"HTTP_X_USER": ""},
+            status=403)  # fmt: skip
+
+
+def test_the_pages_fit_a_phone_in_chromium(browser: t.Any, site: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(375, 800)
+    for path in ("/mixpanel/accounts/acme", "/mixpanel/accounts"):
+        browser.get(f"{site}{path}?from=2026-01-01&to=2026-01-03")
+        width = browser.execute_script("return document.documentElement.scrollWidth")
+        assert width <= browser.execute_script("return window.innerWidth"), path
+    table = browser.find_element(By.ID, "accounts")
+    assert "acme" in table.text
+    shot = browser.find_element(By.TAG_NAME, "body").screenshot_as_png
+    assert colored_pixels(shot, (0x00, 0x00, 0xEE)) > 20  # the links to the account pages
+    browser.get(f"{site}/mixpanel/accounts/acme?from=2026-01-01&to=2026-01-03")
+    chart = browser.find_element(By.ID, "volume-chart").screenshot_as_png
+    assert colored_pixels(chart, (0x25, 0x63, 0xEB)) > 500  # the bars, scaled down to fit

@@ -21,6 +21,7 @@ from pyramid_mixpanel.metrics import (
     MetricsStore,
     ProfileAggregate,
 )
+from pyramid_mixpanel.metrics.model import AccountSummary
 from pyramid_mixpanel.metrics.store import (
     PSEUDONYM_KEY,
     SCRIPT_LOCATION,
@@ -401,3 +402,26 @@ def test_a_key_made_by_another_process_meanwhile_is_the_one_used(
     assert pseudonym("u") == store.pseudonym()("u")
     with store.engine.connect() as connection:
         assert connection.execute(sa.select(keys_table.c.value)).scalar_one() == theirs
+
+
+def test_the_accounts_overview(store: MetricsStore) -> None:
+    store.write_days(
+        [day(0), day(1), day(2), day(3)],
+        [
+            metrics("acme", 0, total=10, unique_users=4, engagement_score=20.0),
+            metrics("acme", 2, total=30, unique_users=2, engagement_score=55.0, anomaly="spike"),
+            metrics("acme", 3, total=5, unique_users=1, engagement_score=99.0),  # after the range
+            metrics("globex", 0, total=7, unique_users=1),
+        ],
+    )
+    store.replace_profiles([ProfileAggregate("acme", 5), ProfileAggregate("initech", 3)])
+    acme, globex, initech = store.overview(day(1), day(2))
+    assert (acme.events, acme.previous_events, acme.trend) == (30, 10, 2.0)
+    assert (acme.mean_daily_users, acme.active_days, acme.score) == (2.0, 1, 55.0)
+    assert (acme.anomalies, acme.known_users) == (1, 5)
+    # globex: events only in the period before: no days now, its trend -100 %.
+    assert (globex.events, globex.previous_events, globex.trend) == (0, 7, -1.0)
+    assert (globex.mean_daily_users, globex.score, globex.known_users) == (0.0, None, None)
+    assert initech == AccountSummary("initech", 0, 0, 0.0, 0, None, 0, 3)
+    assert initech.trend is None
+    assert [d.date for d in store.all_daily(day(0), day(2))] == [day(0), day(2), day(0)]

@@ -4,7 +4,11 @@
 :mod:`pyramid_mixpanel.metrics`), behind a permission (``mixpanel.insights.permission``):
 
 * ``GET /api/mixpanel/events/{account}``: daily totals, users, sessions, score, top events;
-* ``GET /api/mixpanel/funnels/{account}``: funnel conversion per day;
+* ``GET /api/mixpanel/funnels/{account}``: funnel conversion over the range (each user once),
+  against the previous period, and per day;
+* ``GET /api/mixpanel/accounts`` and ``GET /mixpanel/accounts``: every account, sortable;
+* ``GET /api/mixpanel/metrics.csv``: daily metrics of every account as CSV;
+* ``GET /api/mixpanel/ask?q=...``: the chat commands;
 * ``GET /api/mixpanel/users/{account}``: the account's profiles, counted;
 * ``POST /api/mixpanel/sync``: start an incremental sync in the background;
 * ``GET /mixpanel/accounts/{account}``: the page, with an event-volume chart, top events and

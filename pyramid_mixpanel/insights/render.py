@@ -9,10 +9,18 @@ from __future__ import annotations
 import datetime as dt
 import typing as t
 from html import escape
+from urllib.parse import quote, urlencode
 
-from ..metrics.model import DailyMetrics, FunnelMetrics, ProfileAggregate
+from ..metrics.model import AccountSummary, DailyMetrics, FunnelMetrics, ProfileAggregate
 
-__all__ = ["account_page", "funnel_chart", "funnel_summary", "volume_chart"]
+__all__ = [
+    "OVERVIEW_COLUMNS",
+    "account_page",
+    "funnel_chart",
+    "funnel_summary",
+    "overview_page",
+    "volume_chart",
+]
 
 
 BAR = "#2563eb"
@@ -25,6 +33,9 @@ body { font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; co
 h1 small { color: #666; font-weight: normal }
 table { border-collapse: collapse } td, th { padding: .2em .8em; text-align: left }
 td.n { text-align: right; font-variant-numeric: tabular-nums }
+svg { max-width: 100%; height: auto }
+.scroll { overflow-x: auto }
+@media (max-width: 40em) { body { margin: 1em .5em } td, th { padding: .2em .4em } }
 .empty { color: #666 }
 """
 
@@ -79,6 +90,17 @@ def funnel_chart(funnel: FunnelMetrics, index: int) -> str:
     )
 
 
+def funnel_trend(funnel: FunnelMetrics, previous: FunnelMetrics | None) -> str:
+    """How the funnel's conversion moved against the previous period of as many days."""
+    if previous is None or not previous.steps or not previous.steps[0]:
+        return "No entries in the previous period to compare with."
+    points = 100 * (funnel.conversion_rate - previous.conversion_rate)
+    return (
+        f"Previous period: {previous.conversion_rate:.0%} converted"
+        f" ({previous.completed_users} of {previous.steps[0]}); {points:+.0f} points."
+    )
+
+
 def funnel_summary(funnel: FunnelMetrics) -> str:
     """One line on a funnel over the page's range, saying what its numbers count."""
     entered = funnel.steps[0] if funnel.steps else 0
@@ -102,12 +124,15 @@ def account_page(
     top_events: t.Sequence[tuple[str, int]],
     funnels: t.Sequence[FunnelMetrics],
     users: ProfileAggregate | None,
+    previous: t.Mapping[tuple[str, str], FunnelMetrics] | None = None,
 ) -> str:
     """The whole HTML page of one account.
 
     ``funnels``: one per funnel over the whole range
-    (:meth:`~pyramid_mixpanel.metrics.MetricsStore.funnel_totals`).
+    (:meth:`~pyramid_mixpanel.metrics.MetricsStore.funnel_totals`); ``previous``: the same
+    over the period of as many days before, by (source, funnel id), for the trend.
     """
+    previous = previous or {}
     total = sum(day.total_events for day in days)
     anomalies = [day for day in days if day.anomaly]
     score = days[-1].engagement_score if days else None
@@ -130,11 +155,14 @@ def account_page(
     )
     funnel_html = "".join(
         f"<h3>{escape(funnel.funnel_name)} <small>({escape(funnel.source)})</small></h3>"
-        f"<p>{escape(funnel_summary(funnel))}</p>" + funnel_chart(funnel, index)
+        f"<p>{escape(funnel_summary(funnel))}</p>"
+        f"<p class='trend'>{escape(funnel_trend(funnel, previous.get(_key(funnel))))}</p>"
+        + funnel_chart(funnel, index)
         for index, funnel in enumerate(funnels)
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(account)} · Mixpanel insights</title><style>{STYLE}</style></head>
 <body>
 <h1>{escape(account)} <small>Mixpanel insights</small></h1>
@@ -149,5 +177,67 @@ def account_page(
     }
 <h2>Funnels</h2>
 {funnel_html or "<p class='empty'>No funnel data in this range.</p>"}
+</body></html>
+"""
+
+
+def _key(funnel: FunnelMetrics) -> tuple[str, str]:
+    return (funnel.source, funnel.funnel_id)
+
+
+#: The overview's columns: (sort key, heading).
+OVERVIEW_COLUMNS = (
+    ("account", "Account"),
+    ("events", "Events"),
+    ("trend", "Trend"),
+    ("users", "Daily users (mean)"),
+    ("score", "Engagement"),
+    ("anomalies", "Unusual days"),
+)
+
+
+def overview_page(
+    summaries: t.Sequence[AccountSummary],
+    start: dt.date,
+    end: dt.date,
+    sort: str,
+    descending: bool,
+    page_prefix: str,
+) -> str:
+    """Every account in one sortable table, each linking to its page."""
+    dates = {"from": start.isoformat(), "to": end.isoformat()}
+    heads = []
+    for key, label in OVERVIEW_COLUMNS:
+        flip = not descending if key == sort else key != "account"
+        order = "desc" if flip else "asc"
+        link = "?" + urlencode({**dates, "sort": key, "order": order})
+        mark = (" ▼" if descending else " ▲") if key == sort else ""
+        heads.append(f'<th><a href="{escape(link)}">{escape(label)}</a>{mark}</th>')
+    rows = []
+    for row in summaries:
+        href = f"{page_prefix}/{quote(row.account, safe='')}?" + urlencode(dates)
+        trend = "n/a" if row.trend is None else f"{row.trend:+.0%}"
+        score = "n/a" if row.score is None else f"{row.score:.0f}"
+        rows.append(
+            f'<tr><td><a href="{escape(href)}">{escape(row.account)}</a></td>'
+            f'<td class="n">{row.events}</td><td class="n">{trend}</td>'
+            f'<td class="n">{row.mean_daily_users:g}</td><td class="n">{score}</td>'
+            f'<td class="n">{row.anomalies}</td></tr>'
+        )
+    table = (
+        f"<div class='scroll'><table id='accounts'><tr>{''.join(heads)}</tr>{''.join(rows)}"
+        "</table></div>"
+        if rows
+        else "<p class='empty'>No accounts have metrics yet.</p>"
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Accounts · Mixpanel insights</title><style>{STYLE}</style></head>
+<body>
+<h1>Accounts <small>Mixpanel insights</small></h1>
+<p>{len(summaries)} accounts, {start.isoformat()} to {end.isoformat()}; the trend compares the
+events with the {(end - start).days + 1} days before.</p>
+{table}
 </body></html>
 """

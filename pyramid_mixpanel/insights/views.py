@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime as dt
+import io
 import re
 import threading
 import typing as t
@@ -17,10 +19,10 @@ from ..converters import Setting, as_secret, parse_table, positive_int
 from ..exceptions import MixpanelConfigurationError
 from ..log import Log
 from ..metrics.config import MetricsSettings, parse_metrics_settings
-from ..metrics.model import DailyMetrics, FunnelMetrics, storable
+from ..metrics.model import AccountSummary, DailyMetrics, FunnelMetrics, storable
 from ..metrics.store import MetricsStore, rank_events
 from . import INSIGHTS_KEY
-from .render import account_page
+from .render import account_page, overview_page
 
 if t.TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -49,6 +51,52 @@ FIRST_DAY = dt.date(1970, 1, 1)
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
 BAD_DAY = f"from and to must be days as YYYY-MM-DD, from {FIRST_DAY} on"
 BAD_RANGE = f"from must not be after to, and a range spans at most {MAX_RANGE_DAYS} days"
+#: Accounts per page of the overview API: the default and the most.
+PER_PAGE, MAX_PER_PAGE = 50, 500
+SORT_KEYS: dict[str, t.Callable[[AccountSummary], t.Any]] = {
+    "account": lambda row: row.account,
+    "events": lambda row: row.events,
+    # Accounts without a figure sort last either way (see _sorted).
+    "trend": lambda row: row.trend,
+    "users": lambda row: row.mean_daily_users,
+    "score": lambda row: row.score,
+    "anomalies": lambda row: row.anomalies,
+}
+#: The chat commands of the customer-success PRD, and close variants.
+COMMANDS = (
+    (
+        "events",
+        re.compile(
+            r"^\s*(?:show\s+(?:me\s+)?)?(?:the\s+)?(?:mixpanel\s+)?events\s+(?:for|of)?\s*"
+            r"(?P<account>.+?)\s*[?.!]?\s*$",
+            re.I,
+        ),
+    ),
+    (
+        "funnels",
+        re.compile(
+            r"^\s*(?:what(?:'s|\s+is)\s+)?(?:the\s+)?funnel\s+conversions?\s+(?:for|of)?\s*"
+            r"(?P<account>.+?)\s*[?.!]?\s*$",
+            re.I,
+        ),
+    ),
+)
+UNDERSTOOD = [
+    "Show Mixpanel events for <account>",
+    "What's the funnel conversion for <account>?",
+]
+#: Leading characters a spreadsheet takes for a formula: a cell starting with one is quoted.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+CSV_COLUMNS = (
+    "account",
+    "date",
+    "total_events",
+    "unique_users",
+    "sessions",
+    "avg_events_per_user",
+    "engagement_score",
+    "anomaly",
+)
 
 
 @dataclass(frozen=True)
@@ -193,6 +241,30 @@ def _daily(day: DailyMetrics) -> dict[str, t.Any]:
     return t.cast(dict[str, t.Any], _jsonable(day))
 
 
+def _previous(start: dt.date, end: dt.date) -> tuple[dt.date, dt.date] | None:
+    """The period of as many days just before ``start`` (``None`` before 1970)."""
+    length = (end - start).days + 1
+    first = start - dt.timedelta(days=length)
+    return (first, start - dt.timedelta(days=1)) if first >= FIRST_DAY else None
+
+
+def _sorted(rows: list[AccountSummary], sort: str, descending: bool) -> list[AccountSummary]:
+    key = SORT_KEYS[sort]
+    present = sorted((row for row in rows if key(row) is not None), key=key, reverse=descending)
+    return present + [row for row in rows if key(row) is None]
+
+
+def _summary(row: AccountSummary) -> dict[str, t.Any]:
+    return {**t.cast(dict[str, t.Any], _jsonable(row)), "trend": row.trend}
+
+
+def _cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: no formula from an account id."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _funnel(funnel: FunnelMetrics) -> dict[str, t.Any]:
     data = t.cast(dict[str, t.Any], _jsonable(funnel))
     data.update(
@@ -257,16 +329,120 @@ class InsightsViews:
         account = self._account(request)
         start, end = self._range(request)
         store = self.state.store
+        before = self._previous_totals(account, start, end)
+        ranged = []
+        for funnel in store.funnel_totals(account, start, end):
+            entry = {**_funnel(funnel), "unique_users": funnel.source == "local"}
+            previous = before.get((funnel.source, funnel.funnel_id))
+            entry["previous"] = None if previous is None else _funnel(previous)
+            entry["change"] = None
+            if previous is not None and previous.steps and previous.steps[0]:
+                entry["change"] = {
+                    "conversion_points": round(
+                        100 * (funnel.conversion_rate - previous.conversion_rate), 2
+                    ),
+                    "steps": [a - b for a, b in zip(funnel.steps, previous.steps, strict=False)],
+                }
+            ranged.append(entry)
         return {
             "account": account,
             "from": start.isoformat(),
             "to": end.isoformat(),
-            "range": [
-                {**_funnel(funnel), "unique_users": funnel.source == "local"}
-                for funnel in store.funnel_totals(account, start, end)
-            ],
+            "range": ranged,
             "funnels": [_funnel(funnel) for funnel in store.funnels(account, start, end)],
         }
+
+    def _previous_totals(
+        self, account: str, start: dt.date, end: dt.date
+    ) -> dict[tuple[str, str], FunnelMetrics]:
+        """The account's funnels over the previous period, by (source, funnel id)."""
+        period = _previous(start, end)
+        if period is None:
+            return {}
+        totals = self.state.store.funnel_totals(account, *period)
+        return {(f.source, f.funnel_id): f for f in totals}
+
+    def _order(self, request: Request, page: bool = False) -> tuple[str, bool]:
+        sort = request.params.get("sort", "events")
+        order = request.params.get("order", "asc" if sort == "account" else "desc")
+        if sort not in SORT_KEYS or order not in ("asc", "desc"):
+            error = f"sort is one of {', '.join(SORT_KEYS)}; order is asc or desc"
+            raise _bad_request(error, page)
+        return sort, order == "desc"
+
+    def accounts(self, request: Request) -> dict[str, t.Any]:
+        """Every account over the range: volume, trend, users, score, unusual days; paged."""
+        start, end = self._range(request)
+        sort, descending = self._order(request)
+        try:
+            number = int(request.params.get("page", "1"))
+            size = int(request.params.get("per_page", str(PER_PAGE)))
+        except ValueError:
+            number = size = 0
+        if number < 1 or not 1 <= size <= MAX_PER_PAGE:
+            raise _bad_request(f"page >= 1 and per_page from 1 to {MAX_PER_PAGE}", False)
+        rows = _sorted(self.state.store.overview(start, end), sort, descending)
+        chosen = rows[(number - 1) * size : number * size]
+        return {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "sort": sort,
+            "order": "desc" if descending else "asc",
+            "page": number,
+            "per_page": size,
+            "total": len(rows),
+            "accounts": [_summary(row) for row in chosen],
+        }
+
+    def accounts_page(self, request: Request) -> Response:
+        """The accounts overview page: one sortable table."""
+        start, end = self._range(request, page=True)
+        sort, descending = self._order(request, page=True)
+        rows = _sorted(self.state.store.overview(start, end), sort, descending)
+        html = overview_page(rows, start, end, sort, descending, self.state.settings.page_prefix)
+        return Response(html, content_type="text/html", charset="utf-8")
+
+    def metrics_csv(self, request: Request) -> Response:
+        """Every account's daily metrics as CSV, for churn analysis in a spreadsheet."""
+        start, end = self._range(request)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for day in self.state.store.all_daily(start, end):
+            writer.writerow(
+                [
+                    _cell(day.account),
+                    day.date.isoformat(),
+                    day.total_events,
+                    day.unique_users,
+                    day.sessions,
+                    day.avg_events_per_user,
+                    day.engagement_score,
+                    day.anomaly or "",
+                ]
+            )
+        response = Response(buffer.getvalue(), content_type="text/csv", charset="utf-8")
+        name = f"mixpanel-metrics-{start.isoformat()}-{end.isoformat()}.csv"
+        response.content_disposition = f'attachment; filename="{name}"'
+        return response
+
+    def ask(self, request: Request) -> dict[str, t.Any]:
+        """A chat command: the matching endpoint's answer and a one-line summary."""
+        question = request.params.get("q", "")[:500]
+        for command, pattern in COMMANDS:
+            match = pattern.match(question)
+            if match is None:
+                continue
+            account = match.group("account").strip("\"'")
+            request.matchdict = {**(request.matchdict or {}), "account": account}
+            answer = self.events(request) if command == "events" else self.funnels(request)
+            return {
+                "command": command,
+                "account": account,
+                "summary": _said(command, answer),
+                "answer": answer,
+            }
+        raise HTTPBadRequest(json_body={"error": "not a command I know", "understood": UNDERSTOOD})
 
     def users(self, request: Request) -> dict[str, t.Any]:
         """The account's profiles, counted (no one is named)."""
@@ -307,8 +483,32 @@ class InsightsViews:
             rank_events(days),
             store.funnel_totals(account, start, end),
             store.users(account),
+            self._previous_totals(account, start, end),
         )
         return Response(html, content_type="text/html", charset="utf-8")
+
+
+#: Views that build their own response (HTML, CSV, a status code); the others render JSON.
+RESPONSES = frozenset({"sync", "page", "accounts_page", "metrics_csv"})
+
+
+def _said(command: str, answer: dict[str, t.Any]) -> str:
+    """The one line a chat answer starts with."""
+    account, span = answer["account"], f"from {answer['from']} to {answer['to']}"
+    if command == "events":
+        days = answer["days"]
+        total = sum(day["total_events"] for day in days)
+        top = answer["top_events"][0]["event"] if answer["top_events"] else None
+        most = f"; most frequent: {top}" if top else ""
+        return f"{account}: {total} events on {len(days)} active days {span}{most}."
+    parts = [
+        f"{f['funnel_name']} {f['conversion_rate']:.0%}"
+        f" ({f['completed_users']} of {f['steps'][0] if f['steps'] else 0})"
+        for f in answer["range"]
+    ]
+    if not parts:
+        return f"{account}: no funnel data {span}."
+    return f"{account}, funnel conversion {span}: " + "; ".join(parts) + "."
 
 
 def register(config: Configurator) -> None:
@@ -336,9 +536,13 @@ def register(config: Configurator) -> None:
         ("users", f"{api}/users/{{account}}", views.users, "GET"),
         ("sync", f"{api}/sync", views.start_sync, "POST"),
         ("sync_status", f"{api}/sync", views.sync_status, "GET"),
+        ("accounts", f"{api}/accounts", views.accounts, "GET"),
+        ("metrics_csv", f"{api}/metrics.csv", views.metrics_csv, "GET"),
+        ("ask", f"{api}/ask", views.ask, "GET"),
+        ("accounts_page", page, views.accounts_page, "GET"),
         ("page", f"{page}/{{account}}", views.page, "GET"),
     ):
         route = f"pyramid_mixpanel.insights.{name}"
         config.add_route(route, pattern, request_method=method)
-        renderer = None if name in ("sync", "page") else "json"
+        renderer = "json" if name not in RESPONSES else None
         config.add_view(view, route_name=route, renderer=renderer, permission=permission)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "MAX_KEY",
+    "AccountSummary",
     "Anomaly",
     "AnomalyKind",
     "DailyMetrics",
@@ -131,6 +132,36 @@ class FunnelEntry:
     user: str
     #: Index of the last step the entry reached (0: entered only).
     reached: int
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    """One account over a range, for the accounts overview."""
+
+    account: str
+    #: Events in the range, and in the as many days just before it (the trend).
+    events: int
+    previous_events: int
+    #: The mean of the days' unique users (a daily figure: not the range's unique users).
+    mean_daily_users: float
+    #: Days of the range with events.
+    active_days: int
+    #: The engagement score of the account's last day with events in the range.
+    score: float | None
+    #: Days of the range flagged as anomalous.
+    anomalies: int
+    #: Profiles that name the account (``None`` without a profile sync).
+    known_users: int | None
+
+    @property
+    def trend(self) -> float | None:
+        """Change of the events against the previous period, as a share.
+
+        ``None`` without events before: nothing to compare with.
+        """
+        if not self.previous_events:
+            return None
+        return round(self.events / self.previous_events - 1, 4)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .model import (
     MAX_KEY,
+    AccountSummary,
     Anomaly,
     DailyMetrics,
     FunnelEntry,
@@ -245,6 +246,22 @@ def _user_text(user: object) -> bytes:
         user = int(user)
     text = user if isinstance(user, str) else f"\x00{type(user).__name__}:{user!r}"
     return text.encode("utf-8", "surrogatepass")
+
+
+def _daily_of(row: t.Any) -> DailyMetrics:
+    """A :class:`DailyMetrics` from a row of :data:`metrics_table`."""
+    return DailyMetrics(
+        account=row.account,
+        date=row.metric_date,
+        total_events=row.total_events,
+        unique_users=row.unique_users,
+        sessions=row.sessions,
+        avg_events_per_user=row.avg_events_per_user,
+        event_counts=dict(row.event_counts),
+        breakdowns={k: dict(v) for k, v in row.breakdowns.items()},
+        engagement_score=row.engagement_score,
+        anomaly=row.anomaly,
+    )
 
 
 def _metrics_row(metrics: DailyMetrics, now: dt.datetime) -> dict[str, t.Any]:
@@ -687,6 +704,80 @@ class MetricsStore:
                 connection.execute(sa.select(union.c.account).order_by(union.c.account)).scalars()
             )
 
+    def overview(self, from_date: dt.date, to_date: dt.date) -> list[AccountSummary]:
+        """One summary per account with metrics in the range, or profiles (sorted by account).
+
+        ``events`` and ``previous_events`` (the same number of days just before) give the trend;
+        ``mean_daily_users`` is the mean of the days' unique users (a user active on two days
+        counts on both: it is a daily figure, not the range's unique users); ``score`` is the
+        last day's engagement score; ``anomalies`` the flagged days.
+        """
+        length = (to_date - from_date).days + 1
+        before = from_date - dt.timedelta(days=length)
+        table = metrics_table
+        current = sa.and_(table.c.metric_date >= from_date, table.c.metric_date <= to_date)
+        previous = sa.and_(table.c.metric_date >= before, table.c.metric_date < from_date)
+        query = (
+            sa.select(
+                table.c.account,
+                sa.func.sum(sa.case((current, table.c.total_events), else_=0)).label("events"),
+                sa.func.sum(sa.case((previous, table.c.total_events), else_=0)).label("before"),
+                sa.func.sum(sa.case((current, table.c.unique_users), else_=0)).label("users"),
+                sa.func.sum(sa.case((current, 1), else_=0)).label("days"),
+                sa.func.sum(
+                    sa.case((sa.and_(current, table.c.anomaly.is_not(None)), 1), else_=0)
+                ).label("anomalies"),
+            )
+            .where(table.c.metric_date >= before, table.c.metric_date <= to_date)
+            .group_by(table.c.account)
+        )
+        last = (
+            sa.select(table.c.account, sa.func.max(table.c.metric_date).label("day"))
+            .where(current)
+            .group_by(table.c.account)
+            .subquery()
+        )
+        last_scores = sa.select(table.c.account, table.c.engagement_score).join(
+            last, sa.and_(table.c.account == last.c.account, table.c.metric_date == last.c.day)
+        )
+        with self.engine.connect() as connection:
+            rows = {row.account: row for row in connection.execute(query)}
+            scores = {a: float(score) for a, score in connection.execute(last_scores).all()}
+            profiles = sa.select(profiles_table.c.account, profiles_table.c.users)
+            known = {account: int(users) for account, users in connection.execute(profiles)}
+        out = []
+        for account in sorted(set(rows) | set(known)):
+            row = rows.get(account)
+            if row is None:  # profiles, but no metrics in these days
+                out.append(AccountSummary(account, 0, 0, 0.0, 0, None, 0, known[account]))
+                continue
+            days = int(row.days)
+            out.append(
+                AccountSummary(
+                    account=account,
+                    events=int(row.events),
+                    previous_events=int(row.before),
+                    mean_daily_users=round(int(row.users) / days, 2) if days else 0.0,
+                    active_days=days,
+                    score=scores.get(account),
+                    anomalies=int(row.anomalies),
+                    known_users=known.get(account),
+                )
+            )
+        return out
+
+    def all_daily(self, from_date: dt.date, to_date: dt.date) -> t.Iterator[DailyMetrics]:
+        """Every account's daily metrics in the range, by account then day (streamed)."""
+        table = metrics_table
+        query = (
+            sa.select(table)
+            .where(table.c.metric_date >= from_date, table.c.metric_date <= to_date)
+            .order_by(table.c.account, table.c.metric_date)
+        )
+        with self.engine.connect() as connection:
+            for row in connection.execution_options(yield_per=1000).execute(query):
+                yield _daily_of(row)
+
     def daily(self, account: str, from_date: dt.date, to_date: dt.date) -> list[DailyMetrics]:
         """The account's days from ``from_date`` to ``to_date`` (inclusive) that have a row.
 
@@ -695,21 +786,7 @@ class MetricsStore:
         table = metrics_table
         query = _account_days(table, account, from_date, to_date).order_by(table.c.metric_date)
         with self.engine.connect() as connection:
-            return [
-                DailyMetrics(
-                    account=row.account,
-                    date=row.metric_date,
-                    total_events=row.total_events,
-                    unique_users=row.unique_users,
-                    sessions=row.sessions,
-                    avg_events_per_user=row.avg_events_per_user,
-                    event_counts=dict(row.event_counts),
-                    breakdowns={k: dict(v) for k, v in row.breakdowns.items()},
-                    engagement_score=row.engagement_score,
-                    anomaly=row.anomaly,
-                )
-                for row in connection.execute(query)
-            ]
+            return [_daily_of(row) for row in connection.execute(query)]
 
     def top_events(
         self, account: str, from_date: dt.date, to_date: dt.date, limit: int = 10
