@@ -32,7 +32,7 @@ def day(n: int) -> dt.date:
 
 
 #: What :func:`record_alert` received.
-ALERTS: list[Anomaly] = []
+ALERTS: list[t.Any] = []  # anomalies, and stale-data alerts (Freshness)
 
 
 def record_alert(anomaly: Anomaly) -> None:

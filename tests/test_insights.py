@@ -29,7 +29,7 @@ from pyramid_mixpanel.insights import INSIGHTS_KEY
 from pyramid_mixpanel.insights import views as views_module
 from pyramid_mixpanel.insights.render import account_page, funnel_summary, volume_chart
 from pyramid_mixpanel.insights.views import InsightsState, parse_insights_settings
-from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, MetricsStore, sync
+from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, MetricsStore, export, sync
 from pyramid_mixpanel.query import MixpanelQuery
 from pyramid_mixpanel.query_limits import QueryLimits
 from pyramid_mixpanel.settings import MixpanelConfigurationError
@@ -313,7 +313,15 @@ def test_sync_endpoint_runs_one_sync_at_a_time(settings: dict[str, str], api: Qu
     query_limits._SHARED[key, url] = QueryLimits(exports_per_second=1000, exports_per_hour=1000)
     api.limits = RateLimits(exports_per_hour=None, exports_per_second=None)
     status = app.get("/api/mixpanel/sync").json
+    fresh = status.pop("freshness")
     assert status == {"running": False, "last_synced_day": "2026-01-03", "last_sync": None}
+    # Synced up to Jan 3 long ago: stale, and said so.
+    assert (fresh["last_synced_day"], fresh["max_age_hours"], fresh["stale"]) == (
+        "2026-01-03",
+        24,
+        True,
+    )
+    assert fresh["age_hours"] > 24
     api.fail_next = [(400, '{"error": "project is being migrated"}', {})]
     exported = sum(1 for r in api.requests if r["path"] == "/api/2.0/export")
     started = app.post("/api/mixpanel/sync", status=202)
@@ -598,11 +606,11 @@ def test_metrics_as_csv_for_analysts(settings: dict[str, str]) -> None:
         in answer.headers["Content-Disposition"]
     )
     rows = list(csv.reader(io.StringIO(answer.text)))
-    assert rows[0] == list(views_module.CSV_COLUMNS)
+    assert rows[0] == list(export.CSV_COLUMNS)
     assert rows[1][:5] == ["acme", "2026-01-01", "3", "2", "2"]
     assert [row[0] for row in rows[1:]] == ["acme", "acme", "acme", "globex"]
-    assert views_module._cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
-    assert views_module._cell("acme") == "acme"
+    assert export.cell("=HYPERLINK(1)") == "'=HYPERLINK(1)"
+    assert (export.cell("acme"), export.cell(3)) == ("acme", 3)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ and profiles, refusals, and ``pmixpanel sync`` from an .ini file.
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -27,6 +29,7 @@ from pyramid_mixpanel.metrics import (
     parse_metrics_settings,
     sync,
 )
+from pyramid_mixpanel.metrics.freshness import Freshness
 from pyramid_mixpanel.metrics.store import metadata
 from pyramid_mixpanel.metrics.sync import _saved_funnel_rows, _segments, plan_days
 from pyramid_mixpanel.query import MixpanelQuery, MixpanelQueryError
@@ -217,7 +220,8 @@ def test_nothing_to_do_and_bad_dates(api: QueryStandIn, tmp_path: pathlib.Path) 
     # Resuming the next day with nothing new: up to date, nothing asked of Mixpanel.
     asked = len(api.requests)
     again = sync(settings, query=client(api), progress=False, today=day(1))
-    assert again == SyncReport()
+    assert again.freshness is not None and again.freshness.last_synced_day == day(0)
+    assert dataclasses.replace(again, freshness=None) == SyncReport()
     assert again.summary() == "metrics are up to date: nothing to sync"
     assert len(api.requests) == asked
     with pytest.raises(SyncError, match="from_date must be a date as YYYY-MM-DD, got 'Jan 1'"):
@@ -256,12 +260,16 @@ def test_backfill_then_resume_then_rerun(api: QueryStandIn, database: str) -> No
         assert backfill.unattributed == 20
         assert store.last_synced_day() == day(19)
 
-        # Anomalies: acme's spike on day 14 and its drop to nothing on day 15, alerted once.
+        # Anomalies: acme's spike on day 14 and its drop to nothing on day 15, alerted once;
+        # then, through the same hook, that the data is stale (day 19 is 10 days before "today").
         assert [(a.account, a.date, a.kind) for a in metrics_helpers.ALERTS] == [
             ("acme", day(14), "spike"),
             ("acme", day(15), "drop"),
+            ("*", day(19), "stale"),
         ]
-        assert backfill.anomalies == metrics_helpers.ALERTS
+        assert backfill.anomalies == metrics_helpers.ALERTS[:2]
+        assert backfill.freshness == Freshness(day(19), 240.0, 24)
+        metrics_helpers.ALERTS.pop()
         assert [m.anomaly for m in store.daily("acme", day(14), day(15))] == ["spike", "drop"]
         assert store.daily("acme", day(15), day(15))[0].total_events == 3  # the signup users only
         assert store.daily("initech", day(0), day(19))[0].date == day(10)
@@ -280,7 +288,8 @@ def test_backfill_then_resume_then_rerun(api: QueryStandIn, database: str) -> No
         )
         assert dump(store) == before
         assert again.anomalies == []
-        assert len(metrics_helpers.ALERTS) == 2
+        assert [a.kind for a in metrics_helpers.ALERTS] == ["spike", "drop", "stale"]
+        metrics_helpers.ALERTS.pop()
 
         # Two more days arrive; the daily run resumes after day 19 up to yesterday.
         api.events = everything
@@ -293,6 +302,8 @@ def test_backfill_then_resume_then_rerun(api: QueryStandIn, database: str) -> No
             ("2026-01-21", "2026-01-22"),
         ]
         assert store.last_synced_day() == day(21)
+        assert resume.freshness is not None and not resume.freshness.stale
+        assert len(metrics_helpers.ALERTS) == 2  # fresh: no alert
 
         # The stored days are exactly a one-shot aggregation of all 22 days, funnels included
         # (the lookback completed the entries of days 18 and 19 with the new days' events).
@@ -750,3 +761,123 @@ def test_pmixpanel_sync_without_tqdm_names_the_extra(
     assert code == 2
     assert "pmixpanel sync needs the tqdm package" in output
     assert "pip install 'pyramid_mixpanel[metrics]'" in output
+
+
+# -- the data policy, freshness and exports ---------------------------------------------------
+
+
+def test_retention_keeps_the_newest_days(api: QueryStandIn, tmp_path: pathlib.Path) -> None:
+    api.events = dataset(range(6))
+    database = f"sqlite:///{tmp_path / 'kept.db'}"
+    settings = app_settings(api, database, retention_days="3", alert="")
+    with MetricsStore(database) as store:
+        report = sync(settings, day(0), day(5), query=client(api), store=store, progress=False,
+                      today=day(6))  # fmt: skip
+        assert report.kept_from == day(3)
+        assert report.pruned > 0
+        assert f"row(s) before {day(3)} were deleted (retention)" in report.summary()
+        assert store.synced_days() == [day(3), day(4), day(5)]
+        assert {m.date for m in store.daily("acme", day(0), day(5))} == {day(3), day(4), day(5)}
+        assert store.users("acme") is not None  # profile aggregates are not per day: kept
+
+
+def test_stale_data_alerts_through_the_hook_or_the_log(
+    api: QueryStandIn, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api.events = dataset(range(2))
+    database = f"sqlite:///{tmp_path / 'age.db'}"
+    now = dt.datetime.combine(day(2), dt.time(1, 30), tzinfo=dt.timezone.utc)
+    with MetricsStore(database) as store:
+        fresh = sync(app_settings(api, database, alert=""), day(0), day(1), query=client(api),
+                     store=store, progress=False, now=now)  # fmt: skip
+        assert fresh.freshness == Freshness(day(1), 1.5, 24)
+        assert not fresh.freshness.stale
+        assert "mixpanel.metrics_stale" not in caplog.text
+        later = now + dt.timedelta(days=3)
+        metrics_helpers.ALERTS.clear()
+        stale = sync(app_settings(api, database, max_age_hours="48"), day(0), day(1),
+                     query=client(api), store=store, progress=False, now=later)  # fmt: skip
+        assert stale.freshness is not None and stale.freshness.age_hours == 73.5
+        assert [(a.kind, a.account, a.date) for a in metrics_helpers.ALERTS] == [
+            ("stale", "*", day(1))
+        ]
+        sync(app_settings(api, database, alert=""), day(0), day(1), query=client(api),
+             store=store, progress=False, now=later)  # fmt: skip
+        assert "mixpanel.metrics_stale" in caplog.text
+        failing = app_settings(api, database, alert="tests.metrics_helpers.failing_alert")
+        sync(failing, day(0), day(1), query=client(api), store=store, progress=False, now=later)
+        assert "mixpanel.metrics_alert_failed" in caplog.text
+    assert Freshness(None, None, 24).as_dict() == {
+        "last_synced_day": None,
+        "age_hours": None,
+        "max_age_hours": 24,
+        "stale": True,
+    }
+
+
+def test_pmixpanel_metrics_export_freshness_and_forget(
+    api: QueryStandIn, tmp_path: pathlib.Path
+) -> None:
+    api.events = dataset(range(3))
+    database = f"sqlite:///{tmp_path / 'cli.db'}"
+    ini = write_ini(tmp_path, app_settings(api, database, alert=""))
+    with MetricsStore(database) as store:
+        sync(app_settings(api, database, alert=""), day(0), day(2), query=client(api),
+             store=store, progress=False, today=day(3))  # fmt: skip
+
+    def metrics(*argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        return main(["pmixpanel", "metrics", *argv], out=out), out.getvalue()
+
+    code, text = metrics("export", ini, "--from", "2026-01-01", "--to", "2026-01-03")
+    rows = list(csv.reader(io.StringIO(text)))
+    assert code == 0
+    assert rows[0][:3] == ["account", "date", "total_events"]
+    assert {row[0] for row in rows[1:]} >= {"acme", "globex"}
+    target = tmp_path / "out.csv"
+    code, text = metrics("export", ini, "-o", str(target))  # the last 30 synced days
+    assert code == 0 and f"account-day row(s) to {target}" in text
+    assert list(csv.reader(io.StringIO(target.read_text())))[1:] == rows[1:]
+    code, text = metrics("freshness", ini)
+    assert code == 1 and "last synced day: 2026-01-03" in text and "STALE" in text
+    code, text = metrics("forget", ini, "acme")
+    assert code == 0 and "row(s) of account 'acme'" in text
+    with MetricsStore(database) as store:
+        assert store.daily("acme", day(0), day(2)) == []
+        assert store.daily("globex", day(0), day(2)) != []
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code, text = metrics("freshness", write_ini(tmp_path, app_settings(api, fresh, alert="")))
+    assert code == 1 and "never synced" in text
+
+
+def test_pmixpanel_metrics_without_the_extra(
+    api: QueryStandIn, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = write_ini(tmp_path, app_settings(api, f"sqlite:///{tmp_path / 'x.db'}", alert=""))
+    monkeypatch.setitem(sys.modules, "pyramid_mixpanel.metrics.export", None)
+    out = io.StringIO()
+    assert main(["pmixpanel", "metrics", "freshness", ini], out=out) == 2
+    assert "pip install 'pyramid_mixpanel[metrics]'" in out.getvalue()
+
+
+def test_the_daily_sync_on_celery_beat(api: QueryStandIn, tmp_path: pathlib.Path) -> None:
+    from celery import Celery
+    from celery.schedules import crontab
+
+    from pyramid_mixpanel.metrics.celery import TASK_NAME, schedule
+
+    api.events = dataset(range(2))
+    database = f"sqlite:///{tmp_path / 'beat.db'}"
+    celery_app = Celery("beat-test", broker="memory://")
+    celery_app.conf.beat_schedule = {"other": {"task": "x", "schedule": 60}}  # the app's own stay
+    task = schedule(celery_app, app_settings(api, database, alert=""), hour=2, minute=5)
+    assert celery_app.conf.beat_schedule[TASK_NAME] == {
+        "task": TASK_NAME,
+        "schedule": crontab(hour=2, minute=5),
+    }
+    assert "other" in celery_app.conf.beat_schedule
+    # What a worker runs when beat sends it: a sync of the days since the last one.
+    result = task.apply().get()
+    assert result["ok"] is True
+    assert result["summary"].startswith("synced 1 day(s)")
+    assert result["stale"] is False

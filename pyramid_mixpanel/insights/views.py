@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 import io
@@ -19,6 +18,8 @@ from ..converters import Setting, as_secret, parse_table, positive_int
 from ..exceptions import MixpanelConfigurationError
 from ..log import Log
 from ..metrics.config import MetricsSettings, parse_metrics_settings
+from ..metrics.export import write_csv
+from ..metrics.freshness import freshness
 from ..metrics.model import AccountSummary, DailyMetrics, FunnelMetrics, storable
 from ..metrics.store import MetricsStore, rank_events
 from . import INSIGHTS_KEY
@@ -85,18 +86,6 @@ UNDERSTOOD = [
     "Show Mixpanel events for <account>",
     "What's the funnel conversion for <account>?",
 ]
-#: Leading characters a spreadsheet takes for a formula: a cell starting with one is quoted.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-CSV_COLUMNS = (
-    "account",
-    "date",
-    "total_events",
-    "unique_users",
-    "sessions",
-    "avg_events_per_user",
-    "engagement_score",
-    "anomaly",
-)
 
 
 @dataclass(frozen=True)
@@ -258,13 +247,6 @@ def _summary(row: AccountSummary) -> dict[str, t.Any]:
     return {**t.cast(dict[str, t.Any], _jsonable(row)), "trend": row.trend}
 
 
-def _cell(value: object) -> object:
-    """A CSV cell a spreadsheet shows as text: no formula from an account id."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        return "'" + value
-    return value
-
-
 def _funnel(funnel: FunnelMetrics) -> dict[str, t.Any]:
     data = t.cast(dict[str, t.Any], _jsonable(funnel))
     data.update(
@@ -406,21 +388,7 @@ class InsightsViews:
         """Every account's daily metrics as CSV, for churn analysis in a spreadsheet."""
         start, end = self._range(request)
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        for day in self.state.store.all_daily(start, end):
-            writer.writerow(
-                [
-                    _cell(day.account),
-                    day.date.isoformat(),
-                    day.total_events,
-                    day.unique_users,
-                    day.sessions,
-                    day.avg_events_per_user,
-                    day.engagement_score,
-                    day.anomaly or "",
-                ]
-            )
+        write_csv(self.state.store.all_daily(start, end), buffer)
         response = Response(buffer.getvalue(), content_type="text/csv", charset="utf-8")
         name = f"mixpanel-metrics-{start.isoformat()}-{end.isoformat()}.csv"
         response.content_disposition = f'attachment; filename="{name}"'
@@ -460,12 +428,16 @@ class InsightsViews:
         return Response(json_body={"status": "running"}, status=409)
 
     def sync_status(self, request: Request) -> dict[str, t.Any]:
-        """Whether a sync runs, and how the last one ended."""
+        """Whether a sync runs, how the last one ended, and how old the data is."""
         thread = self.state.thread
-        last = self.state.store.last_synced_day() if self.state.ready() else None
+        state = self.state
+        fresh = None
+        if state.ready():
+            fresh = freshness(state.store, state.metrics.max_age_hours, state.timezone)
         return {
             "running": bool(thread is not None and thread.is_alive()),
-            "last_synced_day": last.isoformat() if last else None,
+            "last_synced_day": fresh.as_dict()["last_synced_day"] if fresh else None,
+            "freshness": fresh.as_dict() if fresh else None,
             "last_sync": self.state.last_sync,
         }
 

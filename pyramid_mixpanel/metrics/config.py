@@ -26,6 +26,7 @@ from ..exceptions import MixpanelConfigurationError
 from .model import MAX_KEY, storable
 
 if t.TYPE_CHECKING:
+    from .freshness import Freshness
     from .model import Anomaly
 
 __all__ = ["LocalFunnel", "MetricsSettings", "parse_metrics_settings"]
@@ -50,7 +51,9 @@ PII_PROPERTIES = frozenset(
     }
 )
 AccountGetter = t.Callable[[t.Mapping[str, t.Any]], "str | None"]
-AlertHook = t.Callable[["Anomaly"], None]
+#: Called with each new :class:`~.model.Anomaly`, and with a stale
+#: :class:`~.freshness.Freshness`.
+AlertHook = t.Callable[["Anomaly | Freshness"], None]
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ class MetricsSettings:
     profile_account_property: str | None = None
     #: Profile properties whose values are counted per account.
     profile_properties: tuple[str, ...] = ()
+    #: Keep this many days of rows up to the last synced day; ``None``: keep everything.
+    retention_days: int | None = None
+    #: Data older than this many hours is stale (:mod:`~pyramid_mixpanel.metrics.freshness`).
+    max_age_hours: int = 24
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -227,6 +234,8 @@ TABLE: tuple[Setting, ...] = tuple(
         ("chunk_days", positive_int(90)),
         ("profile_account_property", _property),
         ("profile_properties", _properties),
+        ("retention_days", positive_int(100 * 366)),
+        ("max_age_hours", positive_int(24 * 366)),
     )
 )
 

@@ -520,6 +520,33 @@ class MetricsStore:
                 for batch in _batches(stale):
                     connection.execute(sa.delete(table).where(table.c.id.in_(batch)))
 
+    def prune(self, before: dt.date) -> int:
+        """Delete every row of the days before ``before``; return how many went.
+
+        The data policy (``mixpanel.metrics.retention_days``): daily metrics, funnel rows,
+        funnel entries and synced marks. Profile aggregates are not per day and stay.
+        """
+        deleted = 0
+        with self.engine.begin() as connection:
+            for table, column in (
+                (metrics_table, metrics_table.c.metric_date),
+                (funnels_table, funnels_table.c.metric_date),
+                (funnel_entries_table, funnel_entries_table.c.metric_date),
+                (sync_days_table, sync_days_table.c.day),
+            ):
+                deleted += connection.execute(sa.delete(table).where(column < before)).rowcount
+        return deleted
+
+    def forget(self, account: str) -> int:
+        """Delete every row of ``account`` (metrics, funnels, entries, profiles); count them."""
+        deleted = 0
+        with self.engine.begin() as connection:
+            for table in (metrics_table, funnels_table, funnel_entries_table, profiles_table):
+                deleted += connection.execute(
+                    sa.delete(table).where(table.c.account == account)
+                ).rowcount
+        return deleted
+
     def pseudonym(self) -> t.Callable[[object], str]:
         """The function that turns a ``distinct_id`` into the key its funnel entries carry.
 

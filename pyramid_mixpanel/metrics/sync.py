@@ -46,6 +46,7 @@ from .aggregate import (
     storable_accounts,
 )
 from .config import MetricsSettings, parse_metrics_settings
+from .freshness import Freshness, alert_if_stale, freshness
 from .lines import chunk_lines, parse_line
 from .model import MAX_KEY, Anomaly, FunnelMetrics, clean_text
 from .score import detect_anomaly, send_alert
@@ -175,6 +176,12 @@ class SyncReport:
     metrics_rows: int = 0
     funnel_rows: int = 0
     profile_accounts: int = 0
+    #: Rows deleted by the data policy (``mixpanel.metrics.retention_days``), and the first day
+    #: kept.
+    pruned: int = 0
+    kept_from: dt.date | None = None
+    #: The data's age after the sync (``None`` before the check ran).
+    freshness: Freshness | None = None
     #: Anomalies newly flagged by this sync (the alert hook was called for each).
     anomalies: list[Anomaly] = field(default_factory=list)
     #: Saved funnels or profiles Mixpanel refused (the days are stored regardless).
@@ -201,6 +208,8 @@ class SyncReport:
             f" {self.profile_accounts} account profile aggregate(s),"
             f" {len(self.anomalies)} new anomaly flag(s)"
         )
+        if self.pruned:
+            text += f"; {self.pruned} row(s) before {self.kept_from} were deleted (retention)"
         if self.unattributed:
             text += f"; {self.unattributed} events without an account were skipped"
         if self.outside:
@@ -586,7 +595,6 @@ def sync(
     :raises MixpanelQueryError: Mixpanel refused an export (the days before it are stored; run
         again to resume).
     """
-    tqdm = require("tqdm", "metrics", "pmixpanel sync").tqdm
     config = parse_metrics_settings(settings)
     query_settings = parse_query_settings(settings)
     log = Log(query_settings.secrets, query_settings.structlog)
@@ -594,26 +602,59 @@ def sync(
     timezone = query_settings.project_timezone
     # "Yesterday" where the export's days are: in a project west of UTC, UTC's yesterday may
     # still be going on there, and a day synced before its end would be stored short.
+    zone = zoneinfo.ZoneInfo(timezone)
+    if now is None and today is not None:
+        # A given "today" without a time: its first moment (the freshness is measured then).
+        now = dt.datetime.combine(today, dt.time(), tzinfo=zone)
     moment = now or dt.datetime.now(dt.timezone.utc)
-    today = today or moment.astimezone(zoneinfo.ZoneInfo(timezone)).date()
+    today = today or moment.astimezone(zone).date()
     opened = store is None
     store = store if store is not None else MetricsStore(config.database_url)
     try:
         first, last = plan_days(store, start, end, days, today, timezone)
         if first > last:
-            return SyncReport()
-        if query is None:
-            from ..query import MixpanelQuery
-
-            try:
-                query = MixpanelQuery(settings)
-            except ValueError as exc:  # no service account configured
-                raise SyncError(str(exc)) from None
-        total = (last - first).days + 1
-        with tqdm(
-            total=total, unit="day", file=out or sys.stderr, disable=not progress, desc="sync"
-        ) as bar:
-            return _Sync(config, store, query, bar, log, timezone).run(first, last)
+            report = SyncReport()
+        else:
+            report = _run(settings, config, store, query, (first, last), progress, out, log)
+        if config.retention_days is not None:
+            # The policy counts back from the newest stored day, not from today: a sync that
+            # stopped running for a while never deletes the last data there is.
+            # (There is one: a sync marks every day it covers, and one with nothing to do
+            # follows a sync up to yesterday.)
+            newest = t.cast(dt.date, store.last_synced_day())
+            report.kept_from = newest - dt.timedelta(days=config.retention_days - 1)
+            report.pruned = store.prune(report.kept_from)
+        report.freshness = freshness(store, config.max_age_hours, timezone, moment)
+        alert_if_stale(report.freshness, config, log)
+        return report
     finally:
         if opened:
             store.close()
+
+
+def _run(
+    settings: t.Mapping[str, object],
+    config: MetricsSettings,
+    store: MetricsStore,
+    query: QueryClient | None,
+    days: tuple[dt.date, dt.date],
+    progress: bool,
+    out: t.TextIO | None,
+    log: Log,
+) -> SyncReport:
+    """Export, aggregate and store the ``days``."""
+    tqdm = require("tqdm", "metrics", "pmixpanel sync").tqdm
+    first, last = days
+    timezone = parse_query_settings(settings).project_timezone
+    if query is None:
+        from ..query import MixpanelQuery
+
+        try:
+            query = MixpanelQuery(settings)
+        except ValueError as exc:  # no service account configured
+            raise SyncError(str(exc)) from None
+    total = (last - first).days + 1
+    with tqdm(
+        total=total, unit="day", file=out or sys.stderr, disable=not progress, desc="sync"
+    ) as bar:
+        return _Sync(config, store, query, bar, log, timezone).run(first, last)

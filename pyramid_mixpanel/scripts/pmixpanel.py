@@ -120,6 +120,7 @@ class PMixpanelCommand:
                     "--json", action="store_true", help="one JSON document, for scripts"
                 )
         _lexicon_options(commands)
+        _metrics_options(commands)
         return parser
 
     def run(self) -> int:
@@ -170,6 +171,8 @@ class PMixpanelCommand:
             return self.do_sync(settings, runtime)
         if command == "migrate":
             return self.do_migrate(settings, runtime)
+        if command == "metrics":
+            return self.do_metrics(settings, runtime)
         if command == "status" and self.args.json:
             return self.do_status_json(runtime)
         if runtime.settings.testing:
@@ -408,6 +411,66 @@ class PMixpanelCommand:
         self.print(redact(report.summary(), runtime.settings.secrets))
         return 0 if report.ok else 1
 
+    def do_metrics(self, settings: t.Mapping[str, object], runtime: Runtime) -> int:
+        """``pmixpanel metrics export|freshness|forget``."""
+        try:
+            from ..metrics.config import parse_metrics_settings
+            from ..metrics.export import write_csv
+            from ..metrics.freshness import alert_if_stale, freshness
+            from ..metrics.store import MetricsStore
+        except ImportError as exc:
+            self.print(
+                f"pmixpanel metrics needs the metrics extra ({exc}):"
+                " pip install 'pyramid_mixpanel[metrics]'"
+            )
+            return 2
+        metrics = parse_metrics_settings(settings)
+        action = self.args.metrics_command
+        with MetricsStore(metrics.database_url) as store:
+            if action == "forget":
+                deleted = store.forget(self.args.account)
+                self.print(f"deleted {deleted} row(s) of account {self.args.account!r}")
+                return 0
+            if action == "freshness":
+                state = freshness(store, metrics.max_age_hours, runtime.settings.project_timezone)
+                age = "never synced" if state.age_hours is None else f"{state.age_hours:.1f} h old"
+                self.print(
+                    f"last synced day: {state.last_synced_day or 'none'}; {age}"
+                    f" (max {state.max_age_hours} h): {'STALE' if state.stale else 'fresh'}"
+                )
+                alert_if_stale(state, metrics, runtime.log)
+                return 1 if state.stale else 0
+            last = store.last_synced_day() or dt.date.today()
+            end = self.args.to_date or last
+            start = self.args.from_date or end - dt.timedelta(days=29)
+            rows = store.all_daily(start, end)
+            if self.args.output:
+                with open(self.args.output, "w", newline="", encoding="utf-8") as out:
+                    count = write_csv(rows, out)
+                self.print(f"wrote {count} account-day row(s) to {self.args.output}")
+            else:
+                write_csv(rows, self.out)
+        return 0
+
+
+def _metrics_options(commands: t.Any) -> None:
+    text = "the per-account metrics store: export, freshness, forget an account"
+    metrics = commands.add_parser("metrics", help=text, description=text)
+    actions = metrics.add_subparsers(dest="metrics_command", required=True)
+    for name, help_text in (
+        ("export", "write every account's daily metrics as CSV (for churn analysis)"),
+        ("freshness", "say how old the stored data is; exit 1 (and alert) when it is stale"),
+        ("forget", "delete every row of one account (metrics, funnels, entries, profiles)"),
+    ):
+        sub = actions.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("config_uri", help="the app's .ini file, e.g. development.ini")
+        if name == "forget":
+            sub.add_argument("account", help="the account id whose rows are deleted")
+        sub.add_argument("config_vars", nargs="*", default=(), help="key=value variables")
+        if name == "export":
+            _sync_days(sub)
+            sub.add_argument("--output", "-o", help="a file to write (default: standard output)")
+
 
 def _lexicon_options(commands: t.Any) -> None:
     text = "compare the catalogue with Mixpanel's Lexicon, or push it there"
@@ -439,20 +502,25 @@ def _lexicon_options(commands: t.Any) -> None:
             )
 
 
-def _sync_options(sub: argparse.ArgumentParser) -> None:
-    def day(text: str) -> dt.date:
-        try:
-            return dt.date.fromisoformat(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a date as YYYY-MM-DD: {text!r}") from None
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date as YYYY-MM-DD: {text!r}") from None
 
+
+def _sync_days(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--from", dest="from_date", type=_day, help="first day (UTC) of a backfill")
+    sub.add_argument("--to", dest="to_date", type=_day, help="last day (UTC; default yesterday)")
+
+
+def _sync_options(sub: argparse.ArgumentParser) -> None:
     def positive(text: str) -> int:
         if not text.isdigit() or int(text) < 1:
             raise argparse.ArgumentTypeError(f"must be a whole number of days >= 1, got {text!r}")
         return int(text)
 
-    sub.add_argument("--from", dest="from_date", type=day, help="first day (UTC) of a backfill")
-    sub.add_argument("--to", dest="to_date", type=day, help="last day (UTC; default yesterday)")
+    _sync_days(sub)
     sub.add_argument(
         "--days",
         type=positive,
