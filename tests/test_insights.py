@@ -26,6 +26,7 @@ from pyramid.request import Request
 
 from pyramid_mixpanel import query_limits
 from pyramid_mixpanel.insights import INSIGHTS_KEY
+from pyramid_mixpanel.insights import render as render_module
 from pyramid_mixpanel.insights import views as views_module
 from pyramid_mixpanel.insights.render import account_page, funnel_summary, volume_chart
 from pyramid_mixpanel.insights.views import InsightsState, parse_insights_settings
@@ -665,3 +666,37 @@ def test_the_pages_fit_a_phone_in_chromium(browser: t.Any, site: str) -> None:
     browser.get(f"{site}/mixpanel/accounts/acme?from=2026-01-01&to=2026-01-03")
     chart = browser.find_element(By.ID, "volume-chart").screenshot_as_png
     assert colored_pixels(chart, (0x25, 0x63, 0xEB)) > 500  # the bars, scaled down to fit
+
+
+def test_the_activity_heatmap(settings: dict[str, str]) -> None:
+    app = make_app(settings)
+    heat = app.get("/api/mixpanel/events/acme", RANGE).json["heatmap"]
+    assert heat["timezone"] == "UTC"
+    assert heat["weekdays"][0] == "Mon"
+    counts = heat["counts"]
+    # 2026-01-01 is a Thursday: three events in its first hour; Friday one at 00:01 and one at
+    # 02:01; Saturday one at 00:01.
+    thursday, friday, saturday = counts[3], counts[4], counts[5]
+    assert (thursday[0], sum(thursday)) == (3, 3)
+    assert (friday[0], friday[2], sum(friday)) == (1, 1, 2)
+    assert (saturday[0], sum(saturday)) == (1, 1)
+    assert sum(map(sum, counts)) == 6
+    html = app.get("/mixpanel/accounts/acme", RANGE).text
+    assert '<svg id="heatmap"' in html
+    assert "<title>Thu 00:00-00:59 UTC: 3 events</title>" in html
+    assert html.count("<rect ") >= 7 * 24
+
+
+def test_days_synced_before_the_hours_were_kept() -> None:
+    old = DailyMetrics("acme", JAN1, 10, 1, 1, 10.0)  # no hours
+    assert render_module.heatmap_counts([old]) == [[0] * 24 for _ in range(7)]
+    assert 'fill-opacity="0.00"' in render_module.heatmap([old], "UTC")
+
+
+def test_the_heatmap_in_chromium(browser: t.Any, site: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1000, 1400)
+    browser.get(f"{site}/mixpanel/accounts/acme?from=2026-01-01&to=2026-01-03")
+    shot = browser.find_element(By.ID, "heatmap").screenshot_as_png
+    assert colored_pixels(shot, (0x25, 0x63, 0xEB)) > 300  # the busiest cell, full blue

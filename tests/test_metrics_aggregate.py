@@ -153,6 +153,7 @@ def test_counts_users_events_and_breakdowns() -> None:
         },
         engagement_score=0.0,
         anomaly=None,
+        hours=[4] + [0] * 23,  # all in the first hour
     )
     globex = rows["globex", day(0)]
     assert (globex.total_events, globex.unique_users, globex.breakdowns["beta"]) == (

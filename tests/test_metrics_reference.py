@@ -339,6 +339,10 @@ class Reference:
             event_counts=cleaned(dict(t.Counter(e["event"] for e in events))),
             breakdowns={p: cleaned(capped(labels, self.cap)) for p, labels in breakdowns.items()},
             engagement_score=score,
+            hours=[
+                sum(1 for e in events if int(e["properties"]["time"]) % DAY // 3600 == hour)
+                for hour in range(24)
+            ],
         )
 
     def funnel_rows(self, index: int) -> tuple[list[FunnelMetrics], list[FunnelEntry]]:
@@ -512,10 +516,14 @@ def canonical(results: list[ChunkResult], finished: list[FunnelMetrics], stats: 
     def rows(items: t.Sequence[object]) -> list[dict[str, t.Any]]:
         return [asdict(t.cast(t.Any, item)) for item in items]
 
+    def days(items: t.Sequence[DailyMetrics]) -> list[dict[str, t.Any]]:
+        # Without the hours, which came later: the digests stay those of the original code.
+        return [{k: v for k, v in row.items() if k != "hours"} for row in rows(items)]
+
     payload = {
         "chunks": [
             {
-                "daily": rows(result.daily),
+                "daily": days(result.daily),
                 "funnels": rows(result.funnels),
                 "open_funnels": rows(result.open_funnels),
             }

@@ -97,10 +97,13 @@ def test_upgrade_from_empty_and_down_again(url: str) -> None:
         assert not TABLES & set(sa.inspect(store.engine).get_table_names())
         store.upgrade()
         store.upgrade()  # idempotent
-        assert store.revision() == "0003" == store.head()
+        assert store.revision() == "0004" == store.head()
         names = set(sa.inspect(store.engine).get_table_names())
         assert TABLES | {VERSION_TABLE} <= names
         assert "alembic_version" not in names  # the app's own table name stays free
+        store.downgrade("0003")  # the hours go
+        columns = {c["name"] for c in sa.inspect(store.engine).get_columns("mixpanel_metrics")}
+        assert "hours" not in columns and "anomaly" in columns
         store.downgrade("0002")  # the funnel entries and keys go
         assert set(sa.inspect(store.engine).get_table_names()) & TABLES == TABLES - {
             "mixpanel_funnel_entries",
@@ -132,7 +135,7 @@ def test_the_alembic_command_line_works_too(tmp_path: pathlib.Path) -> None:
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("sqlalchemy.url", database)
     command.upgrade(config, "head")
-    assert MetricsStore(database, migrate=False).revision() == "0003"
+    assert MetricsStore(database, migrate=False).revision() == "0004"
     # Offline mode prints the SQL for a DBA instead of running it.
     buffer = io.StringIO()
     offline = Config(output_buffer=buffer)

@@ -18,6 +18,8 @@ __all__ = [
     "account_page",
     "funnel_chart",
     "funnel_summary",
+    "heatmap",
+    "heatmap_counts",
     "overview_page",
     "volume_chart",
 ]
@@ -68,6 +70,51 @@ def volume_chart(days: t.Sequence[DailyMetrics], start: dt.date, end: dt.date) -
         f"{end.isoformat()}</text>"
         f'<text x="{PAD}" y="{PAD - 10}" font-size="12">peak {peak if days else 0}</text>'
         + "".join(bars)
+        + "</svg>"
+    )
+
+
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+HEAT = (37, 99, 235)  # the chart blue, from transparent to full
+CELL = 22
+
+
+def heatmap_counts(days: t.Sequence[DailyMetrics]) -> list[list[int]]:
+    """Events per weekday (Monday first) and hour of the day, over ``days``."""
+    grid = [[0] * 24 for _ in WEEKDAYS]
+    for day in days:
+        row = grid[day.date.weekday()]
+        for hour, count in enumerate(day.hours[:24]):
+            row[hour] += count
+    return grid
+
+
+def heatmap(days: t.Sequence[DailyMetrics], zone: str) -> str:
+    """An SVG grid of events per weekday and hour (in the days' timezone ``zone``)."""
+    grid = heatmap_counts(days)
+    peak = max((count for row in grid for count in row), default=0) or 1
+    left, top = 40, 18
+    cells = []
+    for hour in range(0, 24, 3):
+        cells.append(
+            f'<text x="{left + hour * CELL}" y="{top - 5}" font-size="10">{hour:02d}h</text>'
+        )
+    for index, (name, row) in enumerate(zip(WEEKDAYS, grid, strict=True)):
+        y = top + index * CELL
+        cells.append(f'<text x="0" y="{y + 15}" font-size="11">{name}</text>')
+        for hour, count in enumerate(row):
+            shade = 0.08 + 0.92 * count / peak if count else 0.0
+            cells.append(
+                f'<rect x="{left + hour * CELL}" y="{y}" width="{CELL - 2}" height="{CELL - 2}"'
+                f' fill="rgb{HEAT}" fill-opacity="{shade:.2f}" stroke="#e5e7eb">'
+                f"<title>{name} {hour:02d}:00-{hour:02d}:59 {escape(zone)}: {count} events"
+                "</title></rect>"
+            )
+    width, height = left + 24 * CELL, top + len(WEEKDAYS) * CELL
+    return (
+        f'<svg id="heatmap" role="img" aria-label="Events by weekday and hour ({escape(zone)})"'
+        f' width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
+        + "".join(cells)
         + "</svg>"
     )
 
@@ -125,6 +172,7 @@ def account_page(
     funnels: t.Sequence[FunnelMetrics],
     users: ProfileAggregate | None,
     previous: t.Mapping[tuple[str, str], FunnelMetrics] | None = None,
+    zone: str = "UTC",
 ) -> str:
     """The whole HTML page of one account.
 
@@ -169,6 +217,8 @@ def account_page(
 {summary}
 <h2>Event volume</h2>
 {volume_chart(days, start, end)}
+<h2>Activity by weekday and hour <small>({escape(zone)})</small></h2>
+<div class="scroll">{heatmap(days, zone)}</div>
 <h2>Top events</h2>
 {
         f"<table id='top-events'><tr><th>Event</th><th>Count</th></tr>{top}</table>"

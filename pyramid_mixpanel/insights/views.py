@@ -23,7 +23,7 @@ from ..metrics.freshness import freshness
 from ..metrics.model import AccountSummary, DailyMetrics, FunnelMetrics, storable
 from ..metrics.store import MetricsStore, rank_events
 from . import INSIGHTS_KEY
-from .render import account_page, overview_page
+from .render import WEEKDAYS, account_page, heatmap_counts, overview_page
 
 if t.TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -299,6 +299,12 @@ class InsightsViews:
             "to": end.isoformat(),
             "days": [_daily(day) for day in days],
             "top_events": [{"event": name, "count": count} for name, count in rank_events(days)],
+            # Events per weekday (Monday first) and hour, in the days' timezone.
+            "heatmap": {
+                "timezone": self.state.timezone,
+                "weekdays": list(WEEKDAYS),
+                "counts": heatmap_counts(days),
+            },
         }
 
     def funnels(self, request: Request) -> dict[str, t.Any]:
@@ -456,6 +462,7 @@ class InsightsViews:
             store.funnel_totals(account, start, end),
             store.users(account),
             self._previous_totals(account, start, end),
+            self.state.timezone,
         )
         return Response(html, content_type="text/html", charset="utf-8")
 

@@ -352,10 +352,12 @@ class _LabelCache(dict[t.Any, _Labels]):
 class _AccountDay:
     """Counters of one account on one day (its total is the sum of its event counts)."""
 
-    __slots__ = ("anonymous", "breakdowns", "combos", "events", "funnels", "users")
+    __slots__ = ("anonymous", "breakdowns", "combos", "events", "funnels", "hours", "users")
 
     def __init__(self, breakdowns: int, funnels: tuple[dict[str, _FunnelUser], ...]) -> None:
         self.events: dict[str, int] = {}
+        #: Events per hour of the day (0-23), for the activity heatmap.
+        self.hours = [0] * 24
         #: Per breakdown (in the order of the settings), label -> events.
         self.breakdowns: tuple[dict[str, int], ...] = tuple({} for _ in range(breakdowns))
         #: Events per combination of breakdown labels, not added to ``breakdowns`` yet: one
@@ -874,6 +876,7 @@ class Aggregator:
                     unattributed += 1
                     continue
             name, item, bit, entries, later = kinds[event["event"]]
+            hour = (moment - day * DAY) // 3600
             if fetch is not None:
                 values = fetch(props)
                 try:
@@ -939,6 +942,7 @@ class Aggregator:
                         break
                 counts = bucket.events
                 counts[name] = counts.get(name, 0) + 1
+                bucket.hours[hour] += 1
                 if fetch is not None:
                     combos = bucket.combos
                     count = combos.get(labels)
@@ -1043,6 +1047,7 @@ class Aggregator:
                 for prop, values in zip(self.settings.breakdowns, bucket.breakdowns, strict=True)
             },
             engagement_score=self._score(adopted, users),
+            hours=list(bucket.hours),
         )
 
 

@@ -80,6 +80,9 @@ class DailyMetrics:
     engagement_score: float = 0.0
     #: ``"spike"`` or ``"drop"`` when the day's volume is anomalous, else ``None``.
     anomaly: str | None = None
+    #: Events per hour of the day, 0 to 23, in the days' timezone (the activity heatmap);
+    #: empty for days synced before it was kept.
+    hours: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,8 @@ metrics_table = sa.Table(
     sa.Column("anomaly", sa.String(16), nullable=True),
     sa.Column("anomaly_z", sa.Float, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # Events per hour of the day (24 counts); NULL for days synced before migration 0004.
+    sa.Column("hours", Json, nullable=True),
     sa.UniqueConstraint("account", "metric_date", name="uq_mixpanel_metrics_account_date"),
     sa.Index("ix_mixpanel_metrics_metric_date", "metric_date"),
 )
@@ -261,6 +263,7 @@ def _daily_of(row: t.Any) -> DailyMetrics:
         breakdowns={k: dict(v) for k, v in row.breakdowns.items()},
         engagement_score=row.engagement_score,
         anomaly=row.anomaly,
+        hours=[int(n) for n in row.hours or ()],
     )
 
 
@@ -278,6 +281,7 @@ def _metrics_row(metrics: DailyMetrics, now: dt.datetime) -> dict[str, t.Any]:
         "anomaly": metrics.anomaly,
         "anomaly_z": None,
         "updated_at": now,
+        "hours": list(metrics.hours),
     }
 
 
