@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import logging
 import pathlib
 import threading
@@ -20,8 +21,12 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 import webtest
+from hypothesis import given
+from hypothesis import settings as settings_hypothesis
+from hypothesis import strategies as st
 from pyramid.authorization import ACLHelper, Allow, Authenticated
 from pyramid.config import Configurator
+from pyramid.exceptions import ConfigurationError
 from pyramid.request import Request
 
 from pyramid_mixpanel import query_limits
@@ -30,7 +35,14 @@ from pyramid_mixpanel.insights import render as render_module
 from pyramid_mixpanel.insights import views as views_module
 from pyramid_mixpanel.insights.render import account_page, funnel_summary, volume_chart
 from pyramid_mixpanel.insights.views import InsightsState, parse_insights_settings
-from pyramid_mixpanel.metrics import DailyMetrics, FunnelMetrics, MetricsStore, export, sync
+from pyramid_mixpanel.metrics import (
+    DailyMetrics,
+    FunnelMetrics,
+    MetricsStore,
+    SyncError,
+    export,
+    sync,
+)
 from pyramid_mixpanel.query import MixpanelQuery
 from pyramid_mixpanel.query_limits import QueryLimits
 from pyramid_mixpanel.settings import MixpanelConfigurationError
@@ -39,7 +51,7 @@ from .browser import serve
 from .loopback import wait_until
 from .metrics_helpers import DAY, JAN1, day, event
 from .postgres import postgres  # noqa: F401  # the fixture, for request.getfixturevalue
-from .query_standin import QueryStandIn, RateLimits
+from .query_standin import PROJECT_ID, SECRET, USERNAME, QueryStandIn, RateLimits
 
 FUNNEL = "Signup: Page Viewed > User Signed Up"
 
@@ -700,3 +712,173 @@ def test_the_heatmap_in_chromium(browser: t.Any, site: str) -> None:
     browser.get(f"{site}/mixpanel/accounts/acme?from=2026-01-01&to=2026-01-03")
     shot = browser.find_element(By.ID, "heatmap").screenshot_as_png
     assert colored_pixels(shot, (0x25, 0x63, 0xEB)) > 300  # the busiest cell, full blue
+
+
+# -- connecting a service account at run time -----------------------------------------------
+
+FERNET_KEY = "vI0m1K1S4d4d2s8YyHkq0aQmX0m3yQ9m3s2sBq8nZ1E="  # a test key
+
+
+class ConnectSecurity(HeaderSecurity):
+    """``X-User: admin`` may connect; other signed-in users may only read insights."""
+
+    def permits(self, request: Request, context: object, permission: str) -> t.Any:
+        if permission == "mixpanel.insights.connect":
+            return request.headers.get("X-User") == "admin"
+        return super().permits(request, context, permission)
+
+
+def connect_app(settings: dict[str, str], **extra: str) -> webtest.TestApp:
+    values = {
+        key: value
+        for key, value in settings.items()
+        if not key.startswith("mixpanel.service_account.")
+    }
+    values.update({"mixpanel.metrics.secret_key": FERNET_KEY, **extra})
+    with Configurator(settings=values, root_factory=Root) as config:
+        config.set_security_policy(ConnectSecurity())
+        config.include("pyramid_mixpanel.insights")
+        app = config.make_wsgi_app()
+    return webtest.TestApp(app, extra_environ={"HTTP_X_USER": "admin"})
+
+
+def credentials(**changes: object) -> dict[str, object]:
+    body: dict[str, object] = {
+        "username": USERNAME,
+        "secret": SECRET,
+        "project_id": PROJECT_ID,
+        "region": "EU",
+    }
+    body.update(changes)
+    return body
+
+
+def test_connect_verify_store_encrypted_then_sync_with_it(
+    settings: dict[str, str], api: QueryStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = connect_app(settings)
+    path = "/api/integrations/mixpanel/connect"
+    assert app.get(path).json == {"connected": False}
+    asked = len(api.requests)
+    answer = app.post_json(path, credentials()).json
+    assert api.requests[asked]["path"] == "/api/query/funnels/list"  # the one verification call
+    assert answer["connected"] is True
+    assert (answer["username"], answer["project_id"], answer["region"]) == (
+        USERNAME,
+        PROJECT_ID,
+        "eu",
+    )
+    assert app.get(path).json == answer
+    # The secret: never answered, never logged, stored encrypted.
+    assert SECRET not in json.dumps(answer) and SECRET not in caplog.text
+    database = settings["mixpanel.metrics.database_url"]
+    with MetricsStore(database) as store:
+        stored = store.connection()
+        assert stored is not None and SECRET.encode() not in stored.token
+        assert SECRET not in repr(stored)
+    # A sync without a service account in the settings uses the connection.
+    values = {k: v for k, v in settings.items() if not k.startswith("mixpanel.service_account.")}
+    values["mixpanel.metrics.secret_key"] = FERNET_KEY
+    report = sync(values, "2026-01-04", "2026-01-04", progress=False, today=day(30))
+    assert report.ok and report.days == 1
+    # Without the key it cannot be decrypted, and says so.
+    values.pop("mixpanel.metrics.secret_key")
+    with pytest.raises(SyncError, match="mixpanel.metrics.secret_key is not set"):
+        sync(values, "2026-01-05", "2026-01-05", progress=False, today=day(30))
+    # With another key: connect again.
+    other = "x" * 43 + "="
+    values["mixpanel.metrics.secret_key"] = other.replace("x", "A")
+    with pytest.raises(MixpanelConfigurationError, match="connect again"):
+        sync(values, "2026-01-05", "2026-01-05", progress=False, today=day(30))
+    assert app.delete(path).json == {"connected": False, "deleted": True}
+    assert app.delete(path).json == {"connected": False, "deleted": False}
+    assert app.get(path).json == {"connected": False}
+
+
+def test_connect_refusals(settings: dict[str, str], api: QueryStandIn) -> None:
+    app = connect_app(settings)
+    path = "/api/integrations/mixpanel/connect"
+    refused = app.post_json(path, credentials(secret="wrong-secret"), status=400).json
+    assert refused == {"error": "Mixpanel refused these credentials (401)"}
+    for body, error in (
+        (credentials(region="mars"), "region must be one of us, eu, in"),
+        (credentials(project_id="abc"), "project_id must be the project's number"),
+        (credentials(username=""), "username must be a non-empty string"),
+        (credentials(secret=7), "secret must be a non-empty string"),
+        (credentials(extra=1), "unknown fields: ['extra']"),
+        ([1, 2], "send a JSON object"),
+    ):
+        assert error in app.post_json(path, body, status=400).json["error"]
+    assert app.post(path, b"not json", content_type="application/json", status=400)
+    # A number as project id is taken; no region means us.
+    body = credentials(project_id=int(PROJECT_ID))
+    del body["region"]
+    assert app.post_json(path, body).json["region"] == "us"
+    api.fail_next = [(500, "{}", {})]  # Mixpanel answers 500: cannot tell
+    answer = app.post_json(path, credentials(), status=502).json
+    assert answer["error"].startswith("Mixpanel could not verify them now")
+    # Only who holds the connect permission may see or change it.
+    for method in ("get", "delete"):
+        getattr(app, method)(path, extra_environ={"HTTP_X_USER": "csm"}, status=403)
+    app.post_json(path, credentials(), extra_environ={"HTTP_X_USER": "csm"}, status=403)
+
+
+def test_connect_needs_a_secret_key(settings: dict[str, str]) -> None:
+    app = connect_app(settings, **{"mixpanel.metrics.secret_key": ""})
+    answer = app.post_json("/api/integrations/mixpanel/connect", credentials(), status=503)
+    assert "mixpanel.metrics.secret_key" in answer.json["error"]
+
+
+def test_a_bad_secret_key_stops_the_app(settings: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError, match="must be a Fernet key") as raised:
+        connect_app(settings, **{"mixpanel.metrics.secret_key": "not-a-key"})
+    assert "not-a-key" not in str(raised.value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings_hypothesis(max_examples=60, deadline=None)
+@given(
+    body=st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "username": json_values,
+                "secret": json_values,
+                "project_id": json_values,
+                "region": json_values,
+            },
+        ),
+    )
+)
+def test_any_connect_body_gets_a_documented_answer(
+    connect_client: webtest.TestApp, body: object
+) -> None:
+    answer = connect_client.post_json("/api/integrations/mixpanel/connect", body, status="*")
+    assert answer.status_int in (200, 400, 502), answer.text
+    assert "error" in answer.json or answer.json["connected"] is True
+
+
+@pytest.fixture(scope="module")
+def connect_client(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[webtest.TestApp]:
+    with QueryStandIn() as server:
+        database = f"sqlite:///{tmp_path_factory.mktemp('connect') / 'm.db'}"
+        MetricsStore(database).close()
+        values = server.settings(
+            **{
+                "mixpanel.token": "false",
+                "mixpanel.metrics.database_url": database,
+                "mixpanel.metrics.account_property": "company_id",
+            }
+        )
+        values.pop("mixpanel.delivery")
+        yield connect_app(values)

@@ -21,6 +21,7 @@ from pyramid_mixpanel.metrics import (
     MetricsStore,
     ProfileAggregate,
 )
+from pyramid_mixpanel.metrics.connect import Connection
 from pyramid_mixpanel.metrics.model import AccountSummary
 from pyramid_mixpanel.metrics.store import (
     PSEUDONYM_KEY,
@@ -46,6 +47,7 @@ TABLES = {
     "mixpanel_query_limits",
     "mixpanel_funnel_entries",
     "mixpanel_metrics_keys",
+    "mixpanel_connections",
 }
 
 
@@ -97,10 +99,12 @@ def test_upgrade_from_empty_and_down_again(url: str) -> None:
         assert not TABLES & set(sa.inspect(store.engine).get_table_names())
         store.upgrade()
         store.upgrade()  # idempotent
-        assert store.revision() == "0004" == store.head()
+        assert store.revision() == "0005" == store.head()
         names = set(sa.inspect(store.engine).get_table_names())
         assert TABLES | {VERSION_TABLE} <= names
         assert "alembic_version" not in names  # the app's own table name stays free
+        store.downgrade("0004")  # the connection goes
+        assert "mixpanel_connections" not in sa.inspect(store.engine).get_table_names()
         store.downgrade("0003")  # the hours go
         columns = {c["name"] for c in sa.inspect(store.engine).get_columns("mixpanel_metrics")}
         assert "hours" not in columns and "anomaly" in columns
@@ -108,12 +112,14 @@ def test_upgrade_from_empty_and_down_again(url: str) -> None:
         assert set(sa.inspect(store.engine).get_table_names()) & TABLES == TABLES - {
             "mixpanel_funnel_entries",
             "mixpanel_metrics_keys",
+            "mixpanel_connections",
         }
         store.downgrade("0001")  # the query limits go, the metrics stay
         assert set(sa.inspect(store.engine).get_table_names()) & TABLES == TABLES - {
             "mixpanel_query_limits",
             "mixpanel_funnel_entries",
             "mixpanel_metrics_keys",
+            "mixpanel_connections",
         }
         store.downgrade("base")
         assert store.revision() is None
@@ -135,7 +141,7 @@ def test_the_alembic_command_line_works_too(tmp_path: pathlib.Path) -> None:
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("sqlalchemy.url", database)
     command.upgrade(config, "head")
-    assert MetricsStore(database, migrate=False).revision() == "0004"
+    assert MetricsStore(database, migrate=False).revision() == "0005"
     # Offline mode prints the SQL for a DBA instead of running it.
     buffer = io.StringIO()
     offline = Config(output_buffer=buffer)
@@ -428,3 +434,16 @@ def test_the_accounts_overview(store: MetricsStore) -> None:
     assert initech == AccountSummary("initech", 0, 0, 0.0, 0, None, 0, 3)
     assert initech.trend is None
     assert [d.date for d in store.all_daily(day(0), day(2))] == [day(0), day(2), day(0)]
+
+
+def test_the_stored_connection_round_trips(store: MetricsStore) -> None:
+    assert store.connection() is None
+    when = dt.datetime(2026, 12, 2, 8, 0, tzinfo=dt.timezone.utc)
+    first = Connection("sa.user", "4242", "eu", when, b"encrypted-bytes")
+    store.save_connection(first)
+    assert store.connection() == first  # an aware time back, on SQLite and PostgreSQL
+    second = Connection("sa.other", "7", "us", when + dt.timedelta(hours=1), b"other")
+    store.save_connection(second)
+    assert store.connection() == second  # one connection: the new one replaces it
+    assert store.delete_connection() is True
+    assert (store.connection(), store.delete_connection()) == (None, False)

@@ -11,17 +11,24 @@ import typing as t
 import zoneinfo
 from dataclasses import dataclass, field
 
-from pyramid.httpexceptions import HTTPBadRequest, HTTPNotFound, HTTPServiceUnavailable
+from pyramid.httpexceptions import (
+    HTTPBadGateway,
+    HTTPBadRequest,
+    HTTPNotFound,
+    HTTPServiceUnavailable,
+)
 from pyramid.response import Response
 
 from ..converters import Setting, as_secret, parse_table, positive_int
-from ..exceptions import MixpanelConfigurationError
+from ..exceptions import MixpanelConfigurationError, MixpanelQueryError
 from ..log import Log
 from ..metrics.config import MetricsSettings, parse_metrics_settings
+from ..metrics.connect import REGIONS, Connection, encrypt
 from ..metrics.export import write_csv
 from ..metrics.freshness import freshness
 from ..metrics.model import AccountSummary, DailyMetrics, FunnelMetrics, storable
 from ..metrics.store import MetricsStore, rank_events
+from ..query import MixpanelQuery
 from . import INSIGHTS_KEY
 from .render import WEEKDAYS, account_page, heatmap_counts, overview_page
 
@@ -96,6 +103,9 @@ class InsightsSettings:
     api_prefix: str = "/api/mixpanel"
     page_prefix: str = "/mixpanel/accounts"
     days: int = 30
+    #: Where a Mixpanel service account is connected, and who may do it.
+    connect_path: str = "/api/integrations/mixpanel/connect"
+    connect_permission: str = "mixpanel.insights.connect"
 
 
 def _prefix(key: str, value: object) -> str | None:
@@ -110,6 +120,8 @@ TABLE: tuple[Setting, ...] = (
     Setting(PREFIX + "api_prefix", "api_prefix", _prefix),
     Setting(PREFIX + "page_prefix", "page_prefix", _prefix),
     Setting(PREFIX + "days", "days", positive_int(MAX_RANGE_DAYS)),
+    Setting(PREFIX + "connect_path", "connect_path", _prefix),
+    Setting(PREFIX + "connect_permission", "connect_permission", as_secret),
 )
 
 
@@ -447,6 +459,62 @@ class InsightsViews:
             "last_sync": self.state.last_sync,
         }
 
+    def connection(self, request: Request) -> dict[str, t.Any]:
+        """Whether a Mixpanel connection is stored, whose, and when it was verified."""
+        return _connection(self.state.store.connection())
+
+    def connect(self, request: Request) -> dict[str, t.Any]:
+        """Verify a service account with one call to Mixpanel, then store it (secret encrypted).
+
+        400 for a bad body or credentials Mixpanel refuses, 502 when Mixpanel cannot say, 503
+        without ``mixpanel.metrics.secret_key``. The secret is never answered or logged.
+        """
+        state = self.state
+        key = state.metrics.secret_key
+        if key is None:
+            raise HTTPServiceUnavailable(
+                json_body={"error": "set mixpanel.metrics.secret_key to store a connection"}
+            )
+        fields = _connect_body(request)
+        settings = {
+            **state.app_settings,
+            "mixpanel.service_account.username": fields["username"],
+            "mixpanel.service_account.secret": fields["secret"],
+            "mixpanel.service_account.project_id": fields["project_id"],
+            "mixpanel.region": fields["region"],
+        }
+        try:
+            # One cheap authenticated call: the project's saved funnels.
+            MixpanelQuery(settings, max_retries=0).funnels()
+        except MixpanelQueryError as exc:
+            state.log.warning("mixpanel.connect_refused", status=exc.status)
+            if exc.status in (401, 403):
+                raise HTTPBadRequest(
+                    json_body={"error": f"Mixpanel refused these credentials ({exc.status})"}
+                ) from None
+            raise HTTPBadGateway(
+                json_body={
+                    "error": f"Mixpanel could not verify them now ({exc.status or 'no answer'})"
+                }
+            ) from None
+        connection = Connection(
+            fields["username"],
+            fields["project_id"],
+            fields["region"],
+            dt.datetime.now(dt.timezone.utc),
+            encrypt(fields["secret"], key),
+        )
+        state.store.save_connection(connection)
+        state.log.info(
+            "mixpanel.connected", username=connection.username, project_id=connection.project_id
+        )
+        return _connection(connection)
+
+    def disconnect(self, request: Request) -> dict[str, t.Any]:
+        """Remove the stored connection."""
+        deleted = self.state.store.delete_connection()
+        return {"connected": False, "deleted": deleted}
+
     def page(self, request: Request) -> Response:
         """The account's HTML page."""
         account = self._account(request, page=True)
@@ -467,8 +535,61 @@ class InsightsViews:
         return Response(html, content_type="text/html", charset="utf-8")
 
 
+#: Views that change or show the stored Mixpanel connection: their own permission.
+CONNECT_VIEWS = frozenset({"connection", "connect", "disconnect"})
 #: Views that build their own response (HTML, CSV, a status code); the others render JSON.
 RESPONSES = frozenset({"sync", "page", "accounts_page", "metrics_csv"})
+#: The connect endpoint's body: field -> (longest, required).
+CONNECT_FIELDS = {
+    "username": (255, True),
+    "secret": (512, True),
+    "project_id": (64, True),
+    "region": (8, False),
+}
+
+
+def _connect_body(request: Request) -> dict[str, str]:
+    """The connect endpoint's fields, checked; 400 saying what is wrong (never the secret)."""
+    try:
+        body = request.json_body
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise HTTPBadRequest(json_body={"error": "send a JSON object"})
+    unknown = sorted(str(name)[:50] for name in body if name not in CONNECT_FIELDS)
+    if unknown:
+        raise HTTPBadRequest(json_body={"error": f"unknown fields: {unknown}"})
+    fields: dict[str, str] = {}
+    for name, (longest, required) in CONNECT_FIELDS.items():
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and name == "project_id":
+            value = str(value)
+        if value is None and not required:
+            continue
+        if not isinstance(value, str) or not value.strip() or len(value) > longest:
+            raise HTTPBadRequest(
+                json_body={"error": f"{name} must be a non-empty string of at most {longest}"}
+            )
+        fields[name] = value.strip()
+    if not fields["project_id"].isdigit():
+        raise HTTPBadRequest(json_body={"error": "project_id must be the project's number"})
+    region = fields.setdefault("region", "us").lower()
+    if region not in REGIONS:
+        raise HTTPBadRequest(json_body={"error": f"region must be one of {', '.join(REGIONS)}"})
+    fields["region"] = region
+    return fields
+
+
+def _connection(connection: Connection | None) -> dict[str, t.Any]:
+    if connection is None:
+        return {"connected": False}
+    return {
+        "connected": True,
+        "username": connection.username,
+        "project_id": connection.project_id,
+        "region": connection.region,
+        "verified_at": connection.verified_at.isoformat(),
+    }
 
 
 def _said(command: str, answer: dict[str, t.Any]) -> str:
@@ -520,8 +641,12 @@ def register(config: Configurator) -> None:
         ("ask", f"{api}/ask", views.ask, "GET"),
         ("accounts_page", page, views.accounts_page, "GET"),
         ("page", f"{page}/{{account}}", views.page, "GET"),
+        ("connection", settings.connect_path, views.connection, "GET"),
+        ("connect", settings.connect_path, views.connect, "POST"),
+        ("disconnect", settings.connect_path, views.disconnect, "DELETE"),
     ):
         route = f"pyramid_mixpanel.insights.{name}"
         config.add_route(route, pattern, request_method=method)
         renderer = "json" if name not in RESPONSES else None
-        config.add_view(view, route_name=route, renderer=renderer, permission=permission)
+        needs = settings.connect_permission if name in CONNECT_VIEWS else permission
+        config.add_view(view, route_name=route, renderer=renderer, permission=needs)

@@ -94,6 +94,8 @@ class MetricsSettings:
     retention_days: int | None = None
     #: Data older than this many hours is stale (:mod:`~pyramid_mixpanel.metrics.freshness`).
     max_age_hours: int = 24
+    #: The Fernet key of the stored connection's secret (:mod:`~.connect`); never shown.
+    secret_key: str | None = field(default=None, repr=False)
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -208,6 +210,15 @@ def _weights(key: str, value: object) -> dict[str, float]:
     return weights
 
 
+def _fernet_key(key: str, value: object) -> str | None:
+    text = as_secret(key, value)
+    if text is not None:
+        from .connect import fernet
+
+        fernet(text)  # checked at startup; the key is never in the message
+    return text
+
+
 def _min_days(key: str, value: object) -> int:
     days = positive_int(366)(key, value)
     if days < 2:
@@ -236,6 +247,7 @@ TABLE: tuple[Setting, ...] = tuple(
         ("profile_properties", _properties),
         ("retention_days", positive_int(100 * 366)),
         ("max_age_hours", positive_int(24 * 366)),
+        ("secret_key", _fernet_key),
     )
 )
 

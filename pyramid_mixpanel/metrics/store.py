@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .connect import Connection
 from .model import (
     MAX_KEY,
     AccountSummary,
@@ -138,6 +139,18 @@ keys_table = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(128), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+#: The Mixpanel connection made at run time (:mod:`.connect`): one row, ``default``; the
+#: secret is Fernet-encrypted.
+connections_table = sa.Table(
+    "mixpanel_connections",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("username", sa.String(255), nullable=False),
+    sa.Column("project_id", sa.String(64), nullable=False),
+    sa.Column("region", sa.String(8), nullable=False),
+    sa.Column("secret", sa.LargeBinary, nullable=False),
+    sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
 )
 #: Mixpanel's per-project query limits, shared by every process of the app: one row per project
 #: and limit, holding the recent calls or the held slots (see :mod:`.limits`).
@@ -550,6 +563,37 @@ class MetricsStore:
                     sa.delete(table).where(table.c.account == account)
                 ).rowcount
         return deleted
+
+    def save_connection(self, connection: Connection) -> None:
+        """Store ``connection`` in place of any other."""
+        row = {
+            "name": "default",
+            "username": connection.username,
+            "project_id": connection.project_id,
+            "region": connection.region,
+            "secret": connection.token,
+            "verified_at": connection.verified_at,
+        }
+        with self.engine.begin() as db:
+            upsert(db, connections_table, [row], ("name",))
+
+    def connection(self) -> Connection | None:
+        """The stored connection (its secret still encrypted), or ``None``."""
+        table = connections_table
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(table).where(table.c.name == "default")).first()
+        if row is None:
+            return None
+        verified = row.verified_at
+        if verified.tzinfo is None:  # SQLite keeps no timezone: stored in UTC
+            verified = verified.replace(tzinfo=dt.timezone.utc)
+        return Connection(row.username, row.project_id, row.region, verified, bytes(row.secret))
+
+    def delete_connection(self) -> bool:
+        """Remove the stored connection; ``False`` when there was none."""
+        table = connections_table
+        with self.engine.begin() as db:
+            return bool(db.execute(sa.delete(table).where(table.c.name == "default")).rowcount)
 
     def pseudonym(self) -> t.Callable[[object], str]:
         """The function that turns a ``distinct_id`` into the key its funnel entries carry.

@@ -46,6 +46,7 @@ from .aggregate import (
     storable_accounts,
 )
 from .config import MetricsSettings, parse_metrics_settings
+from .connect import settings_with
 from .freshness import Freshness, alert_if_stale, freshness
 from .lines import chunk_lines, parse_line
 from .model import MAX_KEY, Anomaly, FunnelMetrics, clean_text
@@ -649,6 +650,17 @@ def _run(
     if query is None:
         from ..query import MixpanelQuery
 
+        query_settings = parse_query_settings(settings)
+        stored = store.connection()
+        if not (query_settings.has_service_account or query_settings.api_secret) and stored:
+            # No credentials in the settings: the connection made through the connect
+            # endpoint, its secret decrypted with mixpanel.metrics.secret_key.
+            if config.secret_key is None:
+                raise SyncError(
+                    "a Mixpanel connection is stored but mixpanel.metrics.secret_key is not set:"
+                    " it is needed to decrypt the secret"
+                )
+            settings = settings_with(settings, stored, config.secret_key)
         try:
             query = MixpanelQuery(settings)
         except ValueError as exc:  # no service account configured
