@@ -112,6 +112,9 @@ class ListQuery:
     def funnels(self) -> list[dict[str, t.Any]]:
         return []
 
+    def insights(self, bookmark_id: int | str) -> t.Any:
+        return {}
+
     def funnel(
         self,
         funnel_id: int,

@@ -882,3 +882,31 @@ def connect_client(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[webte
         )
         values.pop("mixpanel.delivery")
         yield connect_app(values)
+
+
+def test_saved_reports_on_the_page_and_in_the_api(
+    settings: dict[str, str], api: QueryStandIn
+) -> None:
+    api.bookmarks = {
+        "21": {
+            "headers": ["$event", "company_id"],
+            "series": {"Logged in": {"acme": {"2026-01-01": 3, "2026-01-02": 4}}},
+        },
+        "22": {"headers": ["$event"], "series": {"Signups": {"2026-01-02": 9}}},
+    }
+    values = {**settings, "mixpanel.metrics.reports": "21, 22"}
+    sync(values, "2026-01-01", "2026-01-03", progress=False, today=day(30))
+    app = make_app(settings)
+    answer = app.get("/api/mixpanel/reports/acme", RANGE).json
+    logged, signups = answer["reports"]
+    assert (logged["metric"], logged["total"], logged["all_accounts"]) == ("Logged in", 7.0, False)
+    assert logged["latest"] == {"date": "2026-01-02", "value": 4.0}
+    assert [v["value"] for v in logged["values"]] == [3.0, 4.0]
+    assert (signups["metric"], signups["all_accounts"]) == ("Signups", True)
+    html = app.get("/mixpanel/accounts/acme", RANGE).text
+    assert "<table id='reports'>" in html
+    assert "Signups <small>(all accounts)</small>" in html
+    empty = app.get("/mixpanel/accounts/globex", RANGE).text
+    assert "Signups" in empty  # the report for every account
+    quiet = app.get("/mixpanel/accounts/acme", {"from": "2026-02-01", "to": "2026-02-02"}).text
+    assert "No saved reports in this range." in quiet

@@ -12,6 +12,7 @@ from html import escape
 from urllib.parse import quote, urlencode
 
 from ..metrics.model import AccountSummary, DailyMetrics, FunnelMetrics, ProfileAggregate
+from ..metrics.reports import ALL_ACCOUNTS, ReportValue
 
 __all__ = [
     "OVERVIEW_COLUMNS",
@@ -21,6 +22,7 @@ __all__ = [
     "heatmap",
     "heatmap_counts",
     "overview_page",
+    "report_series",
     "volume_chart",
 ]
 
@@ -119,6 +121,47 @@ def heatmap(days: t.Sequence[DailyMetrics], zone: str) -> str:
     )
 
 
+def report_series(values: t.Sequence[ReportValue]) -> list[dict[str, t.Any]]:
+    """Saved-report values grouped per report and metric, oldest day first.
+
+    Each with the latest value and the range's total; ``all_accounts``: the report is not
+    broken down by account.
+    """
+    grouped: dict[tuple[str, str, str], list[ReportValue]] = {}
+    for value in values:
+        grouped.setdefault((value.report_id, value.metric, value.account), []).append(value)
+    out = []
+    for (report_id, metric, account), items in sorted(grouped.items()):
+        items.sort(key=lambda v: v.date)
+        out.append(
+            {
+                "report_id": report_id,
+                "metric": metric,
+                "all_accounts": account == ALL_ACCOUNTS,
+                "values": [{"date": v.date.isoformat(), "value": v.value} for v in items],
+                "latest": {"date": items[-1].date.isoformat(), "value": items[-1].value},
+                "total": sum(v.value for v in items),
+            }
+        )
+    return out
+
+
+def _reports_table(series: t.Sequence[dict[str, t.Any]]) -> str:
+    if not series:
+        return "<p class='empty'>No saved reports in this range.</p>"
+    rows = "".join(
+        f"<tr><td>{escape(s['report_id'])}</td><td>{escape(s['metric'])}"
+        + (" <small>(all accounts)</small>" if s["all_accounts"] else "")
+        + f"</td><td class='n'>{s['latest']['value']:g}</td>"
+        f"<td>{escape(s['latest']['date'])}</td><td class='n'>{s['total']:g}</td></tr>"
+        for s in series
+    )
+    return (
+        "<div class='scroll'><table id='reports'><tr><th>Report</th><th>Metric</th>"
+        "<th>Latest</th><th>On</th><th>Range total</th></tr>" + rows + "</table></div>"
+    )
+
+
 def funnel_chart(funnel: FunnelMetrics, index: int) -> str:
     """Horizontal bars, one per step, with the share of the first step."""
     first = funnel.steps[0] if funnel.steps and funnel.steps[0] else 1
@@ -173,6 +216,7 @@ def account_page(
     users: ProfileAggregate | None,
     previous: t.Mapping[tuple[str, str], FunnelMetrics] | None = None,
     zone: str = "UTC",
+    reports: t.Sequence[dict[str, t.Any]] = (),
 ) -> str:
     """The whole HTML page of one account.
 
@@ -227,6 +271,8 @@ def account_page(
     }
 <h2>Funnels</h2>
 {funnel_html or "<p class='empty'>No funnel data in this range.</p>"}
+<h2>Saved reports</h2>
+{_reports_table(reports)}
 </body></html>
 """
 

@@ -30,7 +30,7 @@ from ..metrics.model import AccountSummary, DailyMetrics, FunnelMetrics, storabl
 from ..metrics.store import MetricsStore, rank_events
 from ..query import MixpanelQuery
 from . import INSIGHTS_KEY
-from .render import WEEKDAYS, account_page, heatmap_counts, overview_page
+from .render import WEEKDAYS, account_page, heatmap_counts, overview_page, report_series
 
 if t.TYPE_CHECKING:
     from pyramid.config import Configurator
@@ -430,6 +430,17 @@ class InsightsViews:
             }
         raise HTTPBadRequest(json_body={"error": "not a command I know", "understood": UNDERSTOOD})
 
+    def reports(self, request: Request) -> dict[str, t.Any]:
+        """The account's saved Insights reports over the range, per report and metric."""
+        account = self._account(request)
+        start, end = self._range(request)
+        return {
+            "account": account,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "reports": report_series(self.state.store.reports(account, start, end)),
+        }
+
     def users(self, request: Request) -> dict[str, t.Any]:
         """The account's profiles, counted (no one is named)."""
         account = t.cast(str, request.matchdict["account"])
@@ -531,6 +542,7 @@ class InsightsViews:
             store.users(account),
             self._previous_totals(account, start, end),
             self.state.timezone,
+            report_series(store.reports(account, start, end)),
         )
         return Response(html, content_type="text/html", charset="utf-8")
 
@@ -634,6 +646,7 @@ def register(config: Configurator) -> None:
         ("events", f"{api}/events/{{account}}", views.events, "GET"),
         ("funnels", f"{api}/funnels/{{account}}", views.funnels, "GET"),
         ("users", f"{api}/users/{{account}}", views.users, "GET"),
+        ("reports", f"{api}/reports/{{account}}", views.reports, "GET"),
         ("sync", f"{api}/sync", views.start_sync, "POST"),
         ("sync_status", f"{api}/sync", views.sync_status, "GET"),
         ("accounts", f"{api}/accounts", views.accounts, "GET"),

@@ -77,6 +77,8 @@ class MetricsSettings:
     funnels: tuple[LocalFunnel, ...] = ()
     funnel_window_hours: int = 168
     saved_funnels: tuple[int, ...] = ()
+    #: Saved Insights reports (bookmark ids) pulled on each sync (:mod:`.reports`).
+    reports: tuple[int, ...] = ()
     #: Event name -> adoption category.
     signals: t.Mapping[str, str] = field(default_factory=dict)
     #: Adoption category -> weight in the engagement score (1.0 when not given).
@@ -174,6 +176,17 @@ def _funnel_ids(key: str, value: object) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ids))
 
 
+def _report_ids(key: str, value: object) -> tuple[int, ...]:
+    ids = []
+    for item in _lines(key, value, commas=True):
+        if not item.isdigit():
+            raise MixpanelConfigurationError(
+                f"{key}: {item!r} is not a report's bookmark id (the number in its URL)"
+            )
+        ids.append(int(item))
+    return tuple(dict.fromkeys(ids))
+
+
 def _pairs(key: str, value: object) -> list[tuple[str, str]]:
     pairs = []
     for line in _lines(key, value, commas=False):
@@ -236,6 +249,7 @@ TABLE: tuple[Setting, ...] = tuple(
         ("funnels", _funnels),
         ("funnel_window_hours", positive_int(24 * 366)),
         ("saved_funnels", _funnel_ids),
+        ("reports", _report_ids),
         ("signals", _signals),
         ("weights", _weights),
         ("anomaly_days", positive_int(366)),

@@ -38,6 +38,7 @@ from .model import (
     ProfileAggregate,
     storable,
 )
+from .reports import ALL_ACCOUNTS, ReportValue
 
 __all__ = [
     "SCRIPT_LOCATION",
@@ -139,6 +140,21 @@ keys_table = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(128), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+#: Saved Insights reports per account (or ``*``), metric and day (:mod:`.reports`).
+reports_table = sa.Table(
+    "mixpanel_reports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("account", sa.String(MAX_KEY), nullable=False),
+    sa.Column("report_id", sa.String(64), nullable=False),
+    sa.Column("metric", sa.String(MAX_KEY), nullable=False),
+    sa.Column("metric_date", sa.Date, nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint(
+        "account", "report_id", "metric", "metric_date", name="uq_mixpanel_reports_key"
+    ),
 )
 #: The Mixpanel connection made at run time (:mod:`.connect`): one row, ``default``; the
 #: secret is Fernet-encrypted.
@@ -549,6 +565,7 @@ class MetricsStore:
                 (metrics_table, metrics_table.c.metric_date),
                 (funnels_table, funnels_table.c.metric_date),
                 (funnel_entries_table, funnel_entries_table.c.metric_date),
+                (reports_table, reports_table.c.metric_date),
                 (sync_days_table, sync_days_table.c.day),
             ):
                 deleted += connection.execute(sa.delete(table).where(column < before)).rowcount
@@ -558,11 +575,74 @@ class MetricsStore:
         """Delete every row of ``account`` (metrics, funnels, entries, profiles); count them."""
         deleted = 0
         with self.engine.begin() as connection:
-            for table in (metrics_table, funnels_table, funnel_entries_table, profiles_table):
+            for table in (
+                metrics_table,
+                funnels_table,
+                funnel_entries_table,
+                reports_table,
+                profiles_table,
+            ):
                 deleted += connection.execute(
                     sa.delete(table).where(table.c.account == account)
                 ).rowcount
         return deleted
+
+    def write_reports(
+        self,
+        report_id: str,
+        values: t.Sequence[ReportValue],
+        span: tuple[dt.date, dt.date] | None = None,
+    ) -> None:
+        """Make ``values`` the stored values of report ``report_id`` on the days it covers.
+
+        ``span``: the days the answer covers (its ``date_range``); without it, those of the
+        values. Values stored before on those days and not in ``values`` are deleted.
+        """
+        now = _now()
+        table = reports_table
+        rows = [
+            {
+                "account": v.account,
+                "report_id": v.report_id,
+                "metric": v.metric,
+                "metric_date": v.date,
+                "value": v.value,
+                "updated_at": now,
+            }
+            for v in values
+        ]
+        days = sorted({v.date for v in values})
+        if span is None and days:
+            span = (days[0], days[-1])
+        with self.engine.begin() as db:
+            if span is not None:  # the report's days as it answers them now
+                db.execute(
+                    sa.delete(table).where(
+                        table.c.report_id == report_id,
+                        table.c.metric_date >= span[0],
+                        table.c.metric_date <= span[1],
+                    )
+                )
+            for batch in _batches(rows):
+                upsert(db, table, list(batch), ("account", "report_id", "metric", "metric_date"))
+
+    def reports(self, account: str, from_date: dt.date, to_date: dt.date) -> list[ReportValue]:
+        """The account's saved-report values over the days, and those for every account."""
+        table = reports_table
+        query = (
+            sa.select(table)
+            .where(
+                table.c.account.in_([account, ALL_ACCOUNTS]),
+                table.c.metric_date >= from_date,
+                table.c.metric_date <= to_date,
+            )
+            .order_by(table.c.report_id, table.c.metric, table.c.metric_date)
+        )
+        with self.engine.connect() as db:
+            return [
+                ReportValue(r.account, r.report_id, r.metric, r.metric_date, float(r.value))
+                for r in db.execute(query)
+            ]
 
     def save_connection(self, connection: Connection) -> None:
         """Store ``connection`` in place of any other."""

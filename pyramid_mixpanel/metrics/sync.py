@@ -50,6 +50,7 @@ from .connect import settings_with
 from .freshness import Freshness, alert_if_stale, freshness
 from .lines import chunk_lines, parse_line
 from .model import MAX_KEY, Anomaly, FunnelMetrics, clean_text
+from .reports import report_span, report_values
 from .score import detect_anomaly, send_alert
 from .store import MetricsStore
 
@@ -128,6 +129,8 @@ class QueryClient(t.Protocol):
 
     def funnels(self) -> list[dict[str, t.Any]]: ...  # noqa: D102
 
+    def insights(self, bookmark_id: int | str) -> t.Any: ...  # noqa: D102
+
     def funnel(  # noqa: D102
         self,
         funnel_id: int,
@@ -177,6 +180,8 @@ class SyncReport:
     metrics_rows: int = 0
     funnel_rows: int = 0
     profile_accounts: int = 0
+    #: Values of saved reports stored.
+    report_values: int = 0
     #: Rows deleted by the data policy (``mixpanel.metrics.retention_days``), and the first day
     #: kept.
     pruned: int = 0
@@ -419,6 +424,8 @@ class _Sync:
         self._funnels(self.aggregator.finish_result())
         if config.saved_funnels:
             self._saved_funnels(first - dt.timedelta(days=lookback), last)
+        if config.reports:
+            self._reports()
         if config.profile_account_property:
             self._profiles()
         stats = self.aggregator.stats
@@ -546,6 +553,22 @@ class _Sync:
                     values=segments,
                     limit=limit,
                 )
+
+    def _reports(self) -> None:
+        """Pull each saved report's current result and store its values."""
+        from ..query import MixpanelQueryError
+
+        for report_id in self.config.reports:
+            try:
+                answer = self.query.insights(report_id)
+            except MixpanelQueryError as exc:
+                self.report.errors.append(f"saved report {report_id}: {exc}")
+                continue
+            values, warning = report_values(answer, report_id, self.config.account_property)
+            if warning is not None:
+                self.report.warnings.append(warning)
+            self.store.write_reports(str(report_id), values, report_span(answer))
+            self.report.report_values += len(values)
 
     def _profiles(self) -> None:
         from ..query import MixpanelQueryError
