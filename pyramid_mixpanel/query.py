@@ -254,11 +254,14 @@ class MixpanelQuery:
         output_properties: t.Sequence[str] | None = None,
         *,
         cohort_id: int | None = None,
+        data_group_id: int | None = None,
     ) -> t.Iterator[dict[str, t.Any]]:
         """Stream every matching profile (``{"$distinct_id": ..., "$properties": {...}}``).
 
         Follows Engage's pages (``session_id`` + ``page``) until the last one; each page is one
-        query against the hourly budget.
+        query against the hourly budget. With ``data_group_id`` (a group key's id, from Project
+        Settings > Group Keys), the group profiles of that key: their ``$distinct_id`` is the
+        group id (group-analytics-faq, "Exporting Group Profiles via API").
         """
         form: dict[str, str] = {}
         if where:
@@ -267,6 +270,8 @@ class MixpanelQuery:
             form["output_properties"] = json.dumps(list(output_properties))
         if cohort_id is not None:
             form["filter_by_cohort"] = json.dumps({"id": cohort_id})
+        if data_group_id is not None:
+            form["data_group_id"] = str(data_group_id)
         page = 0
         while True:
             answer = self._json("POST", "/api/query/engage", {}, form)

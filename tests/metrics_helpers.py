@@ -105,7 +105,11 @@ class ListQuery:
             start = last + dt.timedelta(days=1)
 
     def engage(
-        self, where: str | None = None, output_properties: t.Sequence[str] | None = None
+        self,
+        where: str | None = None,
+        output_properties: t.Sequence[str] | None = None,
+        *,
+        data_group_id: int | None = None,
     ) -> t.Iterator[dict[str, t.Any]]:
         return iter(())
 

@@ -134,6 +134,8 @@ class QueryStandIn(ThreadingHTTPServer):
         #: "length_unit": "day"}}`` (length and its unit: what was saved in the UI).
         self.saved_funnels: dict[int, dict[str, t.Any]] = {}
         self.bookmarks: dict[str, t.Any] = {}
+        #: Group profiles per data_group_id (a group key's id): ``$distinct_id`` is the group id.
+        self.group_profiles: dict[str, list[dict[str, t.Any]]] = {}
         self.retention: t.Any = {}
         #: What ``/api/2.0/jql`` answers to any script.
         self.jql_answer: t.Any = []
@@ -561,7 +563,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(400, {"error": "session_id is required after page 0"})
         where = params.get("where")
         wanted = json.loads(params["output_properties"]) if "output_properties" in params else None
-        found = [p for p in server.profiles if matches(where, p["$properties"])]
+        profiles = server.profiles
+        if "data_group_id" in params:
+            # group-analytics-faq, "Exporting Group Profiles via API": data_group_id names a
+            # group key by its id (Project Settings > Group Keys); an unknown id is refused.
+            key = params["data_group_id"]
+            if key not in server.group_profiles:
+                return self._json(400, {"error": f"unknown data_group_id {key}", "status": "error"})
+            profiles = server.group_profiles[key]
+        found = [p for p in profiles if matches(where, p["$properties"])]
         chunk = found[page * server.page_size : (page + 1) * server.page_size]
         if wanted is not None:
             chunk = [

@@ -49,6 +49,7 @@ TABLES = {
     "mixpanel_metrics_keys",
     "mixpanel_connections",
     "mixpanel_reports",
+    "mixpanel_group_profiles",
 }
 
 
@@ -100,10 +101,12 @@ def test_upgrade_from_empty_and_down_again(url: str) -> None:
         assert not TABLES & set(sa.inspect(store.engine).get_table_names())
         store.upgrade()
         store.upgrade()  # idempotent
-        assert store.revision() == "0006" == store.head()
+        assert store.revision() == "0007" == store.head()
         names = set(sa.inspect(store.engine).get_table_names())
         assert TABLES | {VERSION_TABLE} <= names
         assert "alembic_version" not in names  # the app's own table name stays free
+        store.downgrade("0006")  # the group profiles go
+        assert "mixpanel_group_profiles" not in sa.inspect(store.engine).get_table_names()
         store.downgrade("0005")  # the saved reports go
         assert "mixpanel_reports" not in sa.inspect(store.engine).get_table_names()
         store.downgrade("0004")  # the connection goes
@@ -117,6 +120,7 @@ def test_upgrade_from_empty_and_down_again(url: str) -> None:
             "mixpanel_metrics_keys",
             "mixpanel_connections",
             "mixpanel_reports",
+            "mixpanel_group_profiles",
         }
         store.downgrade("0001")  # the query limits go, the metrics stay
         assert set(sa.inspect(store.engine).get_table_names()) & TABLES == TABLES - {
@@ -125,6 +129,7 @@ def test_upgrade_from_empty_and_down_again(url: str) -> None:
             "mixpanel_metrics_keys",
             "mixpanel_connections",
             "mixpanel_reports",
+            "mixpanel_group_profiles",
         }
         store.downgrade("base")
         assert store.revision() is None
@@ -146,7 +151,7 @@ def test_the_alembic_command_line_works_too(tmp_path: pathlib.Path) -> None:
     config.set_main_option("script_location", SCRIPT_LOCATION)
     config.set_main_option("sqlalchemy.url", database)
     command.upgrade(config, "head")
-    assert MetricsStore(database, migrate=False).revision() == "0006"
+    assert MetricsStore(database, migrate=False).revision() == "0007"
     # Offline mode prints the SQL for a DBA instead of running it.
     buffer = io.StringIO()
     offline = Config(output_buffer=buffer)

@@ -11,7 +11,13 @@ import typing as t
 from html import escape
 from urllib.parse import quote, urlencode
 
-from ..metrics.model import AccountSummary, DailyMetrics, FunnelMetrics, ProfileAggregate
+from ..metrics.model import (
+    AccountSummary,
+    DailyMetrics,
+    FunnelMetrics,
+    GroupProfile,
+    ProfileAggregate,
+)
 from ..metrics.reports import ALL_ACCOUNTS, ReportValue
 
 __all__ = [
@@ -162,6 +168,18 @@ def _reports_table(series: t.Sequence[dict[str, t.Any]]) -> str:
     )
 
 
+def _group_section(group: GroupProfile | None) -> str:
+    if group is None:
+        return ""
+    rows = "".join(
+        f"<tr><th>{escape(name)}</th><td>{escape(str(value))}</td></tr>"
+        for name, value in group.properties.items()
+    )
+    return f"<h2>Group profile <small>({escape(group.group_key)})</small></h2>" + (
+        f"<table id='group'>{rows}</table>" if rows else "<p class='empty'>No properties.</p>"
+    )
+
+
 def funnel_chart(funnel: FunnelMetrics, index: int) -> str:
     """Horizontal bars, one per step, with the share of the first step."""
     first = funnel.steps[0] if funnel.steps and funnel.steps[0] else 1
@@ -217,6 +235,7 @@ def account_page(
     previous: t.Mapping[tuple[str, str], FunnelMetrics] | None = None,
     zone: str = "UTC",
     reports: t.Sequence[dict[str, t.Any]] = (),
+    group: GroupProfile | None = None,
 ) -> str:
     """The whole HTML page of one account.
 
@@ -273,6 +292,7 @@ def account_page(
 {funnel_html or "<p class='empty'>No funnel data in this range.</p>"}
 <h2>Saved reports</h2>
 {_reports_table(reports)}
+{_group_section(group)}
 </body></html>
 """
 

@@ -441,6 +441,15 @@ class InsightsViews:
             "reports": report_series(self.state.store.reports(account, start, end)),
         }
 
+    def group(self, request: Request) -> dict[str, t.Any]:
+        """The account's group profile in Mixpanel (Group Analytics)."""
+        account = t.cast(str, request.matchdict["account"])
+        found = self.state.store.group_profile(account) if storable(account) else None
+        if found is None:
+            error = f"no group profile for account {account[:100]!r}"
+            raise HTTPNotFound(json_body={"error": error})
+        return t.cast(dict[str, t.Any], _jsonable(found))
+
     def users(self, request: Request) -> dict[str, t.Any]:
         """The account's profiles, counted (no one is named)."""
         account = t.cast(str, request.matchdict["account"])
@@ -543,6 +552,7 @@ class InsightsViews:
             self._previous_totals(account, start, end),
             self.state.timezone,
             report_series(store.reports(account, start, end)),
+            store.group_profile(account),
         )
         return Response(html, content_type="text/html", charset="utf-8")
 
@@ -647,6 +657,7 @@ def register(config: Configurator) -> None:
         ("funnels", f"{api}/funnels/{{account}}", views.funnels, "GET"),
         ("users", f"{api}/users/{{account}}", views.users, "GET"),
         ("reports", f"{api}/reports/{{account}}", views.reports, "GET"),
+        ("group", f"{api}/groups/{{account}}", views.group, "GET"),
         ("sync", f"{api}/sync", views.start_sync, "POST"),
         ("sync_status", f"{api}/sync", views.sync_status, "GET"),
         ("accounts", f"{api}/accounts", views.accounts, "GET"),

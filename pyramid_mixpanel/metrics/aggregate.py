@@ -48,6 +48,7 @@ import bisect
 import datetime as dt
 import itertools
 import json
+import math
 import typing as t
 from array import array
 from collections import Counter
@@ -58,6 +59,7 @@ from .model import (
     DailyMetrics,
     FunnelEntry,
     FunnelMetrics,
+    GroupProfile,
     ProfileAggregate,
     clean_text,
     storable,
@@ -1071,6 +1073,45 @@ def aggregate_events(
     chunk = aggregator.add_chunk(first, last, events)
     funnels = chunk.funnels + aggregator.finish()
     return AggregateResult(chunk.daily, funnels, aggregator.stats)
+
+
+def group_profiles(
+    profiles: t.Iterable[t.Mapping[str, t.Any]],
+    settings: MetricsSettings,
+    stats: AggregateStats | None = None,
+) -> list[GroupProfile]:
+    """The accounts' group profiles, from Engage's group profiles (``data_group_id``).
+
+    A group profile's ``$distinct_id`` is its group id: the account. Only the configured
+    ``group_properties`` are kept, as stored labels (strings over :data:`MAX_LABEL` characters
+    become :data:`TOO_LONG`, NUL and lone surrogates U+FFFD); numbers and booleans stay numbers
+    and booleans. Group ids the store cannot keep are refused and counted in ``stats``.
+    """
+    stats = stats if stats is not None else AggregateStats()
+    found: dict[str, GroupProfile] = {}
+    for profile in profiles:
+        properties = profile.get("$properties")
+        accounts, refused = storable_accounts(profile.get("$distinct_id"))
+        stats.rejected_accounts += refused
+        if not accounts or not isinstance(properties, dict):
+            continue
+        kept: dict[str, t.Any] = {}
+        for name in settings.group_properties:
+            if name not in properties:
+                continue
+            value = properties[name]
+            if isinstance(value, (bool, int, float)) and not (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                kept[name] = value
+            else:
+                text = label(value)
+                if text is TOO_LONG:
+                    stats.long_values += 1
+                kept[name] = clean_text(text)
+        account = accounts[0]
+        found[account] = GroupProfile(account, t.cast(str, settings.group_key), kept)
+    return [found[account] for account in sorted(found)]
 
 
 def aggregate_profiles(

@@ -92,6 +92,11 @@ class MetricsSettings:
     profile_account_property: str | None = None
     #: Profile properties whose values are counted per account.
     profile_properties: tuple[str, ...] = ()
+    #: Group Analytics: the group key whose group ids are the accounts, the key's id for Engage
+    #: (``data_group_id``), and the group profile properties stored per account.
+    group_key: str | None = None
+    data_group_id: int | None = None
+    group_properties: tuple[str, ...] = ()
     #: Keep this many days of rows up to the last synced day; ``None``: keep everything.
     retention_days: int | None = None
     #: Data older than this many hours is stale (:mod:`~pyramid_mixpanel.metrics.freshness`).
@@ -174,6 +179,19 @@ def _funnel_ids(key: str, value: object) -> tuple[int, ...]:
             raise MixpanelConfigurationError(f"{key}: {item!r} is not a Mixpanel funnel id")
         ids.append(int(item))
     return tuple(dict.fromkeys(ids))
+
+
+def _data_group_id(key: str, value: object) -> int | None:
+    text = as_secret(key, value)
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise MixpanelConfigurationError(
+            f"{key} must be the group key's id, a whole number (Project Settings > Group Keys),"
+            f" got {text!r}"
+        ) from None
 
 
 def _report_ids(key: str, value: object) -> tuple[int, ...]:
@@ -259,6 +277,9 @@ TABLE: tuple[Setting, ...] = tuple(
         ("chunk_days", positive_int(90)),
         ("profile_account_property", _property),
         ("profile_properties", _properties),
+        ("group_key", _property),
+        ("data_group_id", _data_group_id),
+        ("group_properties", _properties),
         ("retention_days", positive_int(100 * 366)),
         ("max_age_hours", positive_int(24 * 366)),
         ("secret_key", _fernet_key),
@@ -273,6 +294,16 @@ def parse_metrics_settings(settings: t.Mapping[str, object]) -> MetricsSettings:
     """
     values: dict[str, t.Any] = parse_table(settings, TABLE, namespaces=(PREFIX,))
 
+    if "group_key" in values and "account_getter" not in values:
+        # The group key's values are the accounts, unless another property is named.
+        values.setdefault("account_property", values["group_key"])
+    if values.get("group_properties") and "data_group_id" not in values:
+        raise MixpanelConfigurationError(
+            f"{PREFIX}group_properties needs {PREFIX}data_group_id (the group key's id, from"
+            " Project Settings > Group Keys) to read the group profiles"
+        )
+    if "data_group_id" in values and "group_key" not in values:
+        raise MixpanelConfigurationError(f"{PREFIX}data_group_id needs {PREFIX}group_key")
     if ("account_property" in values) == ("account_getter" in values):
         raise MixpanelConfigurationError(
             f"set one of {PREFIX}account_property (the event property holding the account id,"

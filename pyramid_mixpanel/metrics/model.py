@@ -20,6 +20,7 @@ __all__ = [
     "FunnelEntry",
     "FunnelMetrics",
     "FunnelSource",
+    "GroupProfile",
     "ProfileAggregate",
     "clean_text",
     "storable",
@@ -165,6 +166,17 @@ class AccountSummary:
         if not self.previous_events:
             return None
         return round(self.events / self.previous_events - 1, 4)
+
+
+@dataclass(frozen=True)
+class GroupProfile:
+    """An account's group profile in Mixpanel (Group Analytics): the account is its group id."""
+
+    account: str
+    #: The group key whose group the account is (``mixpanel.metrics.group_key``).
+    group_key: str
+    #: The configured group profile properties (``mixpanel.metrics.group_properties``).
+    properties: dict[str, t.Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

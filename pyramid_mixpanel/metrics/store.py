@@ -35,6 +35,7 @@ from .model import (
     DailyMetrics,
     FunnelEntry,
     FunnelMetrics,
+    GroupProfile,
     ProfileAggregate,
     storable,
 )
@@ -155,6 +156,15 @@ reports_table = sa.Table(
     sa.UniqueConstraint(
         "account", "report_id", "metric", "metric_date", name="uq_mixpanel_reports_key"
     ),
+)
+#: Group profiles per account (Group Analytics): the configured properties, replaced each sync.
+group_profiles_table = sa.Table(
+    "mixpanel_group_profiles",
+    metadata,
+    sa.Column("account", sa.String(MAX_KEY), primary_key=True),
+    sa.Column("group_key", sa.String(MAX_KEY), nullable=False),
+    sa.Column("properties", Json, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 #: The Mixpanel connection made at run time (:mod:`.connect`): one row, ``default``; the
 #: secret is Fernet-encrypted.
@@ -581,6 +591,7 @@ class MetricsStore:
                 funnel_entries_table,
                 reports_table,
                 profiles_table,
+                group_profiles_table,
             ):
                 deleted += connection.execute(
                     sa.delete(table).where(table.c.account == account)
@@ -643,6 +654,33 @@ class MetricsStore:
                 ReportValue(r.account, r.report_id, r.metric, r.metric_date, float(r.value))
                 for r in db.execute(query)
             ]
+
+    def replace_group_profiles(self, profiles: t.Sequence[GroupProfile]) -> None:
+        """Make the stored group profiles exactly ``profiles``."""
+        now = _now()
+        table = group_profiles_table
+        rows = [
+            {
+                "account": g.account,
+                "group_key": g.group_key,
+                "properties": g.properties,
+                "updated_at": now,
+            }
+            for g in profiles
+        ]
+        with self.engine.begin() as db:
+            db.execute(sa.delete(table))
+            for batch in _batches(rows):
+                upsert(db, table, list(batch), ("account",))
+
+    def group_profile(self, account: str) -> GroupProfile | None:
+        """The account's group profile, or ``None``."""
+        table = group_profiles_table
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(table).where(table.c.account == account)).first()
+        if row is None:
+            return None
+        return GroupProfile(row.account, row.group_key, dict(row.properties))
 
     def save_connection(self, connection: Connection) -> None:
         """Store ``connection`` in place of any other."""

@@ -43,6 +43,7 @@ from .aggregate import (
     Aggregator,
     ChunkResult,
     aggregate_profiles,
+    group_profiles,
     storable_accounts,
 )
 from .config import MetricsSettings, parse_metrics_settings
@@ -124,7 +125,11 @@ class QueryClient(t.Protocol):
     ) -> t.Iterator[ExportChunkLike]: ...
 
     def engage(  # noqa: D102
-        self, where: str | None = None, output_properties: t.Sequence[str] | None = None
+        self,
+        where: str | None = None,
+        output_properties: t.Sequence[str] | None = None,
+        *,
+        data_group_id: int | None = None,
     ) -> t.Iterator[dict[str, t.Any]]: ...
 
     def funnels(self) -> list[dict[str, t.Any]]: ...  # noqa: D102
@@ -182,6 +187,8 @@ class SyncReport:
     profile_accounts: int = 0
     #: Values of saved reports stored.
     report_values: int = 0
+    #: Accounts whose group profile was stored.
+    group_profiles: int = 0
     #: Rows deleted by the data policy (``mixpanel.metrics.retention_days``), and the first day
     #: kept.
     pruned: int = 0
@@ -428,6 +435,8 @@ class _Sync:
             self._reports()
         if config.profile_account_property:
             self._profiles()
+        if config.group_properties:
+            self._group_profiles()
         stats = self.aggregator.stats
         report.events, report.unattributed, report.outside, report.duplicates = (
             stats.events,
@@ -553,6 +562,26 @@ class _Sync:
                     values=segments,
                     limit=limit,
                 )
+
+    def _group_profiles(self) -> None:
+        """Store each account's group profile (Engage with ``data_group_id``)."""
+        from ..query import MixpanelQueryError
+
+        config = self.config
+        try:
+            found = group_profiles(
+                self.query.engage(
+                    output_properties=list(config.group_properties),
+                    data_group_id=config.data_group_id,
+                ),
+                config,
+                self.aggregator.stats,
+            )
+        except MixpanelQueryError as exc:
+            self.report.errors.append(f"group profiles: {exc}")
+            return
+        self.store.replace_group_profiles(found)
+        self.report.group_profiles = len(found)
 
     def _reports(self) -> None:
         """Pull each saved report's current result and store its values."""
