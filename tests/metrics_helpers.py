@@ -109,6 +109,7 @@ class ListQuery:
         where: str | None = None,
         output_properties: t.Sequence[str] | None = None,
         *,
+        cohort_id: int | None = None,
         data_group_id: int | None = None,
     ) -> t.Iterator[dict[str, t.Any]]:
         return iter(())

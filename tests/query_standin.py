@@ -134,6 +134,8 @@ class QueryStandIn(ThreadingHTTPServer):
         #: "length_unit": "day"}}`` (length and its unit: what was saved in the UI).
         self.saved_funnels: dict[int, dict[str, t.Any]] = {}
         self.bookmarks: dict[str, t.Any] = {}
+        #: Cohort id -> the distinct ids of its members (``filter_by_cohort``).
+        self.cohorts: dict[str, list[str]] = {}
         #: Group profiles per data_group_id (a group key's id): ``$distinct_id`` is the group id.
         self.group_profiles: dict[str, list[dict[str, t.Any]]] = {}
         self.retention: t.Any = {}
@@ -564,6 +566,13 @@ class _Handler(BaseHTTPRequestHandler):
         where = params.get("where")
         wanted = json.loads(params["output_properties"]) if "output_properties" in params else None
         profiles = server.profiles
+        if "filter_by_cohort" in params:
+            # reference/engage-query: filter_by_cohort={"id": N} gives the cohort's profiles.
+            cohort = str(json.loads(params["filter_by_cohort"])["id"])
+            if cohort not in server.cohorts:
+                return self._json(400, {"error": f"unknown cohort {cohort}", "status": "error"})
+            members = set(server.cohorts[cohort])
+            profiles = [p for p in profiles if p["$distinct_id"] in members]
         if "data_group_id" in params:
             # group-analytics-faq, "Exporting Group Profiles via API": data_group_id names a
             # group key by its id (Project Settings > Group Keys); an unknown id is refused.

@@ -79,6 +79,8 @@ class MetricsSettings:
     saved_funnels: tuple[int, ...] = ()
     #: Saved Insights reports (bookmark ids) pulled on each sync (:mod:`.reports`).
     reports: tuple[int, ...] = ()
+    #: Mixpanel cohorts (ids) counted as accounts of their own, ``cohort:<id>``.
+    cohorts: tuple[int, ...] = ()
     #: Event name -> adoption category.
     signals: t.Mapping[str, str] = field(default_factory=dict)
     #: Adoption category -> weight in the engagement score (1.0 when not given).
@@ -194,6 +196,15 @@ def _data_group_id(key: str, value: object) -> int | None:
         ) from None
 
 
+def _cohort_ids(key: str, value: object) -> tuple[int, ...]:
+    ids = []
+    for item in _lines(key, value, commas=True):
+        if not item.isdigit():
+            raise MixpanelConfigurationError(f"{key}: {item!r} is not a Mixpanel cohort id")
+        ids.append(int(item))
+    return tuple(dict.fromkeys(ids))
+
+
 def _report_ids(key: str, value: object) -> tuple[int, ...]:
     ids = []
     for item in _lines(key, value, commas=True):
@@ -268,6 +279,7 @@ TABLE: tuple[Setting, ...] = tuple(
         ("funnel_window_hours", positive_int(24 * 366)),
         ("saved_funnels", _funnel_ids),
         ("reports", _report_ids),
+        ("cohorts", _cohort_ids),
         ("signals", _signals),
         ("weights", _weights),
         ("anomaly_days", positive_int(366)),
@@ -313,6 +325,11 @@ def parse_metrics_settings(settings: t.Mapping[str, object]) -> MetricsSettings:
         # Not set: the account is the same property on profiles. Set to off/false/empty: no
         # profile sync (the parsed value is then None and must stay so).
         values["profile_account_property"] = values.get("account_property")
+    if values.get("cohorts") and "account_property" not in values:
+        raise MixpanelConfigurationError(
+            f"{PREFIX}cohorts needs {PREFIX}account_property: a cohort's members are counted as"
+            " one more account of their events, named by that property"
+        )
     if values.get("saved_funnels") and "account_property" not in values:
         raise MixpanelConfigurationError(
             f"{PREFIX}saved_funnels needs {PREFIX}account_property: Mixpanel breaks a saved"

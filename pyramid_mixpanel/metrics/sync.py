@@ -74,6 +74,8 @@ __all__ = [
 
 
 ONE_DAY = dt.timedelta(days=1)
+#: The account of a cohort's members: ``cohort:<id>`` (``mixpanel.metrics.cohorts``).
+COHORT_PREFIX = "cohort:"
 #: Segments of a broken-down Mixpanel funnel that are not an account.
 NOT_ACCOUNTS = frozenset({"$overall", "undefined", "null", "None", ""})
 #: How many values of the account property a saved funnel's breakdown asks for: Mixpanel's
@@ -129,6 +131,7 @@ class QueryClient(t.Protocol):
         where: str | None = None,
         output_properties: t.Sequence[str] | None = None,
         *,
+        cohort_id: int | None = None,
         data_group_id: int | None = None,
     ) -> t.Iterator[dict[str, t.Any]]: ...
 
@@ -189,6 +192,8 @@ class SyncReport:
     report_values: int = 0
     #: Accounts whose group profile was stored.
     group_profiles: int = 0
+    #: ``cohort:<id>`` -> its members, as Mixpanel listed them for this sync.
+    cohort_members: dict[str, int] = field(default_factory=dict)
     #: Rows deleted by the data policy (``mixpanel.metrics.retention_days``), and the first day
     #: kept.
     pruned: int = 0
@@ -408,9 +413,13 @@ class _Sync:
         self.report = SyncReport(timezone=timezone)
         # Users' funnel entries carry the store's keyed pseudonym, never their distinct id.
         self.aggregator = Aggregator(config, store.pseudonym() if config.funnels else None)
+        #: distinct_id -> the cohorts (accounts) it belongs to, for this sync.
+        self.members: dict[object, tuple[str, ...]] = {}
 
     def run(self, first: dt.date, last: dt.date) -> SyncReport:
         config, report = self.config, self.report
+        # Cohorts as they are now: their members' events count for them on every synced day.
+        self.members = self._members() if config.cohorts else {}
         report.from_date, report.to_date = first, last
         lookback = config.lookback_days
         if config.funnels:
@@ -455,11 +464,47 @@ class _Sync:
         return report
 
     def _events(self, chunk: ExportChunkLike) -> t.Iterator[dict[str, t.Any]]:
-        """The chunk's well-formed events; the malformed lines are counted once it is read."""
+        """The chunk's well-formed events; the malformed lines are counted once it is read.
+
+        With cohorts, an event of a member also counts for ``cohort:<id>``: the account
+        property becomes a list (its own account, then the member's cohorts).
+        """
         lines = _Lines(chunk)
-        yield from lines.events(chunk_lines(chunk))
+        members = self.members
+        if not members:
+            yield from lines.events(chunk_lines(chunk))
+        else:
+            prop = t.cast(str, self.config.account_property)
+            for event in lines.events(chunk_lines(chunk)):
+                props = event["properties"]
+                user = props.get("distinct_id")
+                cohorts = members.get(user) if isinstance(user, (str, int)) else None
+                if cohorts:
+                    value = props.get(prop)
+                    own = value if isinstance(value, list) else [] if value is None else [value]
+                    props[prop] = [*own, *cohorts]
+                yield event
         lines.check()
         self.report.malformed += lines.malformed
+
+    def _members(self) -> dict[object, tuple[str, ...]]:
+        """distinct_id -> the ``cohort:<id>`` accounts it belongs to (in memory only)."""
+        from ..query import MixpanelQueryError
+
+        members: dict[object, tuple[str, ...]] = {}
+        for cohort in self.config.cohorts:
+            name = f"{COHORT_PREFIX}{cohort}"
+            try:
+                profiles = list(self.query.engage(output_properties=[], cohort_id=cohort))
+            except MixpanelQueryError as exc:
+                self.report.errors.append(f"cohort {cohort}: {exc}")
+                continue
+            for profile in profiles:
+                user = profile.get("$distinct_id")
+                if isinstance(user, (str, int)):
+                    members[user] = (*members.get(user, ()), name)
+            self.report.cohort_members[name] = len(profiles)
+        return members
 
     def _chunk(self, chunk: ExportChunkLike) -> None:
         days = []
