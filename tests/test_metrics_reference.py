@@ -250,6 +250,9 @@ class Reference:
         self, first: dt.date, last: dt.date, events: list[Event], metrics: bool = True
     ) -> ChunkResult:
         low, high = (first - dt.date(1970, 1, 1)).days, (last - dt.date(1970, 1, 1)).days
+        # A funnel-only pass (the days before a sync) counts nothing: those days were counted
+        # when they were synced.
+        counters = dict(self.stats)
         seen: dict[tuple[str, int, object], set[tuple[object, ...]]] = defaultdict(set)
         counted: dict[tuple[int, str], list[Event]] = defaultdict(list)
         for event in events:
@@ -287,6 +290,8 @@ class Reference:
             for number in range(low, high + 1)
             for account in sorted(a for n, a in counted if n == number)
         ]
+        if not metrics:
+            self.stats = defaultdict(int, counters)
         result = ChunkResult(daily)
         end = (high + 1) * DAY
         for index in range(len(self.config.funnels)):
@@ -498,17 +503,19 @@ SCENARIOS = {
 #: keeps for speed or hands over early changes no figure.
 TINY = {"full-uneven-chunks", "full-capped", "many", "getter-capped"}
 
-#: sha256 of :func:`canonical` for each scenario, taken before the hot loop was rewritten.
+#: sha256 of :func:`canonical` for each scenario, taken before the hot loop was rewritten, and
+#: taken again (2026-12-02) when funnel-only passes stopped counting events: only the stats of
+#: the funnel-only chunk changed, the references check every figure.
 DIGESTS = {
-    "full-one-chunk": "8a38f92eed0136b367a0a54c6db04d34c923390a1def76ed2636eae67e28297c",
-    "full-daily-chunks": "0a5d85af110e93911f8ae76d44d60bec6f6a210cd1ca8510882890fb7e326ce6",
-    "full-uneven-chunks": "b3dee1f6ab9dac12f3efc8545ccb1c6de3a37f26c588d5c5f2c0e5f9b2cb625e",
-    "full-capped": "45229262f56381092a7ff143f284c9d31329251fa2ed6d3bb48232b34138abc5",
-    "bare": "75aa4f2eca8a001c5e6af41c183023ca2bc47de28c94e9884fe74c79766e6880",
-    "overlap": "adbb71a3e23ac11f393d0d57c886382d150b29eddfb9a5f03f4bc7f054063c9c",
-    "many": "5c68bdaa344a374c15b536693b528755d80cc648670a8070b142aa42d581cded",
-    "getter": "f828dda7e36d9bbba7b7275ed84d2feca858bcfe820b02aa7615dd2e1ed3e03c",
-    "getter-capped": "829fee9e27bc20d6226d3c17003f614875823c55cbc14867fb3c754ddc46fbe5",
+    "full-one-chunk": "2669e6a49ba683082eb41af56d2bd31149f96d74d625b525ec73569c6aab0f39",
+    "full-daily-chunks": "84ab85511ee8b9a59a66a4376ee488ac75fb9945e6de8dd40c86961685ff9008",
+    "full-uneven-chunks": "db52636987d9c3f87ff8350da5104faa52ca2ca388bb1e8d7563b325e316eddc",
+    "full-capped": "692a715767c5560b499f7dd9b49641aa09f0d4ffcbaf2ec2b0d4db0203d39954",
+    "bare": "de7978e00ed8338630c9ed003be4dd9462545a9102d1692baf629e6ae6d033dc",
+    "overlap": "bbd716f20cb60733cdfa295def5ec277c277f23b7f88c2730e9d1ee62a485309",
+    "many": "66e9f29a79e78663d8b708bc1e73c19c5a4d5a619615ead292ac3b8bd399109f",
+    "getter": "95353006edd30165a90007c7c785004a9535c83be35bd35df137b0b65afb2333",
+    "getter-capped": "ddccfe5ff70c843e3366fd853808d793efc9deaf158f54648c375ce46d7c3873",
 }
 
 

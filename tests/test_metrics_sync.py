@@ -881,3 +881,18 @@ def test_the_daily_sync_on_celery_beat(api: QueryStandIn, tmp_path: pathlib.Path
     assert result["ok"] is True
     assert result["summary"].startswith("synced 1 day(s)")
     assert result["stale"] is False
+
+
+def test_the_report_counts_the_synced_days_events_once(api: QueryStandIn) -> None:
+    # Local funnels re-read the days before the sync (their lookback): those events were
+    # counted when their days were synced, and are not counted again.
+    api.events = dataset(range(6))
+    settings = app_settings(api, "sqlite://", saved_funnels="", alert="")
+    with MetricsStore("sqlite://") as store:
+        report = sync(settings, day(3), day(5), query=client(api), store=store, progress=False,
+                      today=day(9))  # fmt: skip
+        stored = sum(
+            m.total_events for a in store.accounts() for m in store.daily(a, day(3), day(5))
+        )
+    assert report.events == stored == 360
+    assert f"synced 3 day(s) {day(3)} to {day(5)}: 360 events" in report.summary()

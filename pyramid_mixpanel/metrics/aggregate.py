@@ -983,12 +983,11 @@ class Aggregator:
     def _feed_funnels(self, events: t.Iterable[Event], first_day: int, last_day: int) -> None:
         """Feed the local funnels only (``metrics=False``).
 
-        No counters, and no deduplication (a copy moves no funnel).
+        No counters (these days were counted when they were synced: a sync's report counts the
+        events of its own days once), and no deduplication (a copy moves no funnel).
         """
-        stats = self.stats
         prop = self.settings.account_property
         getter = self.settings.account_getter
-        counted = unattributed = outside = rejected = 0
         for event in events:
             props = event["properties"]
             moment = props["time"]
@@ -996,31 +995,22 @@ class Aggregator:
                 moment = int(moment)
             day = moment // DAY
             if not first_day <= day <= last_day:
-                outside += 1
                 continue
-            names, refused = storable_accounts(props.get(prop) if getter is None else getter(event))
-            rejected += refused
-            if not names:
-                unattributed += 1
-                continue
-            counted += 1
             user = props.get("distinct_id")
             refs = self._kinds.steps.get(event["event"], ())
-            if refs and user:
-                for account in names:
-                    for index, step, steps in refs:
-                        by_user = self.funnels[index].users.setdefault(account, {})
-                        state = by_user.get(user)
-                        if state is None:
-                            state = by_user[user] = _FunnelUser()
-                        if step:
-                            state.add(step, steps, moment)
-                        else:
-                            state.enter(day, moment)
-        stats.events += counted
-        stats.unattributed += unattributed
-        stats.outside += outside
-        stats.rejected_accounts += rejected
+            if not (refs and user):
+                continue
+            names, _ = storable_accounts(props.get(prop) if getter is None else getter(event))
+            for account in names:
+                for index, step, steps in refs:
+                    by_user = self.funnels[index].users.setdefault(account, {})
+                    state = by_user.get(user)
+                    if state is None:
+                        state = by_user[user] = _FunnelUser()
+                    if step:
+                        state.add(step, steps, moment)
+                    else:
+                        state.enter(day, moment)
 
     def _daily(self, account: str, date: dt.date, bucket: _AccountDay) -> DailyMetrics:
         records = bucket.users.values()
