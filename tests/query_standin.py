@@ -135,7 +135,7 @@ class QueryStandIn(ThreadingHTTPServer):
         self.saved_funnels: dict[int, dict[str, t.Any]] = {}
         self.bookmarks: dict[str, t.Any] = {}
         #: Cohort id -> the distinct ids of its members (``filter_by_cohort``).
-        self.cohorts: dict[str, list[str]] = {}
+        self.cohorts: dict[str, list[str | None]] = {}
         #: Group profiles per data_group_id (a group key's id): ``$distinct_id`` is the group id.
         self.group_profiles: dict[str, list[dict[str, t.Any]]] = {}
         self.retention: t.Any = {}
