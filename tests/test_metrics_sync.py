@@ -896,3 +896,38 @@ def test_the_report_counts_the_synced_days_events_once(api: QueryStandIn) -> Non
         )
     assert report.events == stored == 360
     assert f"synced 3 day(s) {day(3)} to {day(5)}: 360 events" in report.summary()
+
+
+def test_pmixpanel_status_says_how_fresh_the_metrics_are(
+    api: QueryStandIn, tmp_path: pathlib.Path
+) -> None:
+    api.events = dataset(range(2))
+    database = f"sqlite:///{tmp_path / 'status.db'}"
+    ini = write_ini(tmp_path, app_settings(api, database, alert=""))
+
+    def status(*argv: str) -> str:
+        out = io.StringIO()
+        main(["pmixpanel", "status", ini, *argv], out=out)
+        return out.getvalue()
+
+    assert "metrics: the metrics store is not migrated: run pmixpanel migrate" in status()
+    MetricsStore(database).close()
+    assert "metrics: never synced" in status()
+    with MetricsStore(database) as store:
+        sync(app_settings(api, database, alert=""), day(0), day(1), query=client(api),
+             store=store, progress=False, today=day(2))  # fmt: skip
+    assert "metrics: last synced day 2026-01-02," in status()
+    assert "STALE" in status()  # January, long ago
+    document = json.loads(status("--json"))
+    assert document["metrics"]["last_synced_day"] == "2026-01-02"
+    assert document["metrics"]["stale"] is True
+
+
+def test_pmixpanel_status_without_the_metrics_extra(
+    api: QueryStandIn, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = write_ini(tmp_path, app_settings(api, f"sqlite:///{tmp_path / 'x.db'}", alert=""))
+    monkeypatch.setitem(sys.modules, "pyramid_mixpanel.metrics.freshness", None)
+    out = io.StringIO()
+    main(["pmixpanel", "status", ini], out=out)
+    assert "metrics:" not in out.getvalue()  # nothing to say without the extra, no crash

@@ -62,6 +62,8 @@ class PMixpanelCommand:
     def __init__(self, argv: list[str], out: t.TextIO | None = None) -> None:
         self.args = self.parser().parse_args(argv[1:])
         self.out = out or sys.stdout
+        #: The app's settings, once bootstrapped.
+        self.app_settings: t.Mapping[str, object] = {}
 
     @staticmethod
     def parser() -> argparse.ArgumentParser:
@@ -173,8 +175,13 @@ class PMixpanelCommand:
             return self.do_migrate(settings, runtime)
         if command == "metrics":
             return self.do_metrics(settings, runtime)
+        self.app_settings = settings
         if command == "status" and self.args.json:
             return self.do_status_json(runtime)
+        if command == "status":
+            metrics = self.metrics_freshness(runtime)
+            if metrics is not None:
+                self.print(f"metrics: {_freshness_line(metrics)}")
         if runtime.settings.testing:
             self.print(f"testing mode ({runtime.setup()['reason']}): nothing is ever sent.")
             return 1
@@ -250,9 +257,31 @@ class PMixpanelCommand:
                     if beat.pid != os.getpid()
                 ],
             }
-        json.dump({"setup": runtime.setup(), "lanes": lanes}, self.out, indent=2)
+        document: dict[str, t.Any] = {"setup": runtime.setup(), "lanes": lanes}
+        metrics = self.metrics_freshness(runtime)
+        if metrics is not None:
+            document["metrics"] = metrics
+        json.dump(document, self.out, indent=2)
         self.out.write("\n")
         return 0 if lanes else 1
+
+    def metrics_freshness(self, runtime: Runtime) -> dict[str, t.Any] | None:
+        """The per-account metrics' freshness, when the app configures them and they exist."""
+        settings = self.app_settings
+        if not any(str(key).startswith("mixpanel.metrics.") for key in settings):
+            return None
+        try:
+            from ..metrics.config import parse_metrics_settings
+            from ..metrics.freshness import freshness
+            from ..metrics.store import MetricsStore
+        except ImportError:  # the metrics extra is not installed here
+            return None
+        metrics = parse_metrics_settings(settings)
+        with MetricsStore(metrics.database_url, migrate=False) as store:
+            if not store.is_current():
+                return {"error": "the metrics store is not migrated: run pmixpanel migrate"}
+            state = freshness(store, metrics.max_age_hours, runtime.settings.project_timezone)
+        return state.as_dict()
 
     def do_replay(self, engine: BackgroundEngine) -> int:
         """Run the sender until the queue is empty, showing progress; 1 if some is left.
@@ -451,6 +480,18 @@ class PMixpanelCommand:
             else:
                 write_csv(rows, self.out)
         return 0
+
+
+def _freshness_line(metrics: dict[str, t.Any]) -> str:
+    if "error" in metrics:
+        return str(metrics["error"])
+    if metrics["age_hours"] is None:
+        return "never synced"
+    state = "STALE" if metrics["stale"] else "fresh"
+    return (
+        f"last synced day {metrics['last_synced_day']}, {metrics['age_hours']:.1f} h old"
+        f" (max {metrics['max_age_hours']} h): {state}"
+    )
 
 
 def _metrics_options(commands: t.Any) -> None:
