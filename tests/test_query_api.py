@@ -155,7 +155,8 @@ def test_engage_follows_every_page(api: QueryStandIn) -> None:
     assert pages[1]["session_id"] == "session-1"
     assert pages[0]["output_properties"] == '["plan"]'
     api.page_size = 4  # an exact multiple: the empty page after the last one ends it
-    assert len(list(client(api).engage(cohort_id=12))) == 8
+    api.cohorts = {"12": [f"u{n}" for n in range(0, 8, 2)]}  # every other profile
+    assert len(list(client(api).engage(cohort_id=12))) == 4
     assert api.requests[-1]["params"]["filter_by_cohort"] == '{"id": 12}'
 
 
