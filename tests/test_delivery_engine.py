@@ -666,16 +666,50 @@ def test_two_full_batches_leave_side_by_side(monkeypatch: pytest.MonkeyPatch) ->
     engine.close(0)
 
 
+class PairedTransport(ScriptedTransport):
+    """Answers no post until two are in flight: both posts of a pair see the same moment."""
+
+    def __init__(self, *script: Outcome) -> None:
+        super().__init__(*script)
+        self.pair = threading.Barrier(2, timeout=5)
+
+    def post(self, endpoint: str, bodies: t.Sequence[str] | t.Sequence[bytes]) -> Outcome:
+        self.pair.wait()
+        return super().post(endpoint, bodies)
+
+
 def test_both_batches_of_a_pair_failing_pause_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    transport = ScriptedTransport(*[Outcome("retry", "HTTP 503: busy")] * 2)
+    transport = PairedTransport(*[Outcome("retry", "HTTP 503: busy")] * 2)
     transport.max_records = 2
     engine = make_engine(transport, policy=FixedPolicy())
     engine._closed = True
-    engine.submit([("events", f'{{"n":{i}}}') for i in range(4)])
+    engine.submit([("events", f'{{"n":{i}}}') for i in range(6)])
     assert engine.send_due()
     until, failures = engine._pauses["events"]
     assert failures == 1 and until == pytest.approx(time.monotonic() + 5, abs=1)
     assert engine.stats["retried"] == 4
+    # The failure stopped the backlog: the third batch was not even claimed.
+    assert len(transport.posts) == 2 and engine.store.pending() == 6
+    assert engine.store.next_due(["events"]) == 0.0  # due at once when the pause ends
+
+
+def test_a_backlog_drains_in_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Between spans, the sender visits the other endpoints, the overflow and its heartbeat.
+    monkeypatch.setattr(engine_module, "SPAN", 0.0)
+    transport = ScriptedTransport()
+    transport.max_records = 2
+    engine = make_engine(transport)
+    engine._closed = True
+    engine.submit([("events", f'{{"n":{i}}}') for i in range(6)])
+    engine.submit([("people", '{"p":1}')])
+    assert engine.send_due()
+    assert [(endpoint, len(bodies)) for endpoint, bodies in transport.posts] == [
+        ("events", 2),
+        ("people", 1),
+    ]
+    engine._stop.set()  # closing: nothing more is claimed either
+    assert engine.send_due()
+    assert len(transport.posts) == 3 and engine.store.pending() == 2
 
 
 def test_a_host_that_accepts_but_does_not_answer_is_waited_out(

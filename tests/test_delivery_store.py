@@ -268,6 +268,38 @@ def test_next_due_of_some_endpoints_and_hasten(kind: str, tmp_path: pathlib.Path
     store.close()
 
 
+def test_memory_queue_is_cut_down_as_it_drains_and_keeps_its_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyramid_mixpanel.delivery.store import memory as memory_module
+
+    monkeypatch.setattr(memory_module, "COMPACT", 4)  # what was taken is cut off early
+    store = MemoryStore(100, 10**6)
+    store.put([("events", body(i)) for i in range(20)])
+    taken: list[str] = []
+    while (batch := store.claim("events", store.clock(), 3, 10**6)) is not None:
+        taken.extend(batch.bodies)
+        store.ack(batch)
+        if len(taken) == 12:  # queued while the queue is being cut down
+            store.put([("events", body(i)) for i in range(20, 25)])
+    assert taken == [body(i) for i in range(25)]
+    assert store.pending() == 0 and store.oldest_age() is None
+
+
+def test_memory_retries_that_fill_a_batch_leave_fresh_messages_for_the_next() -> None:
+    store = MemoryStore(100, 10**6)
+    store.put([("events", "a" * 8)])
+    batch = store.claim("events", store.clock(), 10, 10**6)
+    assert batch is not None
+    store.retry(batch, store.clock())
+    store.put([("events", "c" * 8)])
+    # The retry takes 11 of the 15 bytes: the fresh message does not fit beside it.
+    first = store.claim("events", store.clock(), 10, 15)
+    assert first is not None and first.bodies == ("a" * 8,) and first.attempts == 1
+    second = store.claim("events", store.clock(), 10, 15)
+    assert second is not None and second.bodies == ("c" * 8,) and second.attempts == 0
+
+
 def test_memory_claims_within_the_byte_limit() -> None:
     store = MemoryStore(100, 10**6)
     # One message larger than a batch may be: sent alone (the transport says why if refused).

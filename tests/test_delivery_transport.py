@@ -525,10 +525,53 @@ def test_batches_are_gzip_with_or_without_isal(fast: bool, monkeypatch: pytest.M
         monkeypatch.setattr(transport_module, "_igzip", None)  # as without the fast extra
     else:
         assert transport_module._igzip is not None  # the test extra installs isal
-    raw = json.dumps([{"event": "e", "properties": {"n": i}} for i in range(500)]).encode()
-    for level in (1, 5, 9):
-        packed = transport_module.gzip_bytes(raw, level)
-        assert gzip.decompress(packed) == raw and len(packed) < len(raw) / 4
+    records = [json.dumps({"event": "e", "properties": {"n": i}}) for i in range(600)]
+    raw = ("[" + ",".join(records) + "]").encode()
+    # Text or UTF-8, over several slices of GZIP_SLICE records, or none at all.
+    for bodies in (records, [record.encode() for record in records], []):
+        for level in (1, 5, 9):
+            packed = transport_module.gzip_array(bodies, level)
+            assert gzip.decompress(packed) == (raw if bodies else b"[]")
+            assert not bodies or len(packed) < len(raw) / 4
+
+
+def test_a_batch_is_one_gzip_array_whatever_its_size() -> None:
+    from pyramid_mixpanel.delivery import transport as transport_module
+
+    # One record; several slices that outgrow the thread's first buffer; a batch too large for
+    # the thread to keep its buffer afterwards.
+    for count, pad in ((1, 10), (600, 200), (300, 5000)):
+        records = [json.dumps({"n": i, "p": "x" * pad}) for i in range(count)]
+        packed = transport_module.gzip_array(records, 5)
+        assert gzip.decompress(packed) == ("[" + ",".join(records) + "]").encode()
+        kept = transport_module._scratch.buffer
+        assert (kept is None) == (count * pad > transport_module.KEEP_BUFFER)
+
+
+def test_a_413_splits_events_built_in_their_final_form_too(api: MixpanelStandIn) -> None:
+    now = time.time()
+    bodies = [
+        final_event(
+            {
+                "event": f"E{i}",
+                "properties": {
+                    "token": TOKEN,
+                    "distinct_id": "u",
+                    "time": now,
+                    "$insert_id": f"i{i}",
+                    "pad": "x" * 200,
+                },
+            },
+            now,
+        )
+        for i in range(8)
+    ]
+    assert all(type(body) is Prepared for body in bodies)
+    api.max_request_bytes = 3 * len(bodies[0])  # three events fit, four do not
+    sender = transport(api)
+    assert sender.post("events", bodies).sent
+    assert sorted(e["event"] for e in api.events()) == [f"E{i}" for i in range(8)]
+    assert [r.status for r in api.requests] == [413, 413, 200, 200, 413, 200, 200]
 
 
 def test_optional_modules() -> None:

@@ -391,6 +391,64 @@ def test_a_deadline_that_passed_shuts_a_socket_watched_late() -> None:
     right.close()
 
 
+def test_one_watchdog_expires_deadlines_and_forgets_finished_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyramid_mixpanel.delivery import deadline
+
+    monkeypatch.setattr(deadline, "PRUNE_AT", 4)
+    watchdog = deadline._Watchdog()
+    for _ in range(10):  # exchanges that end long before their deadline
+        finished = deadline.Deadline()
+        watchdog.add(60, finished)
+        finished.finish()
+    assert len(watchdog._heap) < 10  # pruned as they piled up
+    watched, other_end = socket.socketpair()
+    reused, its_peer = socket.socketpair()
+    passing = deadline.Deadline()
+    passing.watch(watched)
+    ended = deadline.Deadline()
+    ended.watch(reused)
+    ended.finish()  # its exchange ended: its connection may serve the next one, never shut it
+    watchdog.add(0.05, ended)
+    watchdog.add(0.05, passing)
+    due = (ended, passing)
+    wait_until(lambda: not any(d in due for _, _, d in watchdog._heap), 5, lambda: due)
+    assert watched.recv(1) == b""  # shut down: a blocked read ends at once
+    assert not ended.expired and ended.sockets == []
+    its_peer.sendall(b"x")
+    assert reused.recv(1) == b"x"  # still open
+    for sock in (watched, other_end, reused, its_peer):
+        sock.close()
+
+
+def test_a_forked_child_gets_a_watchdog_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyramid_mixpanel.delivery import deadline
+
+    with deadline.deadline(30):  # the parent's watchdog runs, its fork hook is installed
+        pass
+    parent = deadline._WATCHDOG
+    assert parent._thread is not None and parent._thread.is_alive()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  # the child's coverage is not collected
+        own = deadline._WATCHDOG is not parent  # the parent's thread did not come along
+        left, _right = socket.socketpair()
+        with deadline.deadline(0.05) as limit:
+            limit.watch(left)
+            left.settimeout(5)
+            shut = left.recv(1) == b""  # the child's own watchdog shuts it
+        os.write(write, b"1" if own and shut and limit.expired else b"0")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    # What the hook ran in the child, run here to be measured.
+    monkeypatch.setattr(deadline, "_WATCHDOG", parent)  # restored afterwards
+    deadline._forked()
+    assert deadline._WATCHDOG is not parent and deadline._WATCHDOG._thread is None
+
+
 def test_a_deadline_session_works_without_a_deadline(api: MixpanelStandIn) -> None:
     from pyramid_mixpanel.delivery import deadline
 

@@ -5,7 +5,7 @@ process, started lazily on the first hand-over and again after a fork (``os.regi
 plus a pid check, so gunicorn/uwsgi pre-fork — ``--preload`` included — works). Messages wait in
 a :mod:`~pyramid_mixpanel.delivery.store` (memory, or the durable SQLite spool); the sender
 claims due batches per endpoint of the lane, posts them through the lane's transport and settles
-each batch:
+each batch (a backlog of full batches with a poster thread beside it, two posts in flight):
 
 * delivered → deleted;
 * connection error, timeout, 408, 429, 5xx → held back with Mixpanel's backoff (``Retry-After``
@@ -88,6 +88,11 @@ MAX_HELD = 64
 # With ``mixpanel.spool_commit = group``: how long the spooler lets hand-overs gather before it
 # commits them in one transaction (seconds). The most a ``kill -9`` can cost in that mode.
 GROUP_WINDOW = 0.005
+# While a backlog drains, this many posts are in flight at once (see _post_and_settle).
+IN_FLIGHT = 2
+# A backlog drains in spans of at most this long (seconds); between them the sender visits the
+# other endpoints, moves the overflow, checks its store and records that it is alive.
+SPAN = 0.25
 # A problem writing the spool on the request path is logged at most this often (seconds).
 SPOOL_LOG_INTERVAL = 10.0
 
@@ -263,7 +268,7 @@ class BackgroundEngine(Delivery):
         self._unreachable = False
         self._next_probe = 0.0
         self._held: list[tuple[Store, str, tuple[int, ...], float]] = []
-        # The thread that posts a second full batch beside the sender's (see _post_and_settle).
+        # The threads that post a backlog, IN_FLIGHT batches at once (see _post_and_settle).
         self._poster: concurrent.futures.ThreadPoolExecutor | None = None
         # The spooler of group commits, and whether it waits for hand-overs.
         self._spooler: threading.Thread | None = None
@@ -607,32 +612,58 @@ class BackgroundEngine(Delivery):
         return worked
 
     def _post_and_settle(self, store: Store, batch: Batch) -> None:
-        """Post a batch; when it is full and more wait, post the next one beside it.
+        """Post a batch; when it is full, keep ``IN_FLIGHT`` posts going while more wait.
 
-        Two posts at once: while one waits for the network, the other is encoded and
-        compressed, so a backlog drains at the pace of the destination, not of this process's
-        CPU and the round trip in turn.
+        While one post waits for the destination, the next batch is claimed, encoded,
+        compressed and sent, so a backlog drains at the pace of the destination, not of this
+        process's CPU and the round trip in turn. The sender thread and ``IN_FLIGHT - 1``
+        poster threads each claim a batch, post it and settle it, then claim the next (claims
+        and settlements one at a time): no thread waits for another to hand it work. A post
+        that fails stops the claims: what is in flight is settled (and waits as long as the
+        failed one), nothing more is sent.
         """
         transport = self.transport
-        second = None
-        if len(batch.ids) == transport.max_records:
-            second = store.claim(
-                batch.endpoint, store.clock(), transport.max_records, transport.max_bytes
-            )
-        if second is None:
+        if len(batch.ids) < transport.max_records:
             self._settle(store, batch, transport.post(batch.endpoint, batch.bodies))
             return
         if self._poster is None:
             self._poster = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix=f"pyramid_mixpanel-{transport.name}-poster"
+                IN_FLIGHT - 1, thread_name_prefix=f"pyramid_mixpanel-{transport.name}-poster"
             )
-        beside = self._poster.submit(transport.post, second.endpoint, second.bodies)
+        endpoint, limits = batch.endpoint, (transport.max_records, transport.max_bytes)
+        turn = threading.Lock()  # claims and settlements: one thread at a time
+        # The other endpoints, the overflow, the store check and the heartbeat get their turn
+        # at least this often.
+        ends = time.monotonic() + SPAN
+        more = True
+
+        def drain(claimed: Batch | None) -> None:
+            nonlocal more
+            while True:
+                if claimed is None:
+                    with turn:
+                        if more and not self._stop.is_set() and time.monotonic() < ends:
+                            claimed = store.claim(endpoint, store.clock(), *limits)
+                        # A batch that is not full was the end of the backlog.
+                        more = claimed is not None and len(claimed.ids) == limits[0]
+                    if claimed is None:
+                        return
+                outcome = transport.post(endpoint, claimed.bodies)
+                with turn:
+                    self._settle(store, claimed, outcome)
+                    if (
+                        not outcome.sent
+                        and self._pauses.get(endpoint, (0.0, 0))[0] > time.monotonic()
+                    ):
+                        more = False  # held back: nothing more goes until the pause ends
+                claimed = None
+
+        beside = [self._poster.submit(drain, None) for _ in range(IN_FLIGHT - 1)]
         try:
-            first = transport.post(batch.endpoint, batch.bodies)
+            drain(batch)
         finally:
-            outcome = beside.result()  # a post never raises for the network, nor waits forever
-        self._settle(store, batch, first)
-        self._settle(store, second, outcome)
+            for future in beside:
+                future.result()  # a post never raises for the network, nor waits forever
 
     def _settle(self, store: Store, batch: Batch, outcome: Outcome) -> None:
         if outcome.sent:

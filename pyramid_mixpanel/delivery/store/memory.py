@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import operator
 import os
 import socket
 import threading
@@ -16,42 +15,82 @@ from . import Batch, Beat, DeadLetter
 
 __all__ = ["MemoryStore"]
 
-_row_id, _body, _queued = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
-#: A message never tried: its row id, its body and when it was queued (on the store's clock).
-Fresh = tuple[int, str, float]
+#: What was taken from a fresh queue is cut off its front once it is this many messages (and
+#: half of the queue's lists).
+COMPACT = 4096
 
 
-def _take_fresh(
-    fresh: collections.deque[Fresh],
-    room: int,
-    size: int,
-    max_bytes: int,
-    ids: list[int],
-    bodies: list[str],
-) -> list[Fresh]:
-    """Move up to ``room`` fresh messages into a batch of ``size`` bytes, within ``max_bytes``.
+class _Fresh:
+    """The messages of one endpoint never tried, in order, from ``head`` on.
 
-    The busy path of a sender: when the next messages fit as a whole (the usual case), they
-    move at once, without Python work per message. Returns the messages taken.
+    Their row ids, bodies and when each was queued (on the store's clock), in three lists
+    rather than a tuple per message: a batch is taken as three slices (no Python work per
+    message), and a queue of a million messages holds no object of its own per message for the
+    garbage collector to walk. What was taken stays in the lists until their front is cut off
+    (once it is at least ``COMPACT`` messages and half of the lists, or when the queue is
+    empty): they hold at most twice what waits, or what waits and ``COMPACT`` more.
     """
-    take = min(room, len(fresh))
-    if size + take + sum(map(len, map(_body, itertools.islice(fresh, take)))) <= max_bytes:
-        taken = [fresh.popleft() for _ in range(take)]
-        ids.extend(map(_row_id, taken))
-        bodies.extend(map(_body, taken))
+
+    __slots__ = ("bodies", "head", "ids", "longest", "times")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.bodies: list[str] = []
+        self.times: list[float] = []
+        self.head = 0
+        #: No body queued since the queue was last empty is longer: when a whole batch of the
+        #: longest fits, a claim needs no pass over the bodies to know the batch is in bounds.
+        self.longest = 0
+
+    def __len__(self) -> int:
+        return len(self.ids) - self.head
+
+    def append(self, row_id: int, body: str, queued: float) -> None:
+        self.ids.append(row_id)
+        self.bodies.append(body)
+        self.times.append(queued)
+        if len(body) > self.longest:
+            self.longest = len(body)
+
+    def take(
+        self, room: int, size: int, max_bytes: int, first: bool
+    ) -> tuple[list[int], list[str], list[float]]:
+        """Up to ``room`` messages for a batch of ``size`` bytes, within ``max_bytes``.
+
+        ``first``: the batch is empty so far (a message over the limit still goes, alone).
+        Returns their row ids, bodies and queue times.
+        """
+        head = self.head
+        end = head + min(room, len(self.ids) - head)
+        bodies = self.bodies[head:end]
+        if (
+            size + len(bodies) * (self.longest + 1) > max_bytes
+            and size + len(bodies) + sum(map(len, bodies)) > max_bytes
+        ):
+            count = 0  # one at a time, up to the byte limit
+            for body in bodies:
+                if (count or not first) and size + len(body) + 1 > max_bytes:
+                    break
+                size += len(body) + 1
+                count += 1
+            end = head + count
+            del bodies[count:]
+        taken = self.ids[head:end], bodies, self.times[head:end]
+        if end == len(self.ids):
+            self.clear()
+        elif end >= COMPACT and 2 * end >= len(self.ids):
+            # Amortised: cut off the front once it is at least half of the lists.
+            del self.ids[:end], self.bodies[:end], self.times[:end]
+            self.head = 0
+        else:
+            self.head = end
         return taken
-    taken = []
-    while fresh and room:  # one at a time, up to the byte limit
-        message = fresh[0]
-        body = message[1]
-        if ids and size + len(body) + 1 > max_bytes:
-            break
-        taken.append(fresh.popleft())
-        ids.append(message[0])
-        bodies.append(body)
-        size += len(body) + 1
-        room -= 1
-    return taken
+
+    def clear(self) -> None:
+        self.ids.clear()
+        self.bodies.clear()
+        self.times.clear()
+        self.head = self.longest = 0
 
 
 class MemoryStore:
@@ -74,17 +113,15 @@ class MemoryStore:
         self._ids = itertools.count(1)
         # Per endpoint: messages never tried, in order, and a heap of retries by due time, so a
         # batch waiting out its backoff does not hold back the messages behind it.
-        self._fresh: collections.defaultdict[str, collections.deque[Fresh]] = (
-            collections.defaultdict(collections.deque)
-        )
+        self._fresh: collections.defaultdict[str, _Fresh] = collections.defaultdict(_Fresh)
         self._retries: collections.defaultdict[str, list[tuple[float, int, str, int]]] = (
             collections.defaultdict(list)
         )
-        # When the messages that left ``_fresh`` were queued, for oldest_age(): the fresh
-        # messages of each claim not settled yet (noted as they are, so a claim costs one
-        # append), and by row id those a settlement left pending (held back for a retry) or
-        # that belong to a claim settled in parts.
-        self._claims: list[list[Fresh]] = []
+        # When the messages that left ``_fresh`` were queued, for oldest_age(): the row ids and
+        # queue times of the fresh messages of each claim not settled yet (noted as they are,
+        # so a claim costs one append), and by row id those a settlement left pending (held
+        # back for a retry) or that belong to a claim settled in parts.
+        self._claims: list[tuple[list[int], list[float]]] = []
         self._queued: dict[int, float] = {}
         self._dead: collections.deque[DeadLetter] = collections.deque()
         self._dead_bytes = 0
@@ -102,15 +139,22 @@ class MemoryStore:
             self._ids,
         )
         with self._lock:
-            now = self.clock()  # under the lock: each deque stays in the order of its times
+            now = self.clock()  # under the lock: each queue stays in the order of its times
             count, size = self._count, self._bytes
             for endpoint, body in messages:
-                if count + 1 > max_messages or size + len(body) > max_bytes:
+                length = len(body)
+                if count + 1 > max_messages or size + length > max_bytes:
                     refused += 1
                     continue
-                fresh[endpoint].append((next(ids), body, now))
+                # _Fresh.append, inline: this is every request's hand-over.
+                queue = fresh[endpoint]
+                queue.ids.append(next(ids))
+                queue.bodies.append(body)
+                queue.times.append(now)
+                if length > queue.longest:
+                    queue.longest = length
                 count += 1
-                size += len(body)
+                size += length
             self._count, self._bytes = count, size
         return refused
 
@@ -132,11 +176,18 @@ class MemoryStore:
                 size += len(body) + 1
                 attempts = max(attempts, tries)
             else:
-                taken = _take_fresh(
-                    self._fresh[endpoint], max_records - len(ids), size, max_bytes, ids, bodies
-                )
-                if taken:
-                    self._claims.append(taken)
+                queue = self._fresh[endpoint]
+                if queue:
+                    row_ids, taken, times = queue.take(
+                        max_records - len(ids), size, max_bytes, not ids
+                    )
+                    if row_ids:
+                        self._claims.append((row_ids, times))
+                        if ids:  # after retries
+                            ids.extend(row_ids)
+                            bodies.extend(taken)
+                        else:
+                            ids, bodies = row_ids, taken
         if not ids:
             return None
         return Batch(endpoint, tuple(ids), tuple(bodies), attempts)
@@ -144,17 +195,17 @@ class MemoryStore:
     def _settle(self, batch: Batch, pending: bool) -> None:
         """Stop noting ``batch`` as claimed; remember when its rows were queued if ``pending``."""
         claims, first, count = self._claims, batch.ids[0], len(batch.ids)
-        for index, taken in enumerate(claims):
+        for index, (row_ids, times) in enumerate(claims):
             # The usual settlement: a whole claim of fresh messages, as it was taken.
-            if taken[0][0] == first and len(taken) == count:
+            if row_ids[0] == first and len(row_ids) == count:
                 del claims[index]
                 if pending:
-                    self._queued.update(zip(batch.ids, map(_queued, taken), strict=True))
+                    self._queued.update(zip(batch.ids, times, strict=True))
                 return
         # A part of a claim, or retries: every claimed row gets its own entry, then those of
         # this batch go unless they stay pending.
-        for taken in claims:
-            self._queued.update(zip(map(_row_id, taken), map(_queued, taken), strict=True))
+        for row_ids, times in claims:
+            self._queued.update(zip(row_ids, times, strict=True))
         claims.clear()
         if not pending:
             for row_id in batch.ids:
@@ -241,9 +292,10 @@ class MemoryStore:
         the messages held back for a retry, or being sent in a batch settled in parts.
         """
         with self._lock:
-            # Each deque and each claim is in the order of its times: the first is the oldest.
-            times = [queue[0][2] for queue in self._fresh.values() if queue]
-            times.extend(taken[0][2] for taken in self._claims)
+            # Each fresh queue and each claim is in the order of its times: the first is the
+            # oldest.
+            times = [queue.times[queue.head] for queue in self._fresh.values() if queue]
+            times.extend(claimed[0] for _, claimed in self._claims)
             held = list(self._queued.values())  # min() outside: put() waits on this lock
         if held:
             times.append(min(held))
@@ -272,7 +324,7 @@ class MemoryStore:
             )
             for letter in move:
                 self._dead_bytes -= len(letter.body)
-                self._fresh[letter.endpoint].append((letter.id, letter.body, now))
+                self._fresh[letter.endpoint].append(letter.id, letter.body, now)
                 self._count += 1
                 self._bytes += len(letter.body)
         return len(move)
