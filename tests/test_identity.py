@@ -10,7 +10,7 @@ import uuid
 import pytest
 import requests
 import webtest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pyramid.config import Configurator
 from pyramid.httpexceptions import HTTPFound
@@ -359,6 +359,12 @@ def test_only_a_cookie_this_app_signed_yields_a_device_id(value: str) -> None:
 
 
 @settings(max_examples=100, deadline=None)
+@example(  # found by CI: the secret's text was also the (quoted) value of another setting
+    {
+        "mixpanel.cookie_secret": "0000000000000000",
+        "mixpanel.device_cookie_secure": "0000000000000000",
+    }
+)
 @given(
     values=st.dictionaries(
         st.sampled_from(
@@ -382,8 +388,12 @@ def test_identity_settings_are_parsed_or_refused_by_name(values: dict[str, str])
     except MixpanelConfigurationError as error:
         assert "mixpanel." in str(error)
         for key, value in values.items():
-            if "secret" in key and len(value.strip()) > 3:
-                assert value.strip() not in str(error)
+            # A secret never shows, unless another setting holds the same text (an error may
+            # quote that setting's own value).
+            others = {v.strip() for k, v in values.items() if k != key and "secret" not in k}
+            secret = value.strip()
+            if "secret" in key and len(secret) > 3 and not any(secret in o for o in others):
+                assert secret not in str(error)
     else:
         assert parsed.device_cookie is None or parsed.cookie_secret is not None
         assert parsed.id_merge in ("simplified", "original", "legacy")
