@@ -864,23 +864,29 @@ def test_the_daily_sync_on_celery_beat(api: QueryStandIn, tmp_path: pathlib.Path
     from celery import Celery
     from celery.schedules import crontab
 
-    from pyramid_mixpanel.metrics.celery import TASK_NAME, schedule
+    from pyramid_mixpanel.metrics.celery import FRESHNESS_TASK, TASK_NAME, schedule
 
     api.events = dataset(range(2))
     database = f"sqlite:///{tmp_path / 'beat.db'}"
     celery_app = Celery("beat-test", broker="memory://")
     celery_app.conf.beat_schedule = {"other": {"task": "x", "schedule": 60}}  # the app's own stay
-    task = schedule(celery_app, app_settings(api, database, alert=""), hour=2, minute=5)
+    task = schedule(celery_app, app_settings(api, database), hour=2, minute=5)
     assert celery_app.conf.beat_schedule[TASK_NAME] == {
         "task": TASK_NAME,
         "schedule": crontab(hour=2, minute=5),
     }
     assert "other" in celery_app.conf.beat_schedule
+    assert celery_app.conf.beat_schedule[FRESHNESS_TASK]["schedule"] == crontab(minute=5)
+    check = celery_app.tasks[FRESHNESS_TASK]
+    metrics_helpers.ALERTS.clear()
+    assert check.apply().get()["stale"] is True  # nothing synced yet: stale, alerted
+    assert [a.kind for a in metrics_helpers.ALERTS] == ["stale"]
     # What a worker runs when beat sends it: a sync of the days since the last one.
     result = task.apply().get()
     assert result["ok"] is True
     assert result["summary"].startswith("synced 1 day(s)")
     assert result["stale"] is False
+    assert check.apply().get()["stale"] is False
 
 
 def test_the_report_counts_the_synced_days_events_once(api: QueryStandIn) -> None:

@@ -15,7 +15,8 @@ in cron (``--no-progress``: no bar in the mail cron sends)::
 
     15 1 * * * cd /srv/myapp && .venv/bin/pmixpanel sync production.ini --no-progress
 
-Either way a sync that did not run shows as stale data: ``pmixpanel metrics freshness`` (exit 1
+``schedule`` also runs an hourly check that calls the alert hook when the data is stale (a
+sync that stopped running alerts nothing itself). Either way, stale data shows: ``pmixpanel metrics freshness`` (exit 1
 when stale, for a monitor), ``GET /api/mixpanel/sync`` (``freshness``), and the alert hook
 (``mixpanel.metrics.max_age_hours``).
 """
@@ -26,9 +27,12 @@ import typing as t
 
 from .sync import sync
 
-__all__ = ["TASK_NAME", "schedule"]
+__all__ = ["FRESHNESS_TASK", "TASK_NAME", "schedule"]
 
 TASK_NAME = "pyramid_mixpanel.metrics_sync"
+#: The hourly check that alerts when the data is older than ``mixpanel.metrics.max_age_hours``
+#: (a sync that stopped running alerts nothing itself).
+FRESHNESS_TASK = "pyramid_mixpanel.metrics_freshness"
 
 
 def schedule(
@@ -38,9 +42,24 @@ def schedule(
 
     The time is in beat's timezone (``celery_app.conf.timezone``, UTC by default): choose one
     after midnight where the synced days end (UTC, or ``mixpanel.project_timezone``). The task
-    returns the sync's summary and whether the data is stale afterwards.
+    returns the sync's summary and whether the data is stale afterwards. A second task checks
+    the data's age every hour, at ``minute``, and calls the alert hook when it is stale.
     """
     from celery.schedules import crontab
+
+    from ..settings import parse_query_settings
+    from .config import parse_metrics_settings
+    from .freshness import alert_if_stale, freshness
+    from .store import MetricsStore
+
+    @celery_app.task(name=FRESHNESS_TASK, ignore_result=True)  # type: ignore[untyped-decorator]  # Celery is untyped
+    def metrics_freshness() -> dict[str, t.Any]:
+        config = parse_metrics_settings(settings)
+        timezone = parse_query_settings(settings).project_timezone
+        with MetricsStore(config.database_url) as store:
+            state = freshness(store, config.max_age_hours, timezone)
+        alert_if_stale(state, config)
+        return state.as_dict()
 
     @celery_app.task(name=TASK_NAME, ignore_result=True)  # type: ignore[untyped-decorator]  # Celery is untyped
     def metrics_sync() -> dict[str, t.Any]:
@@ -50,5 +69,6 @@ def schedule(
 
     beat = dict(celery_app.conf.beat_schedule or {})
     beat[TASK_NAME] = {"task": TASK_NAME, "schedule": crontab(hour=hour, minute=minute)}
+    beat[FRESHNESS_TASK] = {"task": FRESHNESS_TASK, "schedule": crontab(minute=minute)}
     celery_app.conf.beat_schedule = beat
     return metrics_sync
