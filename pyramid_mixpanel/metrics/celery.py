@@ -16,9 +16,9 @@ in cron (``--no-progress``: no bar in the mail cron sends)::
     15 1 * * * cd /srv/myapp && .venv/bin/pmixpanel sync production.ini --no-progress
 
 ``schedule`` also runs an hourly check that calls the alert hook when the data is stale (a
-sync that stopped running alerts nothing itself). Either way, stale data shows: ``pmixpanel metrics freshness`` (exit 1
-when stale, for a monitor), ``GET /api/mixpanel/sync`` (``freshness``), and the alert hook
-(``mixpanel.metrics.max_age_hours``).
+sync that stopped running alerts nothing itself). Either way, stale data shows:
+``pmixpanel metrics freshness`` (exit 1 when stale, for a monitor), ``GET /api/mixpanel/sync``
+(``freshness``), and the alert hook (``mixpanel.metrics.max_age_hours``).
 """
 
 from __future__ import annotations
