@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from ..relay.view import RelayRefusedError
+
 __all__ = ["Call", "ProtocolError", "decode_call", "encode_answer"]
 
 #: Content types the SDK posts with: XHR's form encoding, sendBeacon's text.
@@ -37,14 +39,8 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "text/plain"})
 MAX_FIELDS = 32
 
 
-class ProtocolError(ValueError):
+class ProtocolError(RelayRefusedError, ValueError):
     """The request is not one the SDK sends; ``reason`` names the refusal counter."""
-
-    def __init__(self, status_code: int, reason: str, error: str) -> None:
-        super().__init__(error)
-        self.status_code = status_code
-        self.reason = reason
-        self.error = error
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,10 @@ from pyramid.response import Response
 
 from ..identity import DEVICE_ID
 from ..log import Log
-from ..relay.client import client_ip, same_origin
-from ..relay.ratelimit import retry_after
+from ..relay.client import client_ip
 from ..relay.view import RelayRefusedError, RelayState, RelayView, _hint
 from .config import ProxySettings
-from .protocol import Call, ProtocolError, decode_call, encode_answer
+from .protocol import Call, decode_call, encode_answer
 
 if t.TYPE_CHECKING:
     from pyramid.request import Request
@@ -130,6 +129,9 @@ EMPTY_ANSWERS: dict[str, dict[str, t.Any]] = {"flags": {"flags": {}}, "settings"
 class ProxyView(RelayView):
     """``<prefix>/<endpoint>/``: one endpoint of the SDK's API, under the relay's rules."""
 
+    refused_event = "mixpanel.proxy_refused"
+    allowed_methods = "GET, POST"
+
     def __init__(
         self, state: RelayState, proxy: ProxySettings, token: str | None, log: Log
     ) -> None:
@@ -180,8 +182,8 @@ class ProxyView(RelayView):
             if len(call.items) > 1:
                 self._take(key, len(call.items) - 1)
             self._check_token(call, endpoint)
-        except (RelayRefusedError, ProtocolError) as refused:
-            return self._refuse_call(runtime, refused, verbose)
+        except RelayRefusedError as refused:  # a ProtocolError too
+            return self._refuse(runtime, refused, verbose)
         return self._deliver(request, runtime, endpoint, call, user, ip)
 
     # -- the whole call -------------------------------------------------------------------
@@ -196,20 +198,8 @@ class ProxyView(RelayView):
     def _check_origin(self, request: Request) -> None:
         # The SDK cannot send Pyramid's CSRF token with sendBeacon (no headers), so the
         # proxy checks the Origin (or Referer) whenever mixpanel.relay.csrf is not off.
-        if self.settings.csrf == "off":
-            return
-        if not same_origin(
-            request.headers.get("Origin"),
-            request.headers.get("Referer"),
-            request.host_url,
-            self.settings.allowed_origins,
-        ):
+        if self.settings.csrf != "off" and not self._same_origin(request):
             raise RelayRefusedError(403, "csrf", "cross-site call refused (Origin / Referer check)")
-
-    def _user(self, request: Request) -> str | None:
-        getter = self.settings.distinct_id
-        user = getter(request) if getter is not None else request.mixpanel.user_id
-        return None if user is None else str(user)
 
     def _check_token(self, call: Call, endpoint: str) -> None:
         field = "token" if endpoint == "track" else "$token"
@@ -519,20 +509,9 @@ class ProxyView(RelayView):
 
     # -- answers --------------------------------------------------------------------------
 
-    def _refuse_call(
-        self, runtime: Runtime, refused: RelayRefusedError | ProtocolError, verbose: bool
-    ) -> Response:
-        self.state.stats.add(refused.reason)
-        runtime.log.warning(
-            "mixpanel.proxy_refused", reason=refused.reason, status=refused.status_code
-        )
-        response = self._sdk_answer(verbose, False, refused.error, refused.status_code)
-        if isinstance(refused, RelayRefusedError) and refused.status_code == 429:
-            # The SDK's batcher waits this long, then sends the batch again.
-            response.headers["Retry-After"] = retry_after(refused.retry_after)
-        elif refused.status_code == 405:
-            response.headers["Allow"] = "GET, POST"
-        return response
+    def _refusal(self, refused: RelayRefusedError, verbose: bool) -> Response:
+        """The body of a refusal, as the SDK reads it (JSON with ``verbose``, else ``0``)."""
+        return self._sdk_answer(verbose, False, refused.error, refused.status_code)
 
     @staticmethod
     def _sdk_answer(verbose: bool, success: bool, error: str | None, status: int) -> Response:

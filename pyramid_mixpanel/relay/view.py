@@ -90,6 +90,10 @@ class Caller:
 class RelayView:
     """``POST <mixpanel.relay.path>``: track what a front end sends, within the allow-lists."""
 
+    #: The log event of a refused call, and the methods a 405 answer names.
+    refused_event = "mixpanel.relay_refused"
+    allowed_methods = "POST"
+
     def __init__(self, state: RelayState) -> None:
         self.state = state
         self.settings = state.settings
@@ -178,12 +182,7 @@ class RelayView:
     def _check_csrf(self, request: Request) -> None:
         mode = self.settings.csrf
         if mode == "origin":
-            ok = same_origin(
-                request.headers.get("Origin"),
-                request.headers.get("Referer"),
-                request.host_url,
-                self.settings.allowed_origins,
-            )
+            ok = self._same_origin(request)
         elif mode == "pyramid":
             ok = self._pyramid_origin(request) and check_csrf_token(request, raises=False)
         else:
@@ -192,6 +191,15 @@ class RelayView:
             raise RelayRefusedError(
                 403, "csrf", "cross-site call refused (Origin / CSRF token check)"
             )
+
+    def _same_origin(self, request: Request) -> bool:
+        """The call's Origin (or Referer) is the app's own or an allowed one."""
+        return same_origin(
+            request.headers.get("Origin"),
+            request.headers.get("Referer"),
+            request.host_url,
+            self.settings.allowed_origins,
+        )
 
     def _pyramid_origin(self, request: Request) -> bool:
         # Passing trusted origins replaces pyramid.csrf_trusted_origins: both count. (A new
@@ -247,15 +255,14 @@ class RelayView:
     def _caller(self, request: Request) -> Caller:
         """Who calls; the user agent is parsed later, once the call passed every check."""
         track = request.mixpanel
-        getter = self.settings.distinct_id
-        distinct_id = getter(request) if getter is not None else track.user_id
+        distinct_id = self._user(request)
         ip = client_ip(
             request.remote_addr,
             request.headers.get("X-Forwarded-For"),
             self.settings.trusted_proxies,
         )
         if distinct_id is not None:
-            return Caller(str(distinct_id), True, ip, {})
+            return Caller(distinct_id, True, ip, {})
         if track.device_id is None:
             raise RelayRefusedError(
                 401, "anonymous", "sign in first: anonymous calls are not relayed"
@@ -263,6 +270,12 @@ class RelayView:
         # The device cookie's visitor: request.mixpanel adds $device_id to every event and
         # sets the cookie on the response when it drew a new id.
         return Caller(t.cast(str, track.distinct_id), False, ip, {})
+
+    def _user(self, request: Request) -> str | None:
+        """The signed-in user, as the server knows it (``mixpanel.relay.distinct_id``)."""
+        getter = self.settings.distinct_id
+        user = getter(request) if getter is not None else request.mixpanel.user_id
+        return None if user is None else str(user)
 
     def _device(self, request: Request) -> dict[str, str]:
         user_agent = request.user_agent
@@ -420,19 +433,25 @@ class RelayView:
 
     # -- answers --------------------------------------------------------------------------
 
-    def _refuse(self, runtime: Runtime, refused: RelayRefusedError) -> Response:
+    def _refuse(
+        self, runtime: Runtime, refused: RelayRefusedError, verbose: bool = False
+    ) -> Response:
+        """Count, log (the reason, never the call's content) and answer a refused call."""
         self.state.stats.add(refused.reason)
-        runtime.log.warning(
-            "mixpanel.relay_refused", reason=refused.reason, status=refused.status_code
-        )
-        response = self._json(
-            _answer(False, None, refused.status_code, refused.error), refused.status_code
-        )
+        runtime.log.warning(self.refused_event, reason=refused.reason, status=refused.status_code)
+        response = self._refusal(refused, verbose)
         if refused.status_code == 429:
+            # The client (relay.js, the SDK's batcher) waits this long, then sends again.
             response.headers["Retry-After"] = retry_after(refused.retry_after)
         elif refused.status_code == 405:
-            response.headers["Allow"] = "POST"
+            response.headers["Allow"] = self.allowed_methods
         return response
+
+    def _refusal(self, refused: RelayRefusedError, verbose: bool) -> Response:
+        """The body of a refusal: the relay's JSON answer."""
+        return self._json(
+            _answer(False, None, refused.status_code, refused.error), refused.status_code
+        )
 
     @staticmethod
     def _json(body: dict[str, t.Any], status: int) -> Response:
