@@ -922,7 +922,7 @@ def test_pmixpanel_status_says_how_fresh_the_metrics_are(
     with MetricsStore(database) as store:
         sync(app_settings(api, database, alert=""), day(0), day(1), query=client(api),
              store=store, progress=False, today=day(2))  # fmt: skip
-    assert "metrics: last synced day 2026-01-02," in status()
+    assert "metrics: last synced day: 2026-01-02;" in status()
     assert "STALE" in status()  # January, long ago
     document = json.loads(status("--json"))
     assert document["metrics"]["last_synced_day"] == "2026-01-02"

@@ -174,13 +174,18 @@ def _funnels(key: str, value: object) -> tuple[LocalFunnel, ...]:
     return tuple(funnels.values())
 
 
-def _funnel_ids(key: str, value: object) -> tuple[int, ...]:
-    ids = []
-    for item in _lines(key, value, commas=True):
-        if not item.isdigit():
-            raise MixpanelConfigurationError(f"{key}: {item!r} is not a Mixpanel funnel id")
-        ids.append(int(item))
-    return tuple(dict.fromkeys(ids))
+def _ids(what: str) -> t.Callable[[str, object], tuple[int, ...]]:
+    """A converter of a list of Mixpanel ids (whole numbers), each once, in order."""
+
+    def parse(key: str, value: object) -> tuple[int, ...]:
+        ids = []
+        for item in _lines(key, value, commas=True):
+            if not item.isdigit():
+                raise MixpanelConfigurationError(f"{key}: {item!r} is not {what}")
+            ids.append(int(item))
+        return tuple(dict.fromkeys(ids))
+
+    return parse
 
 
 def _data_group_id(key: str, value: object) -> int | None:
@@ -194,26 +199,6 @@ def _data_group_id(key: str, value: object) -> int | None:
             f"{key} must be the group key's id, a whole number (Project Settings > Group Keys),"
             f" got {text!r}"
         ) from None
-
-
-def _cohort_ids(key: str, value: object) -> tuple[int, ...]:
-    ids = []
-    for item in _lines(key, value, commas=True):
-        if not item.isdigit():
-            raise MixpanelConfigurationError(f"{key}: {item!r} is not a Mixpanel cohort id")
-        ids.append(int(item))
-    return tuple(dict.fromkeys(ids))
-
-
-def _report_ids(key: str, value: object) -> tuple[int, ...]:
-    ids = []
-    for item in _lines(key, value, commas=True):
-        if not item.isdigit():
-            raise MixpanelConfigurationError(
-                f"{key}: {item!r} is not a report's bookmark id (the number in its URL)"
-            )
-        ids.append(int(item))
-    return tuple(dict.fromkeys(ids))
 
 
 def _pairs(key: str, value: object) -> list[tuple[str, str]]:
@@ -277,9 +262,9 @@ TABLE: tuple[Setting, ...] = tuple(
         ("breakdowns", _properties),
         ("funnels", _funnels),
         ("funnel_window_hours", positive_int(24 * 366)),
-        ("saved_funnels", _funnel_ids),
-        ("reports", _report_ids),
-        ("cohorts", _cohort_ids),
+        ("saved_funnels", _ids("a Mixpanel funnel id")),
+        ("reports", _ids("a report's bookmark id (the number in its URL)")),
+        ("cohorts", _ids("a Mixpanel cohort id")),
         ("signals", _signals),
         ("weights", _weights),
         ("anomaly_days", positive_int(366)),

@@ -17,6 +17,7 @@ import zoneinfo
 from dataclasses import dataclass
 
 from ..log import Log
+from .score import send_alert
 
 if t.TYPE_CHECKING:
     from .config import MetricsSettings
@@ -90,11 +91,5 @@ def alert_if_stale(state: Freshness, settings: MetricsSettings, log: Log = _LOG)
     """Call the alert hook (or log a warning) when ``state`` is stale; ``True`` if it was."""
     if not state.stale:
         return False
-    try:
-        if settings.alert is None:
-            log.warning("mixpanel.metrics_stale", **state.as_dict())
-        else:
-            settings.alert(state)
-    except Exception as exc:  # a failing hook is logged, never raised into a sync
-        log.error("mixpanel.metrics_alert_failed", error=f"{type(exc).__name__}: {str(exc)[:300]}")
+    send_alert(state, settings, log)
     return True

@@ -35,6 +35,9 @@ from ..log import Log
 from .config import MetricsSettings
 from .model import Anomaly
 
+if t.TYPE_CHECKING:
+    from .freshness import Freshness
+
 __all__ = [
     "detect_anomaly",
     "engagement_score",
@@ -122,21 +125,26 @@ def log_anomaly(anomaly: Anomaly, log: Log = _LOG) -> None:
     )
 
 
-def send_alert(anomaly: Anomaly, settings: MetricsSettings, log: Log = _LOG) -> bool:
-    """Call ``mixpanel.metrics.alert`` (or :func:`log_anomaly`); ``False`` if the hook raised.
+def send_alert(anomaly: Anomaly | Freshness, settings: MetricsSettings, log: Log = _LOG) -> bool:
+    """Call ``mixpanel.metrics.alert`` (or log); ``False`` if the hook raised.
 
-    A failing hook is logged and never stops a sync: the flag is stored either way.
+    With an :class:`Anomaly`, or a stale :class:`~.freshness.Freshness`: the one hook serves
+    both. Without a hook an anomaly is logged by :func:`log_anomaly`, stale data as
+    ``mixpanel.metrics_stale``. A failing hook is logged and never stops a sync: the flag is
+    stored either way.
     """
     try:
-        if settings.alert is None:
+        if settings.alert is not None:
+            settings.alert(anomaly)
+        elif isinstance(anomaly, Anomaly):
             log_anomaly(anomaly, log)
         else:
-            settings.alert(anomaly)
+            log.warning("mixpanel.metrics_stale", **anomaly.as_dict())
     except Exception as exc:
         log.error(
             "mixpanel.metrics_alert_failed",
             account=anomaly.account,
-            date=anomaly.date.isoformat(),
+            date=str(anomaly.date),
             error=f"{type(exc).__name__}: {str(exc)[:300]}",
         )
         return False

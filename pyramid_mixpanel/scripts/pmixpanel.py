@@ -462,11 +462,7 @@ class PMixpanelCommand:
                 return 0
             if action == "freshness":
                 state = freshness(store, metrics.max_age_hours, runtime.settings.project_timezone)
-                age = "never synced" if state.age_hours is None else f"{state.age_hours:.1f} h old"
-                self.print(
-                    f"last synced day: {state.last_synced_day or 'none'}; {age}"
-                    f" (max {state.max_age_hours} h): {'STALE' if state.stale else 'fresh'}"
-                )
+                self.print(_freshness_line(state.as_dict()))
                 alert_if_stale(state, metrics, runtime.log)
                 return 1 if state.stale else 0
             last = store.last_synced_day() or dt.date.today()
@@ -483,13 +479,14 @@ class PMixpanelCommand:
 
 
 def _freshness_line(metrics: dict[str, t.Any]) -> str:
+    """One line on the metrics' age (``Freshness.as_dict``, or ``{"error": ...}``)."""
     if "error" in metrics:
         return str(metrics["error"])
     if metrics["age_hours"] is None:
         return "never synced"
     state = "STALE" if metrics["stale"] else "fresh"
     return (
-        f"last synced day {metrics['last_synced_day']}, {metrics['age_hours']:.1f} h old"
+        f"last synced day: {metrics['last_synced_day']}; {metrics['age_hours']:.1f} h old"
         f" (max {metrics['max_age_hours']} h): {state}"
     )
 
