@@ -587,7 +587,7 @@ def test_which_failures_took_no_connection() -> None:
     from pyramid_mixpanel.delivery.transport import _no_connection
 
     # (urllib3 types the pool and connection arguments; the check reads only the reason)
-    refused = MaxRetryError(None, "/import", NewConnectionError(None, "refused"))  # type: ignore[arg-type]
+    refused = MaxRetryError(None, "/import", NewConnectionError(None, "refused"))  # type: ignore[arg-type]  # no pool: not needed
     assert _no_connection(requests.exceptions.ConnectTimeout())
     assert _no_connection(requests.exceptions.ConnectionError(refused))
     assert not _no_connection(requests.exceptions.ConnectionError("Connection aborted."))

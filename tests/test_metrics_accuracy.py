@@ -9,6 +9,8 @@ replaced, is caught.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from benchmarks import accuracy
@@ -30,14 +32,14 @@ def test_the_check_catches_daily_rows_added_up(
     events: list[dict[str, object]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def added_up(
-        store: MetricsStore, account: str, first: object, last: object
+        store: MetricsStore, account: str, first: dt.date, last: dt.date
     ) -> list[FunnelMetrics]:
         totals: dict[str, list[int]] = {}
-        for row in store.funnels(account, first, last):  # type: ignore[arg-type]  # dates
+        for row in store.funnels(account, first, last):
             steps = totals.setdefault(row.funnel_id, [0] * len(row.steps))
             for step, users in enumerate(row.steps):
                 steps[step] += users
-        return [FunnelMetrics(account, f, f, first, s) for f, s in totals.items()]  # type: ignore[arg-type]  # a date
+        return [FunnelMetrics(account, f, f, first, s) for f, s in totals.items()]
 
     monkeypatch.setattr(MetricsStore, "funnel_totals", added_up)
     figures = accuracy.check(events, days=10)

@@ -66,7 +66,7 @@ def points(memory: InMemoryMetricReader) -> tuple[Points, dict[str, tuple[str, s
                 for point in metric.data.data_points:
                     attributes = tuple(sorted((point.attributes or {}).items()))
                     # (histogram points have no value; these instruments make sums and gauges only)
-                    found[(metric.name, attributes)] = point.value  # type: ignore[union-attr]
+                    found[(metric.name, attributes)] = point.value  # type: ignore[union-attr]  # see above
     return found, kinds
 
 

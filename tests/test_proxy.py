@@ -16,7 +16,6 @@ import time
 import typing as t
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -25,49 +24,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyramid.config import Configurator
 from pyramid.exceptions import ConfigurationError
-from pyramid.request import Request
 
 from pyramid_mixpanel import (
-    Event,
-    EventProperties,
-    Events,
     MixpanelTrack,
-    ProfileProperties,
-    Property,
 )
 from pyramid_mixpanel.observability import Observed
 from pyramid_mixpanel.proxy import PROXY_KEY, ProtocolError, decode_call, encode_answer
 from pyramid_mixpanel.relay import RELAY_KEY, RelayState
 
 from .loopback import MixpanelStandIn
-from .test_relay import CHROME
+from .test_relay import CHROME, user_from_header
 
 TOKEN = "proxy-test-token"
 ORIGIN = "http://localhost"
 PREFIX = "/lantern"
 LIB = {"mp_lib": "web", "$lib_version": "2.83.0"}
-
-
-@dataclass(frozen=True)
-class User:
-    distinct_id: str
-
-
-class AppEvents(Events):
-    plan_upgraded: Event = Event("Plan Upgraded")
-
-
-class AppEventProperties(EventProperties):
-    plan: Property = Property("Plan")
-
-
-class AppProfileProperties(ProfileProperties):
-    dark_mode: Property = Property("Dark Mode")
-
-
-def user_from_header(request: Request) -> User | None:
-    name = request.headers.get("X-User")
-    return User(name) if name else None
 
 
 @pytest.fixture
@@ -80,9 +51,10 @@ def make_app(api: MixpanelStandIn | None, **settings: str) -> webtest.TestApp:
     base = {
         "mixpanel.token": TOKEN if api is not None else "false",
         "mixpanel.delivery": "sync",
-        "mixpanel.events": f"{__name__}.AppEvents",
-        "mixpanel.event_properties": f"{__name__}.AppEventProperties",
-        "mixpanel.profile_properties": f"{__name__}.AppProfileProperties",
+        # The relay's test catalogue: the proxy applies the relay's rules to it.
+        "mixpanel.events": "tests.test_relay.AppEvents",
+        "mixpanel.event_properties": "tests.test_relay.AppEventProperties",
+        "mixpanel.profile_properties": "tests.test_relay.AppProfileProperties",
         "mixpanel.relay.events": "Plan Upgraded",
         "mixpanel.relay.event_properties": "Plan",
         "mixpanel.relay.profile_properties": "Dark Mode",

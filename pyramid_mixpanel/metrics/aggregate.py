@@ -868,7 +868,7 @@ class Aggregator:
             targets: tuple[_AccountDay, ...] | None
             try:
                 # A number or None is no account id (a string): no known account either.
-                targets = accounts.get(value)  # type: ignore[arg-type]
+                targets = accounts.get(value)  # type: ignore[arg-type]  # any JSON value: see above
             except TypeError:  # a list
                 targets = None
             if targets is None:
