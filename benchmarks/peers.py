@@ -13,8 +13,8 @@ thousand events/s, so what is measured is the client, not a stand-in's validatio
 
    - ``pyramid_mixpanel``: ``MixpanelTrack.track`` then ``flush()`` per event (what a request's
      release does) with the background memory queue, then the same with the SQLite spool
-     (``mixpanel.spool_path``), committing each hand-over (``mixpanel.spool_commit = request``,
-     the default) and in groups (``= group``).
+     (``mixpanel.spool_path``), with its journal (``mixpanel.spool_commit = request``, the
+     default: on file before the hand-over returns) and with group commits (``= group``).
    - ``mixpanel`` (official): ``BufferedConsumer(max_size=50)``, posting on the caller's thread.
    - ``mixpanel-py-async``: its ``AsyncBufferedConsumer`` (a thread per flush) with
      ``max_size=50`` as the official one (its default is 20; ``/track`` takes 50 per request).
@@ -214,7 +214,7 @@ def segment(base_url: str, total: int) -> Client:
 CONTENDERS: list[tuple[str, str | None, t.Callable[[str, int], Client]]] = [
     # (name in the table, distribution for its version, client factory)
     ("pyramid_mixpanel, memory queue", None, ours),
-    ("pyramid_mixpanel, spool, commit per request", None, lambda u, n: ours(u, n, "request")),
+    ("pyramid_mixpanel, spool, journal (request)", None, lambda u, n: ours(u, n, "request")),
     ("pyramid_mixpanel, spool, group commit", None, lambda u, n: ours(u, n, "group")),
     ("mixpanel BufferedConsumer (sync)", "mixpanel", official),
     ("mixpanel-py-async", "mixpanel-py-async", py_async),

@@ -14,6 +14,7 @@ import typing as t
 import pytest
 
 from pyramid_mixpanel.delivery.store import SqliteSpool
+from pyramid_mixpanel.delivery.store.journal import Journal
 from pyramid_mixpanel.runtime import RUNTIME_KEY, Runtime
 from pyramid_mixpanel.scripts import pmixpanel
 from pyramid_mixpanel.scripts.pmixpanel import PMixpanelCommand, _describe, main
@@ -115,6 +116,21 @@ def test_replay_sends_everything_with_progress(
     assert "2500/2500" in out  # the progress bar
     assert spool.pending() == 0
     assert len(api.events()) == 2500  # through /import, as every event
+
+
+def test_replay_sends_what_a_killed_process_left_in_its_journal(
+    tmp_path: pathlib.Path, api: MixpanelStandIn
+) -> None:
+    ini = write_ini(tmp_path, api)
+    spool = fill_spool(tmp_path, 2)
+    orphan = Journal(spool)
+    now = int(time.time())
+    body = f'{{"event":"A","properties":{{"time":{now},"distinct_id":"u","$insert_id":"j1"}}}}'
+    orphan.append([("events", body)])
+    orphan.after_fork()  # its process is gone, its journal on disk
+    code, out, _ = run(["replay", ini, "--timeout", "20"])
+    assert code == 0, out
+    assert "sent 3" in out and "left 0" in out
 
 
 def test_replay_without_tqdm_prints_the_summary_alone(

@@ -46,6 +46,7 @@ from ..log import Log
 from .base import Delivery, Message, Outcome, Transport
 from .policy import RetryPolicy
 from .store import Batch, MemoryStore, SpoolError, SqliteSpool, Store
+from .store.journal import Journal, adopt
 from .store.spool import CORRUPT
 
 if t.TYPE_CHECKING:
@@ -147,6 +148,9 @@ class BackgroundEngine(Delivery):
         :class:`~.store.SqliteSpool`).
     :param transport: posts the lane's batches, within its own batch limits.
     :param spooled: whether the store survives the process (changes counters and shutdown logs).
+    :param journal: hand-overs are appended to this journal of the spool and moved into it by
+        the spooler thread (``mixpanel.spool_commit = request``); see
+        :mod:`~pyramid_mixpanel.delivery.store.journal`.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class BackgroundEngine(Delivery):
         policy: RetryPolicy | None = None,
         spooled: bool = False,
         group_commit: bool = False,
+        journal: Journal | None = None,
         flush_interval: float = 1.0,
         shutdown_timeout: float = 5.0,
     ) -> None:
@@ -170,6 +175,7 @@ class BackgroundEngine(Delivery):
         #: Hand-overs go to memory and the spooler thread commits them in groups (see
         #: ``mixpanel.spool_commit``); otherwise each request's messages are committed at once.
         self.group_commit = group_commit and spooled
+        self.journal = None if self.group_commit else journal
         self.flush_interval = flush_interval
         self.shutdown_timeout = shutdown_timeout
         self.stats = Counters(COUNTERS)
@@ -199,6 +205,7 @@ class BackgroundEngine(Delivery):
             ``mixpanel.spool_path``, the file and the reason.
         """
         store: Store
+        journal = None
         if settings.spool_path:
             # A claimed batch is leased for a few times the longest a post may take: long
             # enough that a live sender keeps it, short enough that a crashed sender's rows
@@ -233,6 +240,8 @@ class BackgroundEngine(Delivery):
                     detail="the file was corrupted: it was moved aside, an empty spool started",
                 )
             store = spool
+            if settings.spool_commit == "request":
+                journal = Journal(spool)
         else:
             store = MemoryStore(settings.queue_max_messages, settings.queue_max_bytes)
         return cls(
@@ -241,6 +250,7 @@ class BackgroundEngine(Delivery):
             log,
             spooled=bool(settings.spool_path),
             group_commit=settings.spool_commit == "group",
+            journal=journal,
             flush_interval=settings.flush_interval,
             shutdown_timeout=settings.shutdown_timeout,
         )
@@ -294,6 +304,9 @@ class BackgroundEngine(Delivery):
                 self._spool_wake.set()
         else:
             refused, accepted = self._store_put(messages)
+            if self.journal is not None and self._spooler_idle:
+                self._spooler_idle = False
+                self._spool_wake.set()
         self.stats.add("queued", accepted)
         if refused:
             self.stats.add("dropped", refused)
@@ -312,12 +325,13 @@ class BackgroundEngine(Delivery):
         return refused
 
     def _store_put(self, messages: t.Sequence[Message]) -> tuple[int, int]:
-        """Into the store now, else into the overflow; ``(refused, accepted)``."""
+        """Into the journal or the store now, else into the overflow; ``(refused, accepted)``."""
         try:
             if time.monotonic() < self._store_retry_at:
                 # The store just failed: do not make every request wait to learn it again.
                 raise SpoolError(getattr(self.store, "path", ""), "was just unavailable")
-            refused = self.store.put(messages)
+            journal = self.journal
+            refused = self.store.put(messages) if journal is None else journal.append(messages)
             accepted = len(messages) - refused
             if self.spooled:
                 self.stats.add("spooled", accepted)
@@ -358,7 +372,7 @@ class BackgroundEngine(Delivery):
                 target=self._run, name=f"pyramid_mixpanel-{self.transport.name}", daemon=True
             )
             self._thread.start()
-            if self.group_commit:
+            if self.group_commit or self.journal is not None:
                 self._spooler = threading.Thread(
                     target=self._spool_run,
                     name=f"pyramid_mixpanel-{self.transport.name}-spooler",
@@ -372,9 +386,14 @@ class BackgroundEngine(Delivery):
         self._wake.set()
 
     def open(self) -> None:
-        """When the app is configured: hook ``SIGTERM``; send what a spool kept, right away."""
+        """When the app is configured: hook ``SIGTERM``; send what a spool kept, right away.
+
+        What journals of processes that are gone hold is moved into the spool first.
+        """
         _install_signal_handlers()
-        if self.store.pending():
+        # With a journal, the sender's first cycle also adopts what dead processes left in
+        # theirs (see _check_store).
+        if self.journal is not None or self.store.pending():
             self.start()
 
     @property
@@ -400,8 +419,13 @@ class BackgroundEngine(Delivery):
                 None if progress is None else round(max(0.0, time.time() - progress), 3)
             ),
             "last_error": self.last_error,
-            "pending": self.store.pending() + self.overflow.pending(),
+            "pending": self._pending(),
         }
+
+    def _pending(self) -> int:
+        """Messages of this engine not sent yet: in the store, the overflow and the journal."""
+        moving = 0 if self.journal is None else self.journal.messages
+        return self.store.pending() + self.overflow.pending() + moving
 
     # -- the sender thread ------------------------------------------------------------------
 
@@ -454,6 +478,32 @@ class BackgroundEngine(Delivery):
                 problem=problem,
             )
         self.store.beat(self.last_progress or time.time(), self.last_error)
+        if self.journal is not None:
+            self.adopt_journals()
+
+    def adopt_journals(self) -> None:
+        """Move the journals of this spool's processes that are gone into it.
+
+        The sender does it when it starts and every few seconds; ``pmixpanel replay`` before
+        it counts what waits. See :func:`~.store.journal.adopt`.
+
+        :raises SpoolError: the spool could not take them now (they stay on file).
+        """
+        if self.journal is None:
+            return
+        moved, refused = adopt(t.cast(SqliteSpool, self.store))
+        if moved or refused:
+            self.log.warning(
+                self._event + "journal_adopted",
+                moved=moved,
+                detail="the journal of a process that ended without moving it",
+            )
+            self._dropped_by_cap(refused)
+
+    def _dropped_by_cap(self, refused: int) -> None:
+        if refused:
+            self.stats.add("dropped", refused)
+            self.log.error(self._event + "queue_full_dropped", messages=refused)
 
     def _spool_overflow(self) -> int:
         """Move what waits in memory into the spool, in one transaction; return how many."""
@@ -485,21 +535,28 @@ class BackgroundEngine(Delivery):
             moved += len(batch.ids)
         self._store_retry_at = 0.0  # the spool takes messages again: so may requests
         self.stats.add("spooled", moved - refused)
-        if refused:
-            self.stats.add("dropped", refused)
-            self.log.error(self._event + "queue_full_dropped", messages=refused)
+        self._dropped_by_cap(refused)
+        return moved
+
+    def _move_journal(self, journal: Journal) -> int:
+        """Move what requests appended to the journal into the spool; return how many."""
+        # Counted as spooled when appended: the journal is as durable as the spool.
+        moved, refused = journal.move()
+        self._dropped_by_cap(refused)
         return moved
 
     def _spool_run(self) -> None:
-        """The spooler of ``mixpanel.spool_commit = group``: commits hand-overs in groups."""
+        """The spooler: commits hand-overs into the spool in groups (``mixpanel.spool_commit``).
+
+        What requests appended to the journal (``request``), or left in memory (``group``).
+        """
         failures = 0
         while not self._stop.is_set():
-            # Idle from here: set before the overflow is looked at, so a hand-over is either
-            # seen there or wakes the wait.
+            # Idle from here: set before the journal or the overflow is looked at, so a
+            # hand-over is either seen there or wakes the wait.
             self._spooler_idle = True
-            due, now = self.overflow.next_due(), self.overflow.clock()
-            if due is None or due > now:  # (what the sender took from memory is not due)
-                wait = self.flush_interval if due is None else min(self.flush_interval, due - now)
+            wait = self._spooler_wait()
+            if wait > 0:
                 self._spool_wake.wait(wait)
                 self._spool_wake.clear()
             self._spooler_idle = False
@@ -509,7 +566,8 @@ class BackgroundEngine(Delivery):
             if self._stop.wait(pause):
                 return  # close() spools what is left
             try:
-                moved = self._spool_overflow()
+                journal = self.journal
+                moved = self._spool_overflow() if journal is None else self._move_journal(journal)
                 failures = 0
             except Exception as exc:  # a broken spool must not stop the spooler for good
                 failures += 1
@@ -521,6 +579,16 @@ class BackgroundEngine(Delivery):
             if moved and self._idle:
                 self._idle = False
                 self._wake.set()
+
+    def _spooler_wait(self) -> float:
+        """How long the spooler may sleep before it has something to commit."""
+        if self.journal is not None:
+            return 0.0 if self.journal.messages else self.flush_interval
+        due, now = self.overflow.next_due(), self.overflow.clock()
+        if due is None:
+            return self.flush_interval
+        # (What the sender took from memory is not due.)
+        return min(self.flush_interval, due - now)
 
     def _linger(self) -> None:
         """Woken by a hand-over: let a busy app's next ones join the batch (see ``LINGER``)."""
@@ -743,7 +811,7 @@ class BackgroundEngine(Delivery):
         self.log.warning(
             self._event + "delivery_failing",
             failing_for=round(now - self._failing_since, 1),
-            pending=self.store.pending() + self.overflow.pending(),
+            pending=self._pending(),
             **self.stats.snapshot(),
         )
 
@@ -784,7 +852,15 @@ class BackgroundEngine(Delivery):
                 self._spool_overflow()
             except Exception as exc:  # the spool is still unusable: they are counted as lost
                 self.log.error(self._event + "spool_unavailable", problem=str(exc)[:300])
-        spooled = self.store.pending() if self.spooled else 0
+        kept = 0
+        if self.journal is not None:
+            try:
+                self._move_journal(self.journal)
+            except Exception as exc:  # still on file: the next process moves it in
+                self.log.error(self._event + "spool_unavailable", problem=str(exc)[:300])
+            kept = self.journal.messages
+            self.journal.close()
+        spooled = (self.store.pending() if self.spooled else 0) + kept
         lost = self.overflow.pending() + (0 if self.spooled else self.store.pending())
         left = spooled + lost
         self.log.log(
@@ -806,6 +882,8 @@ class BackgroundEngine(Delivery):
     def _drainable(self, deadline: float) -> bool:
         """Whether something is pending that could still be sent before ``deadline``."""
         remaining = deadline - time.monotonic()
+        if self.journal is not None and self.journal.messages:
+            return True  # the spooler moves them within GROUP_WINDOW
         for store in (self.store, self.overflow):
             if store.pending():
                 due = store.next_due()
@@ -819,6 +897,8 @@ class BackgroundEngine(Delivery):
         # The parent still owns (and will send) what it had queued in memory.
         self.store.after_fork()
         self.overflow.after_fork()
+        if self.journal is not None:
+            self.journal.after_fork()
 
 
 def _part(batch: Batch, positions: t.Sequence[int]) -> Batch:

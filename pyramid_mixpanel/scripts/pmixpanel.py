@@ -289,6 +289,7 @@ class PMixpanelCommand:
         The progress bar is tqdm's, when it is installed (the ``import`` and ``metrics``
         extras bring it); without it, the summary line alone.
         """
+        engine.adopt_journals()  # what processes that are gone left in their journals
         total = engine.store.pending()
         try:
             from tqdm import tqdm

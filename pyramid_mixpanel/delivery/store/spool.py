@@ -1,7 +1,9 @@
 """The durable spool: one SQLite file, shareable by several processes.
 
-WAL mode with ``synchronous=NORMAL``: a request's messages are committed before it returns, so a
-``kill -9`` at any moment loses nothing a request accepted. Several processes may share one
+WAL mode with ``synchronous=NORMAL``. A request's messages reach it through the process's
+journal (:mod:`.journal`, ``mixpanel.spool_commit = request``: on file before the request's
+release returns, moved in every few milliseconds, so a ``kill -9`` at any moment loses nothing
+a request accepted) or from memory in groups (``group``). Several processes may share one
 file: a claim is a lease taken in an ``IMMEDIATE`` transaction, so two senders never post the
 same row at once, and rows of a sender that died become due again when its lease expires. A
 resend after a crash is harmless: ``$insert_id`` was fixed when the message was built and
@@ -63,6 +65,8 @@ END;
 CREATE TRIGGER IF NOT EXISTS {p}messages_removed AFTER DELETE ON {p}messages BEGIN
     UPDATE {p}totals SET messages = messages - 1, bytes = bytes - OLD.size;
 END;
+-- The journal files (store/journal.py) whose messages were moved in: never moved again.
+CREATE TABLE IF NOT EXISTS {p}journals (name TEXT PRIMARY KEY);
 -- Each sender's last sign of life, for pmixpanel status.
 CREATE TABLE IF NOT EXISTS {p}senders (
     host TEXT NOT NULL,
@@ -112,6 +116,9 @@ STATEMENTS = {
     "rescue": (
         "INSERT INTO {p}messages (endpoint, body, size, created, attempts) VALUES (?, ?, ?, ?, ?)"
     ),
+    "journal_seen": "SELECT 1 FROM {p}journals WHERE name = ?",
+    "journal_moved": "INSERT INTO {p}journals (name) VALUES (?)",
+    "journal_forget": "DELETE FROM {p}journals WHERE name = ?",
     "everything_dead": "SELECT id, endpoint, body, error, failed_at, attempts FROM {p}dead",
 }
 #: SQLite's words for a file that is not (or no longer) a database.
@@ -204,7 +211,7 @@ class SqliteSpool:
             opened[1].execute("PRAGMA wal_autocheckpoint=0")
             db = opened[0]
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-            if not {f"{self._p}messages", f"{self._p}senders"} <= tables:
+            if not {f"{self._p}{name}" for name in ("messages", "senders", "journals")} <= tables:
                 # One transaction, so processes opening a new file together see a whole schema.
                 # Only then: an app must boot while another process holds the write lock.
                 db.executescript(f"BEGIN IMMEDIATE; {SCHEMA.format(p=self._p)} COMMIT;")
@@ -277,6 +284,37 @@ class SqliteSpool:
             except sqlite3.Error as exc:
                 raise SpoolError(self.path, describe(exc)) from None
         return len(messages) - len(rows)
+
+    def put_journal(
+        self, name: str, messages: t.Sequence[tuple[str, str]], forget: t.Iterable[str]
+    ) -> tuple[int, int, tuple[int, int]]:
+        """Move a journal file's messages in, noting ``name`` as moved, in one transaction.
+
+        A file already noted is skipped (another process moved it first). ``forget``: files
+        moved earlier and deleted since, whose notes can go. Returns how many messages were
+        moved in and how many the cap refused, and the spool's size (messages, bytes) after.
+
+        :raises SpoolError: the spool could not take them (locked, full disk): nothing moved.
+        """
+        now = time.time()
+        rows: list[tuple[str, str, int, float]] = []
+        try:
+            with self._write() as db:
+                count, size = db.execute(self._sql["totals"]).fetchone()
+                db.executemany(self._sql["journal_forget"], [(done,) for done in forget])
+                if db.execute(self._sql["journal_seen"], (name,)).fetchone():
+                    return 0, 0, (count, size)
+                for endpoint, body in messages:
+                    if count + 1 > self.max_messages or size + len(body) > self.max_bytes:
+                        continue
+                    rows.append((endpoint, body, len(body), now))
+                    count += 1
+                    size += len(body)
+                db.executemany(self._sql["insert"], rows)
+                db.execute(self._sql["journal_moved"], (name,))
+        except sqlite3.Error as exc:
+            raise SpoolError(self.path, describe(exc)) from None
+        return len(rows), len(messages) - len(rows), (count, size)
 
     # -- the sender side --------------------------------------------------------------------
 
