@@ -254,6 +254,29 @@ def test_a_move_the_spool_refuses_is_kept_for_the_next(
     assert journal_files(spool) == []
 
 
+def test_what_requests_append_during_a_move_waits_for_the_next(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "FILE_SIZE", 64)  # a file per hand-over
+    spool = spool_at(tmp_path)
+    journal = Journal(spool)
+    journal.append([("events", EVENT)])
+    real = spool.put_journal
+
+    def put_journal(*args: t.Any) -> t.Any:
+        # Requests hand over while the spooler moves: the second fills a file and retires it.
+        journal.append([("events", EVENT)])
+        journal.append([("events", EVENT)])
+        monkeypatch.setattr(spool, "put_journal", real)
+        return real(*args)
+
+    monkeypatch.setattr(spool, "put_journal", put_journal)
+    assert journal.move() == (1, 0)
+    assert journal.messages == 2  # counted, waiting
+    assert journal.move() == (2, 0)
+    assert journal.messages == 0 and journal_files(spool) == []
+
+
 def test_close_deletes_an_empty_file_and_keeps_one_that_holds_messages(
     tmp_path: pathlib.Path,
 ) -> None:

@@ -159,7 +159,7 @@ class Journal:
         :raises SpoolError: the file cannot be made (full disk, no permission).
         """
         if self._pid != os.getpid():
-            self._reset()  # forked without the engine's at-fork hook
+            self.after_fork()  # forked without the engine's at-fork hook
         self._retire()
         self._number += 1
         name = f"{self.prefix}{self._token}.{self._number}"
@@ -199,16 +199,19 @@ class Journal:
             the journal, moved by the next call.
         """
         if self._pid != os.getpid():
-            self._reset()  # a forked child: the parent moves its own journal
+            self.after_fork()  # a forked child: the parent moves its own journal
         with self._lock:
             if self.messages:
                 self._retire()
+            # Every message counted so far is in these files; what requests append from now
+            # on is moved next time.
+            files, self._unmoved = self._unmoved, []
             pending, self.messages = self.messages, 0
             pending_bytes, self.bytes = self.bytes, 0
         moved = refused = 0
         try:
-            while self._unmoved:
-                file = self._unmoved[0]
+            while files:
+                file = files[0]
                 base = os.path.basename(file.name)
                 moved_here, refused_here, self._spooled = self.spool.put_journal(
                     base, parse(file.map[: file.end]), self._forget
@@ -216,10 +219,11 @@ class Journal:
                 self._forget = [base]
                 moved += moved_here
                 refused += refused_here
-                self._unmoved.pop(0)
+                files.pop(0)
                 file.release()
         except BaseException:
-            with self._lock:  # still waiting: counted again for the cap and for close()
+            with self._lock:  # still waiting, first in line: counted again for the cap and close()
+                self._unmoved[:0] = files
                 self.messages += pending - moved - refused
                 self.bytes += pending_bytes
             raise
