@@ -96,8 +96,8 @@ class Journal:
         #: Messages and bytes appended and not yet moved into the spool.
         self.messages = 0
         self.bytes = 0
-        # Files taken out of use, moved by the next move (the last one failed when more than
-        # one waits: the spool was locked or full); still locked by this process.
+        # Files taken out of use and not moved yet (a move that failed puts its files back,
+        # first in line); still locked by this process.
         self._unmoved: list[_File] = []
         # Moved and deleted: their notes in the spool are dropped with the next move.
         self._forget: list[str] = []
@@ -117,11 +117,17 @@ class Journal:
             caller keeps the messages elsewhere.
         """
         spool = self.spool
+        # Built before the lock is taken: other threads wait only for the copy.
         lines = [f"{endpoint}\t{body}" for endpoint, body in messages]
+        text = "\n".join(lines)
+        if text.count("\n") != len(lines) - 1 or "\0" in text:
+            # A raw line feed in JSON is whitespace between tokens: a space does; a raw NUL is
+            # never valid JSON, its escape is what was meant (see the module's docstring).
+            lines = [line.replace("\n", " ").replace("\0", "\\u0000") for line in lines]
+            text = "\n".join(lines)
         with self._lock:
             room = spool.max_messages - self._spooled[0] - self.messages
             room_bytes = spool.max_bytes - self._spooled[1] - self.bytes
-            text = "\n".join(lines)
             if len(lines) > room or len(text) > room_bytes:
                 # Near the cap: message by message, by the bodies' sizes as the spool counts.
                 kept: list[str] = []
@@ -132,10 +138,6 @@ class Journal:
                 if not kept:
                     return len(messages)
                 lines, text = kept, "\n".join(kept)
-            if text.count("\n") != len(lines) - 1 or "\0" in text:
-                # A raw line feed in JSON is whitespace between tokens: a space does; a raw NUL
-                # is never valid JSON, its escape is what was meant (module docstring).
-                text = "\n".join(line.replace("\n", " ").replace("\0", "\\u0000") for line in lines)
             data = (text + "\n\n").encode()
             file = self._file
             if file is None or file.end + len(data) > len(file.map) or self._pid != os.getpid():
