@@ -56,6 +56,8 @@ from tests.loopback import MixpanelStandIn, free_port
 
 TOKEN = "bench-token"
 PROBE = engine_module.PROBE_INTERVAL
+# Rounds of section 3, alternating the stores; medians are printed.
+ROUNDS = 3
 
 
 def build_engine(settings: MixpanelSettings) -> BackgroundEngine:
@@ -335,31 +337,44 @@ def hand_overs(engine: BackgroundEngine, threads: int, requests_each: int) -> li
 def bench_spool_cost() -> None:
     print(
         "\n3. Handing a request's 4 messages over while the sender delivers to the sink"
-        " (µs per request)"
+        f" (µs per request, medians of {ROUNDS} alternating rounds)"
     )
     print(f"   {'store':34}{'1 thread p50':>13}{'p99':>9}{'4 threads p50':>15}{'p99':>9}")
-    results: dict[str, list[float]] = {}
+    stores: tuple[tuple[str, dict[str, str]], ...] = (
+        ("memory queue", {}),
+        ("spool, journal (request)", {"mixpanel.spool_commit": "request"}),
+        ("spool, group commit", {"mixpanel.spool_commit": "group"}),
+    )
+    rounds: dict[str, list[list[float]]] = {name: [] for name, _ in stores}
     with tempfile.TemporaryDirectory() as folder:
-        for name, extra in (
-            ("memory queue", {}),
-            ("spool, journal (request)", {"mixpanel.spool_commit": "request"}),
-            ("spool, group commit", {"mixpanel.spool_commit": "group"}),
-        ):
-            if extra:
-                extra["mixpanel.spool_path"] = os.path.join(folder, f"{len(results)}.db")
-            figures = []
-            for threads in (1, 4):
-                with sink.server() as api:
-                    engine = build_engine(settings_for(api.base_url, **extra))
-                    timings = hand_overs(engine, threads, 20_000 // threads)
-                    # Delivered, not only handed over: a store that cannot keep up would show.
-                    assert api.wait_for(len(timings) * 4, 120) == len(timings) * 4
-                    engine.close(5)
-                figures += [timings[len(timings) // 2], timings[int(len(timings) * 0.99)]]
-            results[name] = figures
-            widths = (13, 9, 15, 9)
-            cells = "".join(f"{v:>{w}.1f}" for v, w in zip(figures, widths, strict=True))
-            print(f"   {name:34}{cells}")
+        # Alternating rounds, medians: a slow moment of the machine hits every store.
+        for number in range(ROUNDS):
+            for name, extra in stores:
+                if extra:
+                    path = os.path.join(folder, f"{number}-{extra['mixpanel.spool_commit']}.db")
+                    extra = {**extra, "mixpanel.spool_path": path}
+                figures = []
+                for threads in (1, 4):
+                    with sink.server() as api:
+                        engine = build_engine(settings_for(api.base_url, **extra))
+                        timings = hand_overs(engine, threads, 20_000 // threads)
+                        # Delivered, not only handed over: a store that cannot keep up shows.
+                        assert api.wait_for(len(timings) * 4, 120) == len(timings) * 4
+                        engine.close(5)
+                    figures += [timings[len(timings) // 2], timings[int(len(timings) * 0.99)]]
+                rounds[name].append(figures)
+    results = {
+        name: [statistics.median(column) for column in zip(*runs, strict=True)]
+        for name, runs in rounds.items()
+    }
+    for name, figures in results.items():
+        widths = (13, 9, 15, 9)
+        cells = "".join(f"{v:>{w}.1f}" for v, w in zip(figures, widths, strict=True))
+        print(f"   {name:34}{cells}")
+    # The medians hide the rounds in which the sender posted while the four threads ran: said
+    # here, not left out (why: docs/performance.md, "p99 with 4 threads").
+    worst = ", ".join(f"{name} {max(run[3] for run in runs):,.0f}" for name, runs in rounds.items())
+    print(f"   the worst round's p99 with 4 threads (µs): {worst}")
     memory = results["memory queue"]
     for name in ("spool, journal (request)", "spool, group commit"):
         p50, _, p50_4, p99_4 = results[name]

@@ -125,6 +125,7 @@ class Journal:
             # never valid JSON, its escape is what was meant (see the module's docstring).
             lines = [line.replace("\n", " ").replace("\0", "\\u0000") for line in lines]
             text = "\n".join(lines)
+        data = (text + "\n\n").encode()
         with self._lock:
             room = spool.max_messages - self._spooled[0] - self.messages
             room_bytes = spool.max_bytes - self._spooled[1] - self.bytes
@@ -138,7 +139,7 @@ class Journal:
                 if not kept:
                     return len(messages)
                 lines, text = kept, "\n".join(kept)
-            data = (text + "\n\n").encode()
+                data = (text + "\n\n").encode()
             file = self._file
             if file is None or file.end + len(data) > len(file.map) or self._pid != os.getpid():
                 file = self._next(len(data))
