@@ -49,6 +49,7 @@ import datetime as dt
 import itertools
 import json
 import math
+import operator
 import typing as t
 from array import array
 from collections import Counter
@@ -220,6 +221,10 @@ def _clean_counts(counts: dict[str, int]) -> dict[str, int]:
 # -- a user's day ---------------------------------------------------------------------------
 
 
+#: ``record[0]`` of each record, in C (``map`` of it is several times quicker than a generator).
+_FIRST: t.Callable[[array[int]], int] = operator.itemgetter(0)
+
+
 class _Layout:
     """Where things are in a user's day in an account, one ``array("q")``.
 
@@ -251,7 +256,7 @@ class _Layout:
 
     def sessions(self, days: t.Collection[array[int]]) -> int:
         """The sessions of these user-days."""
-        return (sum(day[0] for day in days) - len(days) * (self.times - 1)) // 2
+        return (sum(map(_FIRST, days)) - len(days) * (self.times - 1)) // 2
 
 
 # -- what events mean, worked out once -------------------------------------------------------
@@ -321,25 +326,35 @@ def _fetcher(breakdowns: tuple[str, ...]) -> t.Callable[[t.Mapping[str, t.Any]],
 _Labels = tuple[str | None, ...]
 
 
-class _LabelCache(dict[t.Any, _Labels]):
-    """``labels[values]``: the labels of what a :func:`_fetcher` gives, worked out once.
+#: A combination of breakdown labels as the counts key it: its number in
+#: :attr:`_LabelCache.combinations` when it is cached (a small integer hashes at no cost, a
+#: tuple of labels is hashed again at every lookup), else the labels themselves.
+_Combo: t.TypeAlias = int | _Labels
 
-    One tuple object per combination (the counts find it by identity), kept only when every
-    value is ``None`` or a string short enough (1, 1.0 and True are one key but three labels;
-    a long string is no key to keep), for up to :data:`CACHED` combinations.
+
+class _LabelCache(dict[t.Any, _Combo]):
+    """``labels[values]``: the combination of labels of what a :func:`_fetcher` gives.
+
+    Worked out once and numbered when every value is ``None`` or a string short enough (1, 1.0
+    and True are one key but three labels; a long string is no key to keep), for up to
+    :data:`CACHED` combinations; other values get their labels, worked out each time.
     """
 
     def __init__(self, breakdowns: int) -> None:
         super().__init__()
         self.single = breakdowns == 1
+        #: The labels of each cached combination, by number.
+        self.combinations: list[_Labels] = []
 
-    def __missing__(self, values: t.Any) -> _Labels:
+    def __missing__(self, values: t.Any) -> _Combo:
         labels = self.work_out(values)
         if len(self) < CACHED and all(
             value is None or text is value
             for value, text in zip((values,) if self.single else values, labels, strict=True)
         ):
-            self[values] = labels
+            number = self[values] = len(self.combinations)
+            self.combinations.append(labels)
+            return number
         return labels
 
     def work_out(self, values: t.Any) -> _Labels:
@@ -364,7 +379,7 @@ class _AccountDay:
         self.breakdowns: tuple[dict[str, int], ...] = tuple({} for _ in range(breakdowns))
         #: Events per combination of breakdown labels, not added to ``breakdowns`` yet: one
         #: lookup per event rather than one per breakdown (see :meth:`fold`).
-        self.combos: dict[_Labels, int] = {}
+        self.combos: dict[_Combo, int] = {}
         #: distinct_id -> its day (see :class:`_Layout`; memory only).
         self.users: dict[str, array[int]] = {}
         #: Hashes of the events without a ``distinct_id`` (deduplication), once there is one.
@@ -373,9 +388,10 @@ class _AccountDay:
         #: rather than once per event).
         self.funnels = funnels
 
-    def fold(self) -> int:
+    def fold(self, combinations: t.Sequence[_Labels]) -> int:
         """Add the events per combination of labels to those per label; count the long ones.
 
+        ``combinations`` are the labels of the numbered combinations (see :data:`_Combo`).
         Returns how many values were too long. Adds up in the order each combination first
         came, so the labels of a breakdown come in the order they first came too: the first
         :data:`MAX_BREAKDOWN_VALUES` of them are those an event-by-event count keeps (the others
@@ -383,7 +399,8 @@ class _AccountDay:
         """
         most = MAX_BREAKDOWN_VALUES
         long = 0
-        for labels, count in self.combos.items():
+        for combo, count in self.combos.items():
+            labels = combinations[combo] if isinstance(combo, int) else combo
             for values, text in zip(self.breakdowns, labels, strict=True):
                 if text is None:
                     text = TOO_LONG
@@ -414,8 +431,11 @@ class _FunnelUser:
         #: (entries of the current chunk, and those of earlier chunks still open).
         self.entries: dict[int, int] = {}
         #: Sorted times of each later step's events in the current chunk (index 0 unused), once
-        #: there is one. (Arrays of 8-byte integers: a quarter of the memory of a list of ints.)
-        self.times: list[array[int]] | None = None
+        #: there is one; ``None`` for a step without one yet. (Arrays of 8-byte integers: a
+        #: quarter of the memory of a list of ints; made only for the steps that have events,
+        #: as every object made here is one more the garbage collector walks until the chunk
+        #: ends.)
+        self.times: list[array[int] | None] | None = None
         #: Chains past the first step still within their window from earlier chunks:
         #: (day, step, time, entry time).
         self.open: t.Sequence[tuple[int, int, int, int]] = ()
@@ -429,9 +449,11 @@ class _FunnelUser:
     def add(self, step: int, steps: int, moment: int) -> None:
         """Record the time of an event of a later ``step`` (of ``steps``)."""
         if self.times is None:
-            self.times = [array("q") for _ in range(steps)]
+            self.times = [None] * steps
         times = self.times[step]
-        if not times or moment > times[-1]:
+        if times is None:
+            self.times[step] = array("q", (moment,))
+        elif moment > times[-1]:
             times.append(moment)
         else:
             at = bisect.bisect_left(times, moment)
@@ -574,7 +596,8 @@ class _Funnel:
         A chain still at the first step stays an entry (day -> its time) for the next chunk,
         the others are kept as (day, step, time, entry time).
         """
-        last = len(self.steps) - 1
+        size = len(self.steps)
+        last = size - 1
         window, strict, times = self.window, self.strict, user.times
         assert times is not None
         waiting: dict[int, int] = {}
@@ -586,6 +609,8 @@ class _Funnel:
             deadline = t1 + window
             while step < last:
                 later = times[step + 1]
+                if later is None:  # no event of the next step in this chunk
+                    break
                 if strict[step + 1]:
                     found = bisect.bisect_right(later, moment)
                 else:
@@ -594,13 +619,22 @@ class _Funnel:
                     break
                 step, moment = step + 1, later[found]
             if step == last or deadline < end:
-                self._count(stopped, day, step, key)
-                continue
-            self._count(still, day, step, key)
-            if step:
-                chains.append((day, step, moment, t1))
+                rows, users = stopped
             else:
-                waiting[day] = t1
+                rows, users = still
+                if step:
+                    chains.append((day, step, moment, t1))
+                else:
+                    waiting[day] = t1
+            # :meth:`_count`, written out: once per chain of every user with events.
+            row = rows.get(day)
+            if row is None:
+                row = rows[day] = [0] * size
+            row[step] += 1
+            by_user = users.get(day)
+            if by_user is None:
+                by_user = users[day] = {}
+            by_user[key] = step
         user.entries, user.open = waiting, chains
         user.times = None  # the next chunk's events are searched from scratch
 
@@ -769,7 +803,7 @@ class Aggregator:
                 date = from_day_number(day)
                 for account in sorted(accounts):
                     bucket = accounts[account][0]
-                    self.stats.long_values += bucket.fold()
+                    self.stats.long_values += bucket.fold(self._labels.combinations)
                     self._enter(day, bucket)
                     result.daily.append(self._daily(account, date, bucket))
         else:
@@ -845,24 +879,27 @@ class Aggregator:
         head, start = self._layout.times, self._layout.start
         gap = SESSION_GAP
         fold_at = FOLD_AT
-        current: int | None = None  # the day of the previous event
+        # The epoch seconds of the previous event's day: its first, and the next day's first.
+        low = high = 0
         # Day -> account -> its counters alone in a tuple: an event of a known account (its
         # id was checked when they were made) finds what it counts for in one lookup, however
         # many accounts an event may name.
         accounts: dict[str, tuple[_AccountDay]] = {}
-        labels: _Labels = ()
+        combinations = labels_of.combinations
+        combo: _Combo = ()
         counted = unattributed = outside = duplicates = rejected = 0
         for event in events:
             props = event["properties"]
             moment = props["time"]
             if moment.__class__ is not int:
                 moment = int(moment)
-            day = moment // DAY
-            if day != current:
+            if not low <= moment < high:  # another day than the previous event's
+                day = moment // DAY
                 if not first_day <= day <= last_day:
                     outside += 1
                     continue
-                current = day
+                low = day * DAY
+                high = low + DAY
                 accounts = by_day[day]
             value = props.get(prop) if getter is None else getter(event)
             targets: tuple[_AccountDay, ...] | None
@@ -878,13 +915,13 @@ class Aggregator:
                     unattributed += 1
                     continue
             name, item, bit, entries, later = kinds[event["event"]]
-            hour = (moment - day * DAY) // 3600
+            hour = (moment - low) // 3600
             if fetch is not None:
                 values = fetch(props)
                 try:
-                    labels = labels_of[values]
+                    combo = labels_of[values]
                 except TypeError:  # a list or an object as a value
-                    labels = labels_of.work_out(values)
+                    combo = labels_of.work_out(values)
             user = props.get("distinct_id")
             insert_id = props.get("$insert_id")
             # Mixpanel's deduplication key (the user, account and day are the bucket's).
@@ -947,13 +984,13 @@ class Aggregator:
                 bucket.hours[hour] += 1
                 if fetch is not None:
                     combos = bucket.combos
-                    count = combos.get(labels)
+                    count = combos.get(combo)
                     if count is not None:
-                        combos[labels] = count + 1
+                        combos[combo] = count + 1
                     else:
                         if len(combos) >= fold_at:
-                            stats.long_values += bucket.fold()
-                        combos[labels] = 1
+                            stats.long_values += bucket.fold(combinations)
+                        combos[combo] = 1
             else:
                 counted += 1
                 continue
@@ -978,7 +1015,9 @@ class Aggregator:
                     state = by_user.get(user)
                     if state is None:
                         state = by_user[user] = _FunnelUser()
-                    state.enter(day, moment)
+                    # :meth:`_FunnelUser.enter`, written out: once per user-day.
+                    entries = state.entries
+                    entries[day] = min(moment, entries.get(day, moment))
 
     def _feed_funnels(self, events: t.Iterable[Event], first_day: int, last_day: int) -> None:
         """Feed the local funnels only (``metrics=False``).
@@ -1017,12 +1056,20 @@ class Aggregator:
         users = len(records)
         adopted = [0] * len(self._kinds.categories)
         for n in range(0, len(adopted), BITS):
-            # Users per combination of categories, then per category: one pass over the users.
+            # Users per combination of categories, then per category: one pass over the users,
+            # then one over the bits of each combination. (A dict rather than a Counter: an
+            # account-day has few users, and a Counter costs more to make than to fill.)
             item = self._layout.bits + n // BITS
-            for bits, count in Counter(record[item] for record in records).items():
-                for bit in range(min(BITS, len(adopted) - n)):
-                    if bits >> bit & 1:
+            masks: dict[int, int] = {}
+            for bits in map(operator.itemgetter(item), records):
+                masks[bits] = masks.get(bits, 0) + 1
+            for bits, count in masks.items():
+                bit = 0
+                while bits:
+                    if bits & 1:
                         adopted[n + bit] += count
+                    bits >>= 1
+                    bit += 1
         total = sum(bucket.events.values())
         return DailyMetrics(
             account=account,
