@@ -1015,9 +1015,7 @@ class Aggregator:
                     state = by_user.get(user)
                     if state is None:
                         state = by_user[user] = _FunnelUser()
-                    # :meth:`_FunnelUser.enter`, written out: once per user-day.
-                    entries = state.entries
-                    entries[day] = min(moment, entries.get(day, moment))
+                    state.enter(day, moment)
 
     def _feed_funnels(self, events: t.Iterable[Event], first_day: int, last_day: int) -> None:
         """Feed the local funnels only (``metrics=False``).
@@ -1056,14 +1054,10 @@ class Aggregator:
         users = len(records)
         adopted = [0] * len(self._kinds.categories)
         for n in range(0, len(adopted), BITS):
-            # Users per combination of categories, then per category: one pass over the users,
-            # then one over the bits of each combination. (A dict rather than a Counter: an
-            # account-day has few users, and a Counter costs more to make than to fill.)
+            # Users per combination of categories (counted in C), then per category: one pass
+            # over the bits of each combination.
             item = self._layout.bits + n // BITS
-            masks: dict[int, int] = {}
-            for bits in map(operator.itemgetter(item), records):
-                masks[bits] = masks.get(bits, 0) + 1
-            for bits, count in masks.items():
+            for bits, count in Counter(map(operator.itemgetter(item), records)).items():
                 bit = 0
                 while bits:
                     if bits & 1:
