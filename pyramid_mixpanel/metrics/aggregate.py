@@ -101,8 +101,9 @@ CACHED = 4096
 FOLD_AT = 4096
 #: Bits of adoption categories per 8-byte integer (the sign bit left alone).
 BITS = 63
-#: The first time of a funnel's first step in a user's day when it has none yet.
-NEVER = 2**63 - 1
+#: The first time of a funnel's first step in a user's day when it has none yet (in seconds
+#: since the start of the day, as a user's day keeps its times: later than any).
+NEVER = DAY
 
 Event = t.Mapping[str, t.Any]
 
@@ -238,6 +239,11 @@ class _Layout:
     its events with an ``$insert_id``, to find the copies. One object per user-day, found with
     one lookup per event; 8-byte integers, no object per number, and nothing the garbage
     collector has to look through (a list would be).
+
+    Its times are seconds since the start of the day (0 to 86,399): Python works with such
+    small integers much more quickly than with epoch seconds (past 2**30, two "digits" of
+    CPython's integers, their comparisons are not specialized and every one written into the
+    array goes through a slow conversion).
     """
 
     def __init__(self, categories: int, funnels: int) -> None:
@@ -901,6 +907,8 @@ class Aggregator:
                 low = day * DAY
                 high = low + DAY
                 accounts = by_day[day]
+            # The time in the user's day (see _Layout); the funnels' steps keep epoch seconds.
+            second = moment - low
             value = props.get(prop) if getter is None else getter(event)
             targets: tuple[_AccountDay, ...] | None
             try:
@@ -915,7 +923,7 @@ class Aggregator:
                     unattributed += 1
                     continue
             name, item, bit, entries, later = kinds[event["event"]]
-            hour = (moment - low) // 3600
+            hour = second // 3600
             if fetch is not None:
                 values = fetch(props)
                 try:
@@ -925,26 +933,26 @@ class Aggregator:
             user = props.get("distinct_id")
             insert_id = props.get("$insert_id")
             # Mixpanel's deduplication key (the user, account and day are the bucket's).
-            twin = (hash((name, moment, insert_id)) or 1) if insert_id else 0
+            twin = (hash((name, second, insert_id)) or 1) if insert_id else 0
             for bucket in targets:
                 if user:
                     record = bucket.users.get(user)
                     if record is None:
                         record = bucket.users[user] = start[:]
-                        record.append(moment)
-                        record.append(moment)
+                        record.append(second)
+                        record.append(second)
                         if twin:
                             record.append(twin)
                     else:
                         at = record[0]  # the last session's end
                         end = record[at]
-                        if moment > end:
+                        if second > end:
                             # Later than every event of the user so far: not a copy.
-                            if moment - end <= gap:
-                                record[at] = moment
+                            if second - end <= gap:
+                                record[at] = second
                             else:  # a new session
-                                record.insert(at + 1, moment)
-                                record.insert(at + 1, moment)
+                                record.insert(at + 1, second)
+                                record.insert(at + 1, second)
                                 record[0] = at + 2
                             if twin:
                                 record.append(twin)
@@ -956,14 +964,16 @@ class Aggregator:
                                     break  # a copy (of the event of the first account it names)
                                 # (A copy seen only by a later account: its account list
                                 # changed, so it counts for the accounts that are new.)
-                            if moment < record[at - 1]:
+                            if second < record[at - 1]:
                                 sessions = (at - head + 1) // 2
-                                record[0] = at + 2 * add_time(record, moment, head, sessions)
-                    if bit:
+                                record[0] = at + 2 * add_time(record, second, head, sessions)
+                    # Most events of a category find its bit already set: an item of the array
+                    # is read more cheaply than written.
+                    if bit and not record[item] & bit:
                         record[item] |= bit
                     for entry in entries:
-                        if moment < record[entry]:
-                            record[entry] = moment
+                        if second < record[entry]:
+                            record[entry] = second
                     if later:
                         funnels = bucket.funnels
                         for index, step, steps in later:
@@ -1007,15 +1017,16 @@ class Aggregator:
         Kept in the user's day until now: one lookup per user-day rather than one per event.
         """
         first = self._layout.entries
+        start = day * DAY
         for index, by_user in enumerate(bucket.funnels):
             item = first + index
             for user, record in bucket.users.items():
-                moment = record[item]
-                if moment != NEVER:
+                second = record[item]
+                if second != NEVER:
                     state = by_user.get(user)
                     if state is None:
                         state = by_user[user] = _FunnelUser()
-                    state.enter(day, moment)
+                    state.enter(day, start + second)
 
     def _feed_funnels(self, events: t.Iterable[Event], first_day: int, last_day: int) -> None:
         """Feed the local funnels only (``metrics=False``).
