@@ -260,21 +260,12 @@ class SqliteSpool:
             return 0
         if os.getpid() != self._pid:
             self.after_fork()
-        now = time.time()
-        rows = []
         with self._put_lock:
             db = self._put_db
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    count, size = db.execute(self._sql["totals"]).fetchone()
-                    for endpoint, body in messages:
-                        if count + 1 > self.max_messages or size + len(body) > self.max_bytes:
-                            continue
-                        rows.append((endpoint, body, len(body), now))
-                        count += 1
-                        size += len(body)
-                    db.executemany(self._sql["insert"], rows)
+                    inserted, _ = self._insert_within_cap(db, messages)
                     db.execute("COMMIT")
                 except BaseException:
                     # Nothing to roll back when SQLite already ended the transaction itself.
@@ -283,7 +274,26 @@ class SqliteSpool:
                     raise
             except sqlite3.Error as exc:
                 raise SpoolError(self.path, describe(exc)) from None
-        return len(messages) - len(rows)
+        return len(messages) - inserted
+
+    def _insert_within_cap(
+        self, db: sqlite3.Connection, messages: t.Sequence[tuple[str, str]]
+    ) -> tuple[int, tuple[int, int]]:
+        """Insert what fits under the cap, in a write transaction already open.
+
+        Returns how many were inserted and the spool's size (messages, bytes) after.
+        """
+        now = time.time()
+        count, size = db.execute(self._sql["totals"]).fetchone()
+        rows = []
+        for endpoint, body in messages:
+            if count + 1 > self.max_messages or size + len(body) > self.max_bytes:
+                continue
+            rows.append((endpoint, body, len(body), now))
+            count += 1
+            size += len(body)
+        db.executemany(self._sql["insert"], rows)
+        return len(rows), (count, size)
 
     def put_journal(
         self, name: str, messages: t.Sequence[tuple[str, str]], forget: t.Iterable[str]
@@ -296,25 +306,16 @@ class SqliteSpool:
 
         :raises SpoolError: the spool could not take them (locked, full disk): nothing moved.
         """
-        now = time.time()
-        rows: list[tuple[str, str, int, float]] = []
         try:
             with self._write() as db:
-                count, size = db.execute(self._sql["totals"]).fetchone()
                 db.executemany(self._sql["journal_forget"], [(done,) for done in forget])
                 if db.execute(self._sql["journal_seen"], (name,)).fetchone():
-                    return 0, 0, (count, size)
-                for endpoint, body in messages:
-                    if count + 1 > self.max_messages or size + len(body) > self.max_bytes:
-                        continue
-                    rows.append((endpoint, body, len(body), now))
-                    count += 1
-                    size += len(body)
-                db.executemany(self._sql["insert"], rows)
+                    return 0, 0, db.execute(self._sql["totals"]).fetchone()
+                inserted, totals = self._insert_within_cap(db, messages)
                 db.execute(self._sql["journal_moved"], (name,))
         except sqlite3.Error as exc:
             raise SpoolError(self.path, describe(exc)) from None
-        return len(rows), len(messages) - len(rows), (count, size)
+        return inserted, len(messages) - inserted, totals
 
     # -- the sender side --------------------------------------------------------------------
 
