@@ -388,7 +388,8 @@ class BackgroundEngine(Delivery):
     def open(self) -> None:
         """When the app is configured: hook ``SIGTERM``; send what a spool kept, right away.
 
-        What journals of processes that are gone hold is moved into the spool first.
+        With a journal the sender starts at once: its first cycle moves in what the journals of
+        processes that are gone hold.
         """
         _install_signal_handlers()
         # With a journal, the sender's first cycle also adopts what dead processes left in
@@ -478,8 +479,7 @@ class BackgroundEngine(Delivery):
                 problem=problem,
             )
         self.store.beat(self.last_progress or time.time(), self.last_error)
-        if self.journal is not None:
-            self.adopt_journals()
+        self.adopt_journals()
 
     def adopt_journals(self) -> None:
         """Move the journals of this spool's processes that are gone into it.
